@@ -1,0 +1,1 @@
+"""Datasets: segmentation benchmarks (evaluation), image collections (training), synthetic scenes."""
