@@ -38,7 +38,9 @@ def load_label(path: str | Path) -> np.ndarray:
     with Image.open(path) as label:
         array = np.array(label)
     if array.ndim == 3:
-        raise ValueError(f"label file {path}: expected a single-channel (L or P mode) PNG, got {array.shape[2]} channels")
+        raise ValueError(
+            f"label file {path}: expected a single-channel (L or P mode) PNG, got {array.shape[2]} channels"
+        )
     return array.astype(np.int64)
 
 
@@ -55,6 +57,7 @@ class SegmentationDataset(Dataset):
         ignore_index: int = 255,
         label_map: np.ndarray | None = None,
         transform: JointTransform | None = None,
+        info: dict[str, Any] | None = None,
     ) -> None:
         if len(pairs) == 0:
             raise ValueError(f"{name} {split}: no (image, label) pairs found")
@@ -66,6 +69,8 @@ class SegmentationDataset(Dataset):
         self.ignore_index = ignore_index
         self.label_map = label_map
         self.transform = transform
+        # loader-specific settings that change a number (layout, label set, label mapping)
+        self.info = dict(info or {})
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -100,6 +105,7 @@ class SegmentationDataset(Dataset):
             ignore_index=self.ignore_index,
             label_map=self.label_map,
             transform=self.transform,
+            info=self.info,
         )
 
     def fraction(self, fraction: float, seed: int = 0) -> SegmentationDataset:
@@ -110,7 +116,9 @@ class SegmentationDataset(Dataset):
             return self
         count = max(1, int(round(len(self) * fraction)))
         order = np.random.default_rng(seed).permutation(len(self))[:count]
-        return self.subset(sorted(order.tolist()))
+        subset = self.subset(sorted(order.tolist()))
+        subset.info.update(fraction=fraction, fraction_seed=seed)
+        return subset
 
     def describe(self) -> dict[str, Any]:
         """Settings that identify this dataset in a result file."""
@@ -120,4 +128,5 @@ class SegmentationDataset(Dataset):
             "num_images": len(self),
             "num_classes": self.num_classes,
             "ignore_index": self.ignore_index,
+            **self.info,
         }

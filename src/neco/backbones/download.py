@@ -1,0 +1,116 @@
+"""Download pretrained backbone weights into a local cache, with an offline error that says what to do.
+
+The cache is `$NECO_CACHE` or `~/.cache/neco`. Direct URLs (official DINOv2 / DINO) land in
+`<cache>/checkpoints/<file name>`; Hugging Face hub files (the NeCo release) in
+`<cache>/hub/<repo>/<path in repo>` (the NeCo repo reuses file names across sizes).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from neco.backbones.registry import BackboneConfig, WeightSource
+from neco.utils.logging import get_logger
+
+__all__ = ["HUBS", "cache_dir", "cached_path", "download_weights", "weight_source"]
+
+HUBS = {
+    "official": "the registered source (official DINOv2 / DINO URL, or the NeCo release on the HF hub)",
+    "timm": "the timm copy on the Hugging Face hub (`timm/<timm name>`, model.safetensors)",
+    "hf": "the transformers copy on the Hugging Face hub (`facebook/dinov2-*`, model.safetensors)",
+}
+
+
+def weight_source(config: BackboneConfig, hub: str = "official") -> WeightSource:
+    """The weights of `config` from one of `HUBS`; a ValueError when that hub has no copy."""
+    if hub not in HUBS:
+        raise ValueError(f"`hub` must be one of {sorted(HUBS)} but is {hub!r}")
+    if hub == "official":
+        source = config.weights
+    else:
+        repo = f"timm/{config.timm_name}" if hub == "timm" and config.timm_name else None
+        repo = config.hf_name if hub == "hf" else repo
+        source = (
+            WeightSource("model.safetensors", hf_repo=repo, hf_filename="model.safetensors") if repo else None
+        )
+    if source is None:
+        raise ValueError(f"backbone {config.name!r} has no pretrained weights on the {hub!r} hub")
+    return source
+
+
+def cache_dir() -> Path:
+    """The weights cache: `$NECO_CACHE`, else `~/.cache/neco`."""
+    env = os.environ.get("NECO_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "neco"
+
+
+def cached_path(source: WeightSource) -> Path:
+    """Where the file of `source` is (or will be) cached."""
+    if source.hf_repo is not None:
+        return cache_dir() / "hub" / source.hf_repo / str(source.hf_filename)
+    return cache_dir() / "checkpoints" / source.filename
+
+
+def _fetch(source: WeightSource, target: Path, progress: bool) -> None:
+    """Download `source` to `target` (atomically: a partial download never sits at `target`)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.hf_repo is not None:
+        try:
+            from huggingface_hub import hf_hub_download
+        except ImportError:
+            hf_hub_download = None
+        if hf_hub_download is not None:
+            local_dir = cache_dir() / "hub" / source.hf_repo
+            hf_hub_download(
+                repo_id=source.hf_repo, filename=str(source.hf_filename), local_dir=str(local_dir)
+            )
+            return
+    import torch
+
+    tmp = target.with_name(f".{target.name}.partial")
+    try:
+        torch.hub.download_url_to_file(source.download_url(), str(tmp), progress=progress)
+        os.replace(tmp, target)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def _package_asset(name: str) -> Path:
+    """A weights file shipped inside the package; a clear error naming the command that rebuilds it."""
+    path = Path(__file__).resolve().parent.parent / "assets" / name
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the packaged weights file {path} is missing; rebuild it with `neco pretrain-tiny -o {path}`"
+        )
+    return path
+
+
+def download_weights(source: WeightSource, *, progress: bool = True) -> Path:
+    """Return the cached file of `source`, downloading it first if needed.
+
+    Raises:
+        FileNotFoundError: when the download fails (for example offline); the message names the file,
+            its URL and the exact path to place it at by hand.
+    """
+    if source.asset is not None:
+        return _package_asset(source.asset)
+    target = cached_path(source)
+    if target.is_file():
+        return target
+    url = source.download_url()
+    get_logger("neco.backbones").info(f"downloading {url} to {target}")
+    try:
+        _fetch(source, target, progress)
+    except Exception as err:  # noqa: BLE001 - any network/hub failure gets the same actionable message
+        raise FileNotFoundError(
+            f"could not download {source.filename} from {url} ({type(err).__name__}: {err}). "
+            f"If this machine is offline, download the file elsewhere and place it at {target} "
+            "(the cache root is $NECO_CACHE or ~/.cache/neco), or pass the file as weights=<path>"
+        ) from err
+    if not target.is_file():
+        raise FileNotFoundError(
+            f"download of {url} finished but {target} is missing; place the file there by hand"
+        )
+    return target

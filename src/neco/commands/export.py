@@ -1,0 +1,82 @@
+"""`neco export CKPT --format official|timm|hf -o OUT`: export a trained backbone (the teacher by default)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register", "save_state_dict"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `export` subcommand."""
+    parser = subparsers.add_parser(
+        "export",
+        help="export a backbone from a training checkpoint (teacher by default)",
+        description=(
+            "Export the backbone of any checkpoint neco reads (neco, NeCo Lightning, DINO, official, timm, "
+            "Hugging Face) as a plain state dict. The default is the EMA teacher: it is the better model. "
+            "The official format drops into torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14[_reg]')."
+        ),
+    )
+    parser.add_argument("checkpoint", help="checkpoint file")
+    parser.add_argument(
+        "--format", default="official", choices=["official", "timm", "hf"], help="key names of the output"
+    )
+    parser.add_argument(
+        "--which",
+        default="teacher",
+        choices=["teacher", "student"],
+        help="network to export (default: teacher, the better model)",
+    )
+    parser.add_argument(
+        "--backbone",
+        default=None,
+        help="registry name to verify the weights against (default: the name stored in a neco checkpoint)",
+    )
+    parser.add_argument(
+        "-o", "--out", required=True, help="output file (.safetensors for safetensors, else torch.save)"
+    )
+    parser.set_defaults(func=_run)
+
+
+def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
+    """Write a state dict atomically: safetensors for a `.safetensors` path, `torch.save` otherwise."""
+    from neco.utils.io import atomic_torch_save, atomic_write
+
+    path = Path(path)
+    if path.exists() and path.is_dir():
+        raise ValueError(f"--out {path} is a directory; give a file name")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save
+
+        tensors = {k: v.detach().contiguous() for k, v in state.items()}
+        return atomic_write(path, lambda handle: handle.write(save(tensors)))
+    return atomic_torch_save({k: v.detach().clone() for k, v in state.items()}, path)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from neco.backbones import create, get_config
+    from neco.backbones.formats import convert
+    from neco.backbones.weights import load_weights, read_state_dict
+
+    official, info = read_state_dict(args.checkpoint, which=args.which)
+    print(f"read {info.describe()}")
+    if info.which is None and args.which == "student":
+        raise ValueError(f"{args.checkpoint} holds a single network; --which student does not apply")
+    name = args.backbone or info.backbone
+    if name is not None:
+        get_config(name)  # a clear error for an unknown name
+        overrides = {}
+        if info.num_register_tokens is not None:
+            overrides["num_register_tokens"] = int(info.num_register_tokens)
+        load_weights(create(name, **overrides), official)
+        print(f"verified: the weights load strictly into {name}")
+    else:
+        print("not verified against a backbone (pass --backbone NAME to check the weights load strictly)")
+    out = save_state_dict(convert(official, to=args.format, source="official"), args.out)
+    which = info.which or "single network"
+    note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
+    print(f"wrote {which}{note} as {args.format} keys to {out}")
+    return 0

@@ -1,0 +1,437 @@
+"""Synthetic texture scenes with per-pixel labels, written in the VOC `VOCSegmentation` layout.
+
+Every class is defined by texture/structure, never by colour: each object draws two or three
+random colours, and its class decides the pattern (stripes in one of two orientation bands,
+checkerboard, polka dots, concentric rings, zigzag, cross-hatch, thin grid) over a background
+class of smooth noise blobs (label 0, like VOC's background). Objects are ellipses, polygons and
+radial blobs of varied scale; later objects occlude earlier ones. Texture periods are 3-12 px, so
+at 96-128 px and patch size 8 a patch sees about one period: a network that learned dense
+texture semantics retrieves the right class, a random one does much worse.
+
+Only numpy and Pillow are used (no torch), so the generator is cheap to import from any test.
+Deterministic: image `i` of a split depends only on (seed, split, i).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+__all__ = [
+    "SCENE_CLASSES",
+    "SCENES_FORMAT",
+    "generate_scene",
+    "generate_scenes",
+    "scene_settings",
+    "voc_palette",
+    "write_scenes",
+]
+
+SCENE_CLASSES: tuple[str, ...] = (
+    "background",  # smooth noise blobs
+    "stripes-horizontal",  # stripes within +-25 deg of horizontal
+    "stripes-vertical",  # stripes within +-25 deg of vertical
+    "checkerboard",
+    "dots",
+    "rings",
+    "zigzag",
+    "crosshatch",
+    "grid",
+)
+
+SCENES_FORMAT = "neco-scenes"
+_VERSION = 1
+_SPLIT_CODES = {"train": 1, "val": 2}
+
+Pattern = Callable[[np.random.Generator, np.ndarray, np.ndarray, tuple[float, float]], np.ndarray]
+
+
+def voc_palette() -> list[int]:
+    """The 256-entry Pascal VOC colour map, flattened for `Image.putpalette`."""
+    palette = []
+    for index in range(256):
+        r = g = b = 0
+        value = index
+        for shift in range(7, -1, -1):
+            r |= ((value >> 0) & 1) << shift
+            g |= ((value >> 1) & 1) << shift
+            b |= ((value >> 2) & 1) << shift
+            value >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+# --- textures: each returns a bool "ink" map over the (H, W) pixel grid --------------------------
+
+
+def _rotate(x: np.ndarray, y: np.ndarray, angle: float) -> tuple[np.ndarray, np.ndarray]:
+    c, s = math.cos(angle), math.sin(angle)
+    return x * c + y * s, -x * s + y * c
+
+
+def _stripes(direction_deg: float) -> Pattern:
+    """Stripes running along `direction_deg` (0 = horizontal lines), +-25 degrees."""
+
+    def _pattern(rng, x, y, centre):
+        # u is the coordinate across the stripes: along the normal of their direction
+        normal = math.radians(direction_deg + 90.0 + rng.uniform(-25, 25))
+        period = rng.uniform(4.0, 10.0)
+        u, _ = _rotate(x, y, normal)
+        return np.mod(u / period + rng.uniform(), 1.0) < rng.uniform(0.4, 0.6)
+
+    return _pattern
+
+
+def _checkerboard(rng, x, y, centre):
+    cell = rng.uniform(3.0, 6.0)
+    u, v = _rotate(x, y, math.radians(rng.uniform(-12, 12)))
+    ox, oy = rng.uniform(0, 2 * cell, size=2)
+    return (np.floor((u + ox) / cell) + np.floor((v + oy) / cell)) % 2 == 0
+
+
+def _dots(rng, x, y, centre):
+    period = rng.uniform(6.0, 11.0)
+    radius = rng.uniform(0.25, 0.35)  # in periods
+    u, v = _rotate(x, y, math.radians(rng.uniform(0, 90)))
+    fu = np.mod(u / period + rng.uniform(), 1.0) - 0.5
+    fv = np.mod(v / period + rng.uniform(), 1.0) - 0.5
+    return fu * fu + fv * fv < radius * radius
+
+
+def _rings(rng, x, y, centre):
+    period = rng.uniform(4.0, 9.0)
+    cx, cy = centre[0] + rng.normal(0, 3), centre[1] + rng.normal(0, 3)
+    distance = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
+    return np.mod(distance / period + rng.uniform(), 1.0) < 0.5
+
+
+def _zigzag(rng, x, y, centre):
+    period = rng.uniform(5.0, 10.0)
+    wavelength = period * rng.uniform(1.0, 1.8)
+    amplitude = period * rng.uniform(0.5, 0.9)
+    u, v = _rotate(x, y, rng.uniform(0, math.pi))
+    triangle = np.abs(np.mod(v / wavelength + rng.uniform(), 1.0) - 0.5) * 2.0  # in [0, 1]
+    return np.mod((u + amplitude * triangle) / period + rng.uniform(), 1.0) < 0.5
+
+
+def _lines(rng, x, y, angles_deg: Sequence[float], period_range, width_range) -> np.ndarray:
+    period = rng.uniform(*period_range)
+    width = rng.uniform(*width_range) / period
+    ink = np.zeros(x.shape, dtype=bool)
+    for base in angles_deg:
+        u, _ = _rotate(x, y, math.radians(base + rng.uniform(-10, 10)))
+        ink |= np.mod(u / period + rng.uniform(), 1.0) < width
+    return ink
+
+
+def _crosshatch(rng, x, y, centre):
+    return _lines(rng, x, y, (45.0, -45.0), (4.0, 8.0), (1.2, 2.0))
+
+
+def _grid(rng, x, y, centre):
+    return _lines(rng, x, y, (0.0, 90.0), (6.0, 12.0), (1.0, 1.8))
+
+
+def _blobs(rng, x, y, centre):
+    height, width = x.shape
+    scale = rng.uniform(4.0, 8.0)
+    coarse = rng.normal(size=(max(2, int(height / scale) + 2), max(2, int(width / scale) + 2)))
+    coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
+    field = np.asarray(
+        Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
+    )
+    return field > np.median(field)
+
+
+_PATTERNS: dict[str, Pattern] = {
+    "background": _blobs,
+    "stripes-horizontal": _stripes(0.0),
+    "stripes-vertical": _stripes(90.0),
+    "checkerboard": _checkerboard,
+    "dots": _dots,
+    "rings": _rings,
+    "zigzag": _zigzag,
+    "crosshatch": _crosshatch,
+    "grid": _grid,
+}
+
+
+def _paint(
+    rng: np.random.Generator, image: np.ndarray, ink: np.ndarray, region: np.ndarray, x: np.ndarray
+) -> None:
+    """Colour `region` of `image` in place from an ink map with 2-3 random colours."""
+    colours = rng.uniform(0, 255, size=(3, 3)).astype(np.float32)
+    # keep ink and paper apart so the texture stays visible whatever the draw
+    while np.abs(colours[0] - colours[1]).sum() < 120:
+        colours[1] = rng.uniform(0, 255, size=3)
+    graded = rng.uniform() < 0.5  # third colour: a slow gradient of the paper, no texture change
+    image[region & ink] = colours[0]
+    paper = region & ~ink
+    if graded and paper.any():
+        xs = x[paper]
+        ramp = 0.5 * (xs - xs.min()) / (np.ptp(xs) + 1e-6)  # (n,)
+        image[paper] = colours[1] * (1 - ramp[:, None]) + colours[2] * ramp[:, None]
+    else:
+        image[paper] = colours[1]
+
+
+# --- shapes: each returns a bool mask -------------------------------------------------------------
+
+
+def _shape_mask(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], radius: float
+) -> np.ndarray:
+    kind = rng.integers(3)
+    cx, cy = centre
+    size = xx.shape[0]
+    if kind == 2:  # radial blob r(theta) = r0 (1 + sum a_k cos(k theta + phi_k))
+        theta = np.arctan2(yy - cy, xx - cx)
+        r = np.ones_like(theta)
+        for k in (2, 3, 5):
+            r += rng.uniform(0.0, 0.2) * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
+        return np.hypot(xx - cx, yy - cy) < radius * r
+    canvas = Image.new("L", (size, size), 0)
+    draw = ImageDraw.Draw(canvas)
+    if kind == 0:  # rotated ellipse as a dense polygon
+        a, b = radius, radius * rng.uniform(0.5, 1.0)
+        phi = rng.uniform(0, np.pi)
+        t = np.linspace(0, 2 * np.pi, 48, endpoint=False)
+        px = cx + a * np.cos(t) * math.cos(phi) - b * np.sin(t) * math.sin(phi)
+        py = cy + a * np.cos(t) * math.sin(phi) + b * np.sin(t) * math.cos(phi)
+    else:  # star-shaped polygon with 5-9 vertices
+        count = int(rng.integers(5, 10))
+        t = np.sort(rng.uniform(0, 2 * np.pi, size=count))
+        r = radius * rng.uniform(0.6, 1.0, size=count)
+        px, py = cx + r * np.cos(t), cy + r * np.sin(t)
+    draw.polygon(list(zip(px.tolist(), py.tolist())), fill=1)
+    return np.asarray(canvas, dtype=bool)
+
+
+def generate_scene(
+    rng: np.random.Generator,
+    size: int = 112,
+    *,
+    classes: Sequence[int] | None = None,
+    num_objects: int | None = None,
+    noise_std: float = 4.0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)) with labels in SCENE_CLASSES.
+
+    Args:
+        rng: numpy Generator; the scene is a deterministic function of its state.
+        size: side in pixels (square).
+        classes: object class ids (1..8) to place, in drawing order; random when None.
+        num_objects: number of objects when `classes` is None (random 2-5 when None).
+        noise_std: std of the additive Gaussian pixel noise.
+    """
+    if size < 16:
+        raise ValueError(f"`size` must be >= 16 but is {size}")
+    num_classes = len(SCENE_CLASSES)
+    if classes is None:
+        count = int(rng.integers(2, 6)) if num_objects is None else num_objects
+        classes = rng.integers(1, num_classes, size=count).tolist()
+    for c in classes:
+        if not 1 <= c < num_classes:
+            raise ValueError(f"`classes` entries must be in 1..{num_classes - 1} but got {c}")
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32)  # (H, W) pixel coordinates
+    image = np.empty((size, size, 3), dtype=np.float32)
+    everywhere = np.ones((size, size), dtype=bool)
+    _paint(rng, image, _PATTERNS["background"](rng, x, y, (size / 2, size / 2)), everywhere, x)
+    label = np.zeros((size, size), dtype=np.uint8)
+    for class_id in classes:
+        radius = size * rng.uniform(0.14, 0.32)
+        centre = (rng.uniform(0.15, 0.85) * size, rng.uniform(0.15, 0.85) * size)
+        mask = _shape_mask(rng, x, y, centre, radius)
+        texture = _PATTERNS[SCENE_CLASSES[class_id]](rng, x, y, centre)
+        _paint(rng, image, texture, mask, x)
+        label[mask] = class_id
+    image += rng.standard_normal(size=image.shape, dtype=np.float32) * noise_std
+    return np.clip(np.rint(image), 0, 255).astype(np.uint8), label
+
+
+# --- writing a VOC-layout dataset -----------------------------------------------------------------
+
+
+def scene_settings(
+    num_train: int, num_val: int, size: int, seed: int, image_format: str = "jpg"
+) -> dict[str, Any]:
+    """The settings recorded in `scenes.json` (two runs with equal settings write equal files)."""
+    return {
+        "format": SCENES_FORMAT,
+        "version": _VERSION,
+        "num_train": num_train,
+        "num_val": num_val,
+        "size": size,
+        "seed": seed,
+        "image_format": image_format,
+        "class_names": list(SCENE_CLASSES),
+        "ignore_index": 255,
+        "layout": "VOCSegmentation",
+    }
+
+
+def _class_deck(seed: int, split: str, num_images: int) -> list[list[int]]:
+    # Deal object classes from shuffled decks so that every class shows up in every few images.
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], 0])
+    counts = rng.integers(2, 6, size=num_images)
+    total = int(counts.sum())
+    objects = len(SCENE_CLASSES) - 1
+    deck = np.concatenate([rng.permutation(objects) + 1 for _ in range(total // objects + 1)])
+    plans, start = [], 0
+    for count in counts:
+        plans.append(deck[start : start + count].tolist())
+        start += count
+    return plans
+
+
+def _indexed_scene(
+    seed: int, split: str, index: int, size: int, classes: list[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index + 1])
+    return generate_scene(rng, size, classes=classes)
+
+
+def generate_scenes(
+    num_images: int, size: int = 112, seed: int = 0, split: str = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """In memory, the scenes `write_scenes` writes for `split`: images (N, S, S, 3) uint8, labels (N, S, S) uint8."""
+    if split not in _SPLIT_CODES:
+        raise ValueError(f"`split` must be one of {sorted(_SPLIT_CODES)} but is {split!r}")
+    if num_images < 1:
+        raise ValueError(f"`num_images` must be >= 1 but is {num_images}")
+    plans = _class_deck(seed, split, num_images)
+    scenes = [_indexed_scene(seed, split, i, size, plans[i]) for i in range(num_images)]
+    return np.stack([image for image, _ in scenes]), np.stack([label for _, label in scenes])
+
+
+def _save_image(image: np.ndarray, path: Path, image_format: str) -> None:
+    if image_format == "jpg":
+        Image.fromarray(image).save(path, quality=95, subsampling=0)
+    else:
+        Image.fromarray(image).save(path, compress_level=1)
+
+
+def _save_label(label: np.ndarray, path: Path, palette: list[int]) -> None:
+    height, width = label.shape
+    png = Image.frombytes("P", (width, height), np.ascontiguousarray(label, dtype=np.uint8).tobytes())
+    png.putpalette(palette)
+    png.save(path, optimize=False, compress_level=1)
+
+
+def _existing_is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
+    image_ext = settings["image_format"]
+    for split, count in (("train", settings["num_train"]), ("val", settings["num_val"])):
+        for i in range(count):
+            name = _scene_id(split, i)
+            expected = (
+                f"images/{name}.{image_ext}",
+                f"SegmentationClass/{name}.png",
+                f"SegmentationClassAug/{name}.png",
+            )
+            if not all((out_dir / rel).is_file() for rel in expected):
+                return False
+    return all((out_dir / "sets" / f"{s}.txt").is_file() for s in ("train", "trainaug", "val"))
+
+
+def _scene_id(split: str, index: int) -> str:
+    return f"scene_{split}_{index:06d}"
+
+
+_OWNED = ("images", "SegmentationClass", "SegmentationClassAug", "sets", "scenes.json")
+
+
+def write_scenes(
+    out_dir: str | Path,
+    num_train: int = 64,
+    num_val: int = 16,
+    size: int = 112,
+    seed: int = 0,
+    *,
+    image_format: str = "jpg",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Write a scenes dataset in the VOC `VOCSegmentation` layout under `out_dir`; return `out_dir`.
+
+    An existing complete output with the same settings (`scenes.json`) is reused as is; different
+    settings, or a non-empty folder that is not a scenes output, raise FileExistsError unless
+    `overwrite` (which replaces only the files this function writes).
+    """
+    formats = {"jpg": "JPEG, quality 95, no chroma subsampling", "png": "lossless PNG"}
+    if image_format not in formats:
+        raise ValueError(f"`image_format` must be one of {sorted(formats)} but is {image_format!r}")
+    for option, value, low in (("num_train", num_train, 1), ("num_val", num_val, 1), ("size", size, 16)):
+        if not isinstance(value, int) or value < low:
+            raise ValueError(f"`{option}` must be an integer >= {low} but is {value!r}")
+    out_dir = Path(out_dir).expanduser()
+    settings = scene_settings(num_train, num_val, size, seed, image_format)
+    manifest = out_dir / "scenes.json"
+    if out_dir.exists() and not out_dir.is_dir():
+        raise NotADirectoryError(f"scenes output {out_dir}: exists and is not a directory")
+    if manifest.is_file() and not overwrite:
+        try:
+            previous = json.loads(manifest.read_text())
+        except (OSError, json.JSONDecodeError):
+            previous = None
+        if previous == settings and _existing_is_complete(out_dir, settings):
+            return out_dir
+        if previous != settings:
+            raise FileExistsError(
+                f"scenes output {out_dir}: holds scenes made with other settings ({manifest}); "
+                "choose another folder or pass --overwrite (overwrite=True)"
+            )
+    elif out_dir.is_dir() and any(out_dir.iterdir()) and not manifest.is_file() and not overwrite:
+        raise FileExistsError(
+            f"scenes output {out_dir}: the folder is not empty and has no scenes.json; "
+            "choose another folder or pass --overwrite (overwrite=True)"
+        )
+    if overwrite:
+        for name in _OWNED:
+            target = out_dir / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+    _generate_all(out_dir, settings, progress)
+    from neco.utils.io import write_json  # light import; written last: marks the output complete
+
+    write_json(settings, manifest)
+    return out_dir
+
+
+def _generate_all(out_dir: Path, settings: dict[str, Any], progress: bool) -> None:
+    for sub in ("images", "SegmentationClass", "SegmentationClassAug", "sets"):
+        (out_dir / sub).mkdir(parents=True, exist_ok=True)
+    palette = voc_palette()
+    seed, size, image_ext = settings["seed"], settings["size"], settings["image_format"]
+    total = settings["num_train"] + settings["num_val"]
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=total, desc="scenes", unit="img")
+    ids: dict[str, list[str]] = {}
+    for split in ("train", "val"):
+        count = settings[f"num_{split}"]
+        plans = _class_deck(seed, split, count)
+        ids[split] = []
+        for index in range(count):
+            image, label = _indexed_scene(seed, split, index, size, plans[index])
+            name = _scene_id(split, index)
+            _save_image(image, out_dir / "images" / f"{name}.{image_ext}", image_ext)
+            _save_label(label, out_dir / "SegmentationClassAug" / f"{name}.png", palette)
+            _save_label(label, out_dir / "SegmentationClass" / f"{name}.png", palette)
+            ids[split].append(name)
+            if bar is not None:
+                bar.update(1)
+    if bar is not None:
+        bar.close()
+    for split, names in (("train", ids["train"]), ("trainaug", ids["train"]), ("val", ids["val"])):
+        (out_dir / "sets" / f"{split}.txt").write_text("".join(f"{n}\n" for n in names))

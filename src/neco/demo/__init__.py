@@ -1,0 +1,1 @@
+"""The embedded-default demo: tiny image-level pretraining, before/after evaluation, NeCo post-training, report."""

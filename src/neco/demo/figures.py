@@ -1,0 +1,138 @@
+"""Before/after figures of the demo report: PCA maps, segmentations, nearest-patch retrieval, curves."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw
+
+from neco.utils.io import atomic_open
+from neco.viz.overlay import colourise
+from neco.viz.pca import denormalise, pca_rgb
+
+__all__ = ["save_pca_comparison", "save_segmentation_comparison", "save_retrieval_figure", "save_curves"]
+
+_HEADER = 18
+
+
+def _save_png(canvas: Image.Image, path: str | Path) -> Path:
+    with atomic_open(path, "wb") as handle:
+        canvas.save(handle, format="PNG")
+    return Path(path)
+
+
+def _grid(rows: Sequence[Sequence[Image.Image]], titles: Sequence[str], tile: int) -> Image.Image:
+    """Paste equal-size tiles in a grid under one header row of column titles."""
+    cols = max(len(r) for r in rows)
+    canvas = Image.new("RGB", (cols * tile, _HEADER + len(rows) * tile), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for c, title in enumerate(titles):
+        draw.text((c * tile + 4, 3), title, fill=(0, 0, 0))
+    for r, row in enumerate(rows):
+        for c, picture in enumerate(row):
+            canvas.paste(picture.resize((tile, tile), Image.NEAREST), (c * tile, _HEADER + r * tile))
+    return canvas
+
+
+def save_pca_comparison(
+    images: torch.Tensor, before: torch.Tensor, after: torch.Tensor, path: str | Path, tile: int = 160
+) -> Path:
+    """Rows: image | PCA map of features before | after (each model's PCA fitted on its own features)."""
+    pictures = denormalise(images)
+    maps_before, maps_after = pca_rgb(before), pca_rgb(after)
+    rows = [
+        [Image.fromarray(p), Image.fromarray(b), Image.fromarray(a)]
+        for p, b, a in zip(pictures, maps_before, maps_after)
+    ]
+    return _save_png(_grid(rows, ["image", "PCA before", "PCA after"], tile), path)
+
+
+def save_segmentation_comparison(
+    images: torch.Tensor,
+    masks: torch.Tensor,
+    before: torch.Tensor,
+    after: torch.Tensor,
+    path: str | Path,
+    *,
+    num_classes: int,
+    ignore_index: int | None = 255,
+    tile: int = 160,
+) -> Path:
+    """Rows: image | ground truth | prediction before | prediction after (class colours)."""
+    pictures = denormalise(images)
+    rows = []
+    for i, picture in enumerate(pictures):
+        row = [Image.fromarray(picture)]
+        row += [Image.fromarray(colourise(x[i], num_classes, ignore_index)) for x in (masks, before, after)]
+        rows.append(row)
+    return _save_png(_grid(rows, ["image", "ground truth", "before", "after"], tile), path)
+
+
+def _mark(picture: np.ndarray, cell: tuple[int, int], patch: int, colour: tuple[int, int, int]) -> Image.Image:
+    image = Image.fromarray(picture)
+    draw = ImageDraw.Draw(image)
+    y, x = cell
+    draw.rectangle([x * patch, y * patch, (x + 1) * patch - 1, (y + 1) * patch - 1], outline=colour, width=2)
+    return image
+
+
+def save_retrieval_figure(
+    query_images: torch.Tensor,
+    query_cells: Sequence[tuple[int, int, int]],
+    pool_images: torch.Tensor,
+    features: dict[str, tuple[torch.Tensor, torch.Tensor]],
+    path: str | Path,
+    *,
+    patch_size: int,
+    top_k: int = 4,
+    tile: int = 128,
+) -> Path:
+    """For each query patch (image index, row, col): its `top_k` nearest pool patches per model.
+
+    Args:
+        query_images: (Q, 3, H, W) normalised images holding the query patches.
+        query_cells: (image index, row, col) of each query patch on the patch grid.
+        pool_images: (M, 3, H, W) normalised images to retrieve from.
+        features: model label -> (query features (Q, D, h, w), pool features (M, D, h, w)).
+    """
+    queries, pool = denormalise(query_images), denormalise(pool_images)
+    rows, titles = [], ["query"]
+    for label in features:
+        titles += [f"{label} #{j + 1}" for j in range(top_k)]
+    for index, r, c in query_cells:
+        row = [_mark(queries[index], (r, c), patch_size, (255, 0, 0))]
+        for query_feats, pool_feats in features.values():
+            q = F.normalize(query_feats[index, :, r, c], dim=0)  # (D,)
+            m, d, h, w = pool_feats.shape
+            bank = F.normalize(pool_feats.permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (M*h*w, D)
+            best = (bank @ q).topk(top_k).indices.tolist()
+            for flat in best:
+                image_index, cell = divmod(flat, h * w)
+                row.append(_mark(pool[image_index], divmod(cell, w), patch_size, (255, 255, 0)))
+        rows.append(row)
+    return _save_png(_grid(rows, titles, tile), path)
+
+
+def save_curves(steps: Sequence[int], losses: Sequence[float], rates: Sequence[float], path: str | Path) -> Path:
+    """Loss and images/s against the training step, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_rate) = plt.subplots(1, 2, figsize=(9, 3.2), dpi=100)
+    ax_loss.plot(steps, losses, lw=1)
+    ax_loss.set(xlabel="step", ylabel="NeCo loss", title="training loss")
+    ax_rate.plot(steps[: len(rates)], rates, lw=1, color="tab:green")
+    ax_rate.set(xlabel="step", ylabel="images / s", title="throughput")
+    for ax in (ax_loss, ax_rate):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png")
+    plt.close(fig)
+    return Path(path)

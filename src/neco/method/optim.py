@@ -1,0 +1,97 @@
+"""AdamW parameter groups (backbone / head x decay / no-decay) and the `trainable_blocks` option."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+from torch import nn
+
+__all__ = ["NO_DECAY_NAMES", "apply_trainable_blocks", "build_param_groups", "is_no_decay"]
+
+# Token and position parameters are excluded from weight decay by name, whatever their rank.
+NO_DECAY_NAMES = ("cls_token", "register_tokens", "mask_token", "pos_embed", "dist_token")
+
+_BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
+
+
+def is_no_decay(name: str, ndim: int) -> bool:
+    """True for biases, 1-D tensors (norm scales, LayerScale gammas) and token / position parameters."""
+    leaf = name.rsplit(".", 1)[-1]
+    return name.endswith(".bias") or leaf == "bias" or ndim <= 1 or leaf in NO_DECAY_NAMES
+
+
+def build_param_groups(
+    backbone: nn.Module,
+    head: nn.Module,
+    lr_backbone: float,
+    lr_head: float,
+    weight_decay: float,
+) -> list[dict]:
+    """Four AdamW groups: backbone decay / no-decay at `lr_backbone`, head decay / no-decay at `lr_head`.
+
+    Only parameters with `requires_grad` are included (apply `trainable_blocks` first). Each group carries
+    `"name"`, `"apply_wd"` (True for the decayed groups, which follow the weight-decay schedule) and
+    `"weight_decay"` (`weight_decay` or 0). Groups are always returned in the same order, possibly empty.
+    """
+    for option, value in (("lr_backbone", lr_backbone), ("lr_head", lr_head), ("weight_decay", weight_decay)):
+        if value < 0:
+            raise ValueError(f"`{option}` must be >= 0 but is {value}")
+    groups = []
+    for part, module, lr in (("backbone", backbone, lr_backbone), ("head", head, lr_head)):
+        decay, no_decay = [], []
+        for name, param in module.named_parameters():
+            if not param.requires_grad:
+                continue
+            (no_decay if is_no_decay(name, param.ndim) else decay).append(param)
+        groups.append(
+            {
+                "name": f"{part}_decay",
+                "params": decay,
+                "lr": lr,
+                "weight_decay": weight_decay,
+                "apply_wd": True,
+            }
+        )
+        groups.append(
+            {"name": f"{part}_no_decay", "params": no_decay, "lr": lr, "weight_decay": 0.0, "apply_wd": False}
+        )
+    return groups
+
+
+def apply_trainable_blocks(backbone: nn.Module, trainable_blocks: None | int | Sequence[int]) -> None:
+    """Set `requires_grad` for `trainable_blocks`: int n = `blocks[n:]`; list = those blocks.
+
+    When set, every backbone parameter outside the chosen blocks (patch embed, tokens, final norm) is frozen.
+    None (train everything) changes nothing, so parameters frozen on purpose before (e.g. an unused
+    `mask_token`) stay frozen.
+    """
+    blocks = getattr(backbone, "blocks", None)
+    if blocks is None:
+        raise ValueError(
+            f"`trainable_blocks` needs a backbone with a `blocks` list but {type(backbone).__name__} has none"
+        )
+    depth = len(blocks)
+    if trainable_blocks is None:
+        return
+    if isinstance(trainable_blocks, bool):
+        raise ValueError(
+            f"`trainable_blocks` must be None, an int or a list of ints but is {trainable_blocks!r}"
+        )
+    if isinstance(trainable_blocks, int):
+        if not -depth <= trainable_blocks <= depth:
+            raise ValueError(
+                f"`trainable_blocks` must be in [-{depth}, {depth}] for {depth} blocks but is {trainable_blocks}"
+            )
+        chosen = set(range(depth)[trainable_blocks:])
+    else:
+        chosen = set()
+        for index in trainable_blocks:
+            if isinstance(index, bool) or not isinstance(index, int) or not -depth <= index < depth:
+                raise ValueError(
+                    f"`trainable_blocks` entries must be block indices in [-{depth}, {depth}) but include {index!r}"
+                )
+            chosen.add(index % depth)
+    for name, param in backbone.named_parameters():
+        match = _BLOCK.search(name)
+        param.requires_grad_(match is not None and int(match.group(1)) in chosen)

@@ -1,0 +1,116 @@
+"""Choosing the implementation of the sort: compiled CPU kernel, Triton on CUDA, or the PyTorch reference."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+
+from torch import Tensor
+
+from neco.method.sorting.reference import sort_reference
+
+__all__ = [
+    "BACKENDS",
+    "select",
+    "reference_backend",
+    "cpu_backend",
+    "triton_backend",
+    "cpu_available",
+    "triton_available",
+]
+
+SortFn = Callable[[Tensor, Tensor, Tensor, list[int], float, str, float], tuple[Tensor, Tensor]]
+
+
+def reference_backend(
+    x: Tensor,
+    comparators: Tensor,
+    offsets: Tensor,
+    layer_offsets: list[int],
+    steepness: float,
+    distribution: str,
+    art_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Run the plain-PyTorch path (autograd does the backward)."""
+    return sort_reference(x, comparators, layer_offsets, steepness, distribution, art_lambda)
+
+
+def cpu_backend(
+    x: Tensor,
+    comparators: Tensor,
+    offsets: Tensor,
+    layer_offsets: list[int],
+    steepness: float,
+    distribution: str,
+    art_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Run the compiled CPU kernel (recomputes layer states in backward)."""
+    from neco.method.sorting.cpu_kernel import sort_cpu
+
+    return sort_cpu(x, comparators.to(torch.int32), offsets, steepness, distribution, art_lambda)
+
+
+def triton_backend(
+    x: Tensor,
+    comparators: Tensor,
+    offsets: Tensor,
+    layer_offsets: list[int],
+    steepness: float,
+    distribution: str,
+    art_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Run the Triton kernel (CUDA tensors, or the Triton interpreter)."""
+    from neco.method.sorting.triton_kernel import sort_triton
+
+    return sort_triton(x, comparators.to(torch.int32), layer_offsets, steepness, distribution, art_lambda)
+
+
+def cpu_available() -> bool:
+    """Whether the compiled CPU kernel builds and loads (built once per process, cached on disk)."""
+    if os.environ.get("NECO_SORT_DISABLE_CPU_KERNEL", "") not in ("", "0"):
+        return False
+    from neco.method.sorting.cpu_kernel import load
+
+    return load()
+
+
+def triton_available() -> bool:
+    """Whether Triton imports (the kernel itself needs a CUDA device or TRITON_INTERPRET=1)."""
+    try:
+        import triton  # noqa: F401
+    except Exception:  # Triton missing or broken: the reference path runs instead
+        return False
+    return True
+
+
+BACKENDS: dict[str, str] = {
+    "auto": "compiled kernel for the input's device when it works, else reference",
+    "reference": "plain PyTorch with autograd",
+    "cpu": "compiled C++ kernel (CPU tensors)",
+    "triton": "Triton kernel (CUDA tensors)",
+}
+
+
+def select(backend: str, x: Tensor) -> tuple[str, SortFn]:
+    """Return (name, function) of the implementation that sorts `x` for the requested `backend`."""
+    if backend not in BACKENDS:
+        raise ValueError(f"`backend` must be one of {sorted(BACKENDS)} but is {backend!r}")
+    supported = x.dtype in (torch.float32, torch.float64)
+    if backend == "cpu":
+        if x.device.type != "cpu":
+            raise ValueError(f"`backend` 'cpu' needs a CPU tensor but `x` is on {x.device}")
+        if not cpu_available():
+            raise RuntimeError("`backend` 'cpu': the compiled CPU kernel could not be built or loaded")
+        return "compiled CPU kernel", cpu_backend
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("`backend` 'triton': triton is not importable")
+        return "Triton kernel", triton_backend
+    if backend == "auto" and supported:
+        if x.device.type == "cpu" and cpu_available():
+            return "compiled CPU kernel", cpu_backend
+        if x.device.type == "cuda" and triton_available():
+            return "Triton kernel", triton_backend
+    return "PyTorch reference", reference_backend

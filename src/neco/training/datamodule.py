@@ -1,0 +1,282 @@
+"""Training data: image files -> multi-crop views + overlap boxes, resumable and deterministic.
+
+Every crop draw comes from a generator seeded by (seed, epoch, image index), and the order of images
+in an epoch from one seeded by (seed, epoch); so a run resumed from a checkpoint sees exactly the
+batches the uninterrupted run would have seen, whatever the number of loader workers. Each process
+(DDP rank) reads its own shard of the epoch's order. Unreadable images are skipped (the next image
+in the order is used instead), counted and reported once with their path; the run fails only when
+more than `data.max_bad_images` of the images seen are bad.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from neco.training.config import DataConfig, TrainConfig
+from neco.utils.logging import get_logger
+
+__all__ = [
+    "TooManyBadImagesError",
+    "TrainImages", "EpochSampler", "NeCoDataModule", "list_training_images", "collate_with_position"]
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+def _seed_of(*parts: int) -> int:
+    """A 63-bit seed mixing integers (splitmix64), so nearby keys give unrelated streams."""
+    value = 0x9E3779B97F4A7C15
+    for part in parts:
+        value = (value ^ (int(part) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
+        value = (value ^ (value >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
+    return value >> 1
+
+
+def _scan_folder(root: Path, option: str) -> list[Path]:
+    if not root.exists():
+        raise FileNotFoundError(f"`{option}` {root}: no such folder")
+    if not root.is_dir():
+        raise NotADirectoryError(f"`{option}` {root}: not a folder")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise ValueError(
+            f"`{option}` {root}: the folder holds no images (looked recursively for {sorted(IMAGE_SUFFIXES)})"
+        )
+    return files
+
+
+def list_training_images(config: TrainConfig, out_dir: str | Path | None = None) -> list[Path]:
+    """The image files of `data` (kind + root); synthetic scenes are generated first when needed."""
+    data = config.data
+    if data.kind == "synthetic":
+        from neco.data.synthetic import write_scenes
+
+        root = Path(data.root) if data.root else Path(out_dir or config.run.out_dir) / "scenes"
+        write_scenes(root, num_train=data.synthetic_images, num_val=4, size=data.synthetic_size,
+                     seed=config.run.seed, progress=False)
+        names = (root / "sets" / "train.txt").read_text().split()
+        return [next((root / "images").glob(f"{name}.*")) for name in names]
+    if not data.root:
+        raise ValueError(f"`data.root` must be set to the {data.kind} image folder but is null")
+    root = Path(data.root).expanduser()
+    try:
+        from neco.data import build_image_source  # type: ignore[attr-defined]
+    except ImportError:
+        build_image_source = None
+    if build_image_source is not None:
+        source = build_image_source(data.kind, root)
+        paths = getattr(source, "paths", None)
+        if paths is not None:
+            return [Path(p) for p in paths]
+    sub = {
+        "coco": ["train2017", "images/train2017"],
+        "voc": ["JPEGImages", "VOC2012/JPEGImages", "VOCdevkit/VOC2012/JPEGImages", "images"],
+        "imagenet": ["train"],
+        "folder": [],
+    }[data.kind]
+    for candidate in sub:
+        if (root / candidate).is_dir():
+            return _scan_folder(root / candidate, "data.root")
+    return _scan_folder(root, "data.root")
+
+
+class EpochSampler(Sampler):
+    """Seeded per-epoch order of image indices, sharded across ranks; yields `(epoch, position, index)`.
+
+    `position` counts this rank's samples in the epoch, so a checkpoint can record where the stream
+    stopped and `resume(epoch, position)` continues right there. Each rank gets
+    `steps_per_epoch * batch_size` samples (the order is tiled when there are too few images).
+    """
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+        if num_items < 1:
+            raise ValueError(f"`num_items` must be >= 1 but is {num_items}")
+        if not 0 <= rank < world_size:
+            raise ValueError(f"`rank` must be in [0, {world_size}) but is {rank}")
+        self.num_items, self.batch_size, self.seed = num_items, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.epoch = 0
+        self._skip: tuple[int, int] | None = None
+        self.steps_per_epoch = max(1, num_items // (batch_size * world_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Called by Lightning at the start of every epoch."""
+        self.epoch = int(epoch)
+
+    def resume(self, epoch: int, position: int) -> None:
+        """Make the next iteration of `epoch` start at `position` (once)."""
+        self._skip = (int(epoch), int(position))
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch * self.batch_size
+
+    def order(self, epoch: int) -> list[int]:
+        """This rank's image indices for `epoch`."""
+        generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch))
+        total = self.steps_per_epoch * self.batch_size * self.world_size
+        repeats = math.ceil(total / self.num_items)
+        order = torch.cat([torch.randperm(self.num_items, generator=generator) for _ in range(repeats)])[:total]
+        return order[self.rank :: self.world_size].tolist()
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        epoch = self.epoch
+        start = 0
+        if self._skip is not None and self._skip[0] == epoch:
+            start = self._skip[1]
+        self._skip = None
+        order = self.order(epoch)
+        for position in range(start, len(order)):
+            yield epoch, position, order[position]
+
+
+class TooManyBadImagesError(ValueError):
+    """More unreadable training images than `data.max_bad_images` allows."""
+
+
+class TrainImages(Dataset):
+    """Image files -> multi-crop samples; the crop draw of key (epoch, position, index) is deterministic."""
+
+    def __init__(self, paths: Sequence[Path], crops: Any, seed: int, max_bad_fraction: float = 0.01) -> None:
+        if len(paths) == 0:
+            raise ValueError("`paths` must hold at least one image but is empty")
+        self.paths = [Path(p) for p in paths]
+        self.crops = crops
+        self.seed = seed
+        self.max_bad_fraction = max_bad_fraction
+        self.bad: set[int] = set()
+        self.loaded = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def _load(self, index: int) -> Image.Image:
+        from neco.data.base import load_rgb
+
+        return load_rgb(self.paths[index])
+
+    def _record_bad(self, index: int, err: BaseException) -> None:
+        first = not self.bad
+        self.bad.add(index)
+        if first:
+            get_logger("neco.training").warning(
+                f"skipping unreadable image {self.paths[index]} ({type(err).__name__}: {err}); "
+                "further bad images are counted silently"
+            )
+        seen = max(self.loaded + len(self.bad), 1)
+        limit = max(1, math.ceil(self.max_bad_fraction * len(self.paths)))
+        if len(self.bad) > limit:
+            raise TooManyBadImagesError(
+                f"{len(self.bad)} unreadable images among the {seen} read so far (limit `data.max_bad_images`="
+                f"{self.max_bad_fraction} of {len(self.paths)} images = {limit}); last: {self.paths[index]}"
+            )
+
+    def __getitem__(self, key: tuple[int, int, int] | int) -> dict[str, Any]:
+        epoch, position, index = key if isinstance(key, tuple) else (0, int(key), int(key))
+        for attempt in range(len(self.paths)):
+            current = (index + attempt) % len(self.paths)
+            if current in self.bad:
+                continue
+            try:
+                image = self._load(current)
+                generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch, current))
+                sample = self.crops(image, generator)
+            except TooManyBadImagesError:
+                raise
+            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
+                self._record_bad(current, err)
+                continue
+            self.loaded += 1
+            sample["epoch"] = epoch
+            sample["position"] = position
+            return sample
+        raise ValueError(f"no readable image among the {len(self.paths)} training images")
+
+
+def collate_with_position(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """`collate_multicrop` plus the epoch and in-epoch positions of the samples (for exact resume)."""
+    from neco.method.crops import collate_multicrop
+
+    batch = collate_multicrop(samples)
+    batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
+    batch["position"] = torch.tensor([s["position"] for s in samples], dtype=torch.int64)
+    return batch
+
+
+def build_crop_sampler(data: DataConfig) -> Any:
+    """The `MultiCropSampler` described by `data.crops`."""
+    from neco.method.crops import MultiCropSampler
+
+    c = data.crops
+    return MultiCropSampler(
+        global_size=c.global_size,
+        local_size=c.local_size,
+        num_global=c.num_global,
+        num_local=c.num_local,
+        global_scale=c.global_scale,
+        local_scale=c.local_scale,
+        ratio=c.ratio,
+        min_overlap=c.min_overlap,
+        min_overlap_second_global=c.min_overlap_second_global,
+        max_tries=c.max_tries,
+        photometric=c.photometric,
+    )
+
+
+class NeCoDataModule(L.LightningDataModule):
+    """Training images + multi-crop sampling + this rank's shard, resumable mid-epoch."""
+
+    def __init__(self, config: TrainConfig, out_dir: str | Path | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.out_dir = out_dir
+        self.paths: list[Path] | None = None
+        self.dataset: TrainImages | None = None
+        self.sampler: EpochSampler | None = None
+
+    def prepare_data(self) -> None:
+        """Generate synthetic scenes once (rank 0) before every rank lists the files."""
+        if self.config.data.kind == "synthetic":
+            list_training_images(self.config, self.out_dir)
+
+    def setup(self, stage: str | None = None) -> None:
+        """List the images and build the dataset (every rank)."""
+        if self.dataset is None:
+            self.paths = list_training_images(self.config, self.out_dir)
+            self.dataset = TrainImages(
+                self.paths, build_crop_sampler(self.config.data), self.config.run.seed, self.config.data.max_bad_images
+            )
+
+    def train_dataloader(self) -> DataLoader:
+        """A loader over this rank's shard, continuing from the resume position if there is one."""
+        self.setup()
+        assert self.dataset is not None
+        rank, world = 0, 1
+        trainer = self.trainer
+        if trainer is not None:
+            rank, world = trainer.global_rank, trainer.world_size
+        data = self.config.data
+        self.sampler = EpochSampler(len(self.dataset), data.batch_size, self.config.run.seed, rank, world)
+        module = trainer.lightning_module if trainer is not None else None
+        position = module.pop_resume_position() if module is not None and hasattr(module, "pop_resume_position") else None
+        if position is not None:
+            self.sampler.set_epoch(position[0])
+            self.sampler.resume(*position)
+        return DataLoader(
+            self.dataset,
+            batch_size=data.batch_size,
+            sampler=self.sampler,
+            num_workers=data.num_workers,
+            collate_fn=collate_with_position,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=data.num_workers > 0,
+            # Own generator: creating the loader iterator must not consume the global torch RNG.
+            generator=torch.Generator().manual_seed(self.config.run.seed),
+        )

@@ -1,0 +1,157 @@
+"""Assemble and run a NeCo training run: output folder, Trainer (devices, precision, loggers), fit."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neco.training.config import TrainConfig, save_config
+from neco.utils.logging import get_logger
+
+__all__ = ["TrainResult", "train", "resolve_precision", "build_trainer"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced: where, how far, and whether it was interrupted."""
+
+    out_dir: Path
+    checkpoint_dir: Path
+    last_checkpoint: Path | None
+    global_step: int
+    interrupted: bool
+    metrics: dict[str, float]
+
+
+def _accelerator(config: TrainConfig) -> str:
+    choice = config.run.accelerator
+    if choice == "gpu" and not torch.cuda.is_available():
+        raise ValueError("`run.accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
+    if choice == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return choice
+
+
+def resolve_precision(config: TrainConfig, accelerator: str) -> str:
+    """Lightning precision string: `auto` is bf16 autocast on CUDA and fp32 on CPU."""
+    precision = config.run.precision
+    if precision == "auto":
+        precision = "bf16" if accelerator == "gpu" else "fp32"
+    return {"bf16": "bf16-mixed", "fp32": "32-true"}[precision]
+
+
+def _loggers(config: TrainConfig, out_dir: Path) -> list[Any]:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    loggers: list[Any] = []
+    for name in config.run.loggers:
+        if name == "tensorboard":
+            loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="tensorboard"))
+        elif name == "csv":
+            loggers.append(CSVLogger(save_dir=str(out_dir), name="csv"))
+        elif name == "wandb":
+            try:
+                from lightning.pytorch.loggers import WandbLogger
+
+                import wandb  # noqa: F401
+            except ImportError as err:
+                raise ValueError("`run.loggers` includes 'wandb' but wandb is not installed (pip install 'neco[wandb]')") from err
+            loggers.append(WandbLogger(save_dir=str(out_dir), project="neco"))
+    return loggers
+
+
+def _strategy(config: TrainConfig, accelerator: str) -> Any:
+    strategy = config.run.strategy
+    if strategy == "ddp":
+        from lightning.pytorch.strategies import DDPStrategy
+
+        # Per-rank reference queues are the method's design: do not overwrite them with rank 0's.
+        return DDPStrategy(broadcast_buffers=False, process_group_backend="nccl" if accelerator == "gpu" else "gloo")
+    return strategy
+
+
+def build_trainer(config: TrainConfig, out_dir: Path, callbacks: list[Any]) -> Any:
+    """A Lightning Trainer for `config`: devices, strategy, precision, loggers, atomic checkpoints."""
+    import lightning as L
+
+    from neco.training.checkpoint import AtomicCheckpointIO
+
+    accelerator = _accelerator(config)
+    run = config.run
+    max_steps = config.optim.max_steps if config.optim.max_steps is not None else -1
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=run.devices,
+        strategy=_strategy(config, accelerator),
+        num_nodes=run.num_nodes,
+        precision=resolve_precision(config, accelerator),
+        max_epochs=-1 if config.optim.max_steps is not None else config.optim.epochs,
+        max_steps=max_steps,
+        logger=_loggers(config, out_dir) or False,
+        callbacks=callbacks,
+        plugins=[AtomicCheckpointIO()],
+        enable_checkpointing=False,
+        enable_progress_bar=run.progress,
+        enable_model_summary=False,
+        log_every_n_steps=run.log_every,
+        gradient_clip_val=config.optim.grad_clip,
+        use_distributed_sampler=False,
+        default_root_dir=str(out_dir),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def train(config: TrainConfig, *, resume: str | None = None, progress: bool | None = None) -> TrainResult:
+    """Train NeCo as `config` says; `resume` is None, 'auto' or a checkpoint path. Returns a summary."""
+    import lightning as L
+
+    from neco.training.checkpoint import PeriodicCheckpoint, check_resume_compatible, resolve_resume
+    from neco.training.datamodule import NeCoDataModule
+    from neco.training.module import NeCoModule
+    from neco.utils.io import ensure_writable_dir
+
+    if progress is not None:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, progress=progress))
+    out_dir = ensure_writable_dir(config.run.out_dir, "run.out_dir").resolve()
+    checkpoint_dir = out_dir / "checkpoints"
+    ckpt_path = resolve_resume(resume, checkpoint_dir)
+    L.seed_everything(config.run.seed, workers=True, verbose=False)
+    if torch.cuda.is_available():
+        torch.set_float32_matmul_precision("high")
+    datamodule = NeCoDataModule(config, out_dir)
+    module = NeCoModule(config)
+    if ckpt_path is not None:
+        check_resume_compatible(ckpt_path, module)
+    checkpointer = PeriodicCheckpoint(
+        checkpoint_dir, config.run.ckpt_every_steps, config.run.keep_checkpoints, config.run.stop_at_step
+    )
+    callbacks: list[Any] = [checkpointer]
+    if config.run.validation.enabled:
+        from neco.training.validation import KMeansValidation
+
+        callbacks.append(KMeansValidation(config.run.validation))
+    trainer = build_trainer(config, out_dir, callbacks)
+    # Our sampler resumes mid-epoch from the position stored in the checkpoint, so Lightning's
+    # "dataloader is not resumable" warning does not apply.
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    if trainer.is_global_zero:
+        save_config(config, out_dir / "config.yaml")
+        where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
+        get_logger("neco.training").info(f"training into {out_dir} ({where}); checkpoints in {checkpoint_dir}")
+    trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    last = checkpoint_dir / "last.ckpt"
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    return TrainResult(
+        out_dir=out_dir,
+        checkpoint_dir=checkpoint_dir,
+        last_checkpoint=last.resolve() if last.exists() else None,
+        global_step=int(trainer.global_step),
+        interrupted=checkpointer.interrupted,
+        metrics=metrics,
+    )

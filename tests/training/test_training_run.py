@@ -1,0 +1,193 @@
+"""End-to-end training runs on the tiny preset (CPU, tiny crops): resume, logging, bad input, DDP."""
+
+from __future__ import annotations
+
+import csv
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from neco.training.config import load_config
+from neco.training.run import train
+
+ROOT = Path(__file__).resolve().parents[2]
+PRESET = ROOT / "configs" / "tiny_cpu.yaml"
+# Smallest settings that still exercise every part: 4x4 / 2x2 token grids, 3x3 ROI grids, 2 images.
+FAST = [
+    "data.batch_size=2",
+    "data.crops.global_size=32",
+    "data.crops.local_size=16",
+    "data.crops.num_local=2",
+    "loss.roi_size=3",
+    "loss.queue_size=32",
+    "model.head_hidden_dim=64",
+    "model.head_out_dim=32",
+    "data.synthetic_images=8",
+    "data.synthetic_size=48",
+    "run.loggers=[csv]",
+    "run.progress=false",
+    "run.log_every=1",
+    "run.diagnostics_every=2",
+]
+
+
+@pytest.fixture(scope="module")
+def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated scenes shared by the runs of this module."""
+    from neco.data.synthetic import write_scenes
+
+    return write_scenes(tmp_path_factory.mktemp("scenes"), num_train=8, num_val=4, size=48, progress=False)
+
+
+def _config(out_dir: Path, scenes: Path, *extra: str):
+    return load_config(PRESET, [*FAST, f"data.root={scenes}", f"run.out_dir={out_dir}", *extra])
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_resume_is_exact(tmp_path: Path, scenes: Path) -> None:
+    """4 steps in one go == 2 steps + resume + 2 steps: weights, teacher, queue, optimizer, step."""
+    full = train(_config(tmp_path / "full", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"))
+    assert full.global_step == 4
+    # Interrupted at step 2 of a 4-step run (schedules keep the 4-step length), then resumed.
+    part = train(_config(tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=3", "run.stop_at_step=2"))
+    assert part.global_step == 2
+    resumed = train(_config(tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"), resume="auto")
+    assert resumed.global_step == 4
+    a, b = _load(full.last_checkpoint), _load(resumed.last_checkpoint)
+    assert a["step"] == b["step"] == 4
+    for key in ("student", "teacher", "student_head", "teacher_head", "queue"):
+        for name, tensor in a[key].items():
+            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
+    # The run really moved: the teacher after 4 steps differs from the one after 2.
+    mid = _load(tmp_path / "full" / "checkpoints" / "step_00000002.ckpt")
+    assert any(not torch.equal(mid["teacher"][k], a["teacher"][k]) for k in a["teacher"])
+    state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert state_a.keys() == state_b.keys()
+    for index in state_a:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(state_a[index][name], state_b[index][name])
+
+
+def test_checkpoint_contract_keys(tmp_path: Path, scenes: Path) -> None:
+    """The trainer's checkpoint carries the neco keys and loads with weights_only=True."""
+    result = train(_config(tmp_path, scenes, "optim.max_steps=1"))
+    checkpoint = _load(result.last_checkpoint)
+    assert checkpoint["format"] == "neco-checkpoint" and checkpoint["version"] == 1
+    assert checkpoint["backbone"] == "vit_tiny" and checkpoint["num_register_tokens"] == 0
+    assert "blocks.0.attn.qkv.weight" in checkpoint["teacher"] and "norm.weight" in checkpoint["student"]
+    assert (tmp_path / "config.yaml").is_file()
+    resolved = load_config(tmp_path / "config.yaml")
+    assert resolved.data.batch_size == 2 and resolved.run.out_dir == str(tmp_path)
+
+
+def test_short_run_logs_loss_and_schedules(tmp_path: Path, scenes: Path) -> None:
+    """A short run on generated scenes logs a finite loss, the schedules and the collapse diagnostics."""
+    train(_config(tmp_path, scenes, "optim.max_steps=6"))
+    (metrics,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    with open(metrics) as handle:
+        rows = list(csv.DictReader(handle))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    lrs = [float(r["train/lr_backbone"]) for r in rows if r.get("train/lr_backbone")]
+    assert lrs[0] > lrs[-1] > 0  # cosine decay towards 0 over the 6 steps
+    momenta = [float(r["train/momentum"]) for r in rows if r.get("train/momentum")]
+    assert momenta[0] == pytest.approx(0.9995) and momenta[-1] > momenta[0]
+    assert sum(1 for r in rows if r.get("train/effective_rank")) == 3  # every 2 steps
+    assert any(r.get("train/images_per_s") for r in rows)
+    assert (tmp_path / "tensorboard").is_dir() is False  # this test asked for CSV only
+
+
+def test_corrupt_image_does_not_stop_training(tmp_path: Path, scenes: Path) -> None:
+    """A truncated image in the folder is skipped and counted; the run completes."""
+    import shutil
+
+    folder = tmp_path / "images"
+    shutil.copytree(scenes / "images", folder)
+    victim = sorted(folder.iterdir())[0]
+    victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
+    (folder / "garbage.png").write_bytes(b"not an image at all")
+    config = _config(
+        tmp_path / "run", scenes, "data.kind=folder", f"data.root={folder}", "optim.max_steps=4", "data.max_bad_images=0.5"
+    )
+    result = train(config)
+    assert result.global_step == 4
+
+
+def test_too_many_bad_images_fail(tmp_path: Path, scenes: Path) -> None:
+    """When more images than allowed are unreadable the run fails naming the limit and a file."""
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(6):
+        (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff broken")
+    config = _config(tmp_path / "run", scenes, "data.kind=folder", f"data.root={folder}", "optim.max_steps=2")
+    with pytest.raises(ValueError, match=r"unreadable images.*max_bad_images.*bad\d\.jpg"):
+        train(config)
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A NaN loss raises a diagnostic error; last.ckpt still names the last good step."""
+    from neco.training import module as module_mod
+
+    train(_config(tmp_path, scenes, "optim.max_steps=2", "run.ckpt_every_steps=2"))
+    original = module_mod.NeCoModule.compute_loss
+
+    def poisoned(self, batch):
+        loss, diagnostics, tokens = original(self, batch)
+        return loss * float("nan"), diagnostics, tokens
+
+    monkeypatch.setattr(module_mod.NeCoModule, "compute_loss", poisoned)
+    with pytest.raises(module_mod.NonFiniteLossError, match="non-finite loss at step 2"):
+        train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=1"), resume="auto")
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert _load(last)["step"] == 2
+
+
+def test_resume_wrong_architecture(tmp_path: Path, scenes: Path) -> None:
+    """Resuming with a config that builds another architecture names the checkpoint and the mismatch."""
+    result = train(_config(tmp_path, scenes, "optim.max_steps=1"))
+    other = _config(tmp_path / "other", scenes, "optim.max_steps=2", "model.backbone=vit_tiny_reg")
+    with pytest.raises(ValueError, match=r"--resume .*last.ckpt|--resume .*step_00000001.ckpt"):
+        train(other, resume=str(result.last_checkpoint))
+    head = _config(tmp_path / "other2", scenes, "optim.max_steps=2", "model.head_out_dim=16")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        train(head, resume=str(result.last_checkpoint))
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_keep_teacher_identical(tmp_path: Path, scenes: Path) -> None:
+    """`neco train --devices 2 --strategy ddp` on CPU (gloo): both ranks end with the same teacher."""
+    script = tmp_path / "hook.py"
+    # Each rank writes its teacher checksum when training ends (the checkpoint is written by rank 0 only).
+    script.write_text(
+        "import os, torch, lightning as L\n"
+        "from neco.training import module as m\n"
+        "orig = m.NeCoModule.on_train_end if hasattr(m.NeCoModule, 'on_train_end') else None\n"
+        "def on_train_end(self):\n"
+        "    vec = torch.cat([p.detach().flatten() for p in self.teacher.parameters()])\n"
+        "    out = os.environ['NECO_TEST_OUT']\n"
+        "    torch.save(vec, os.path.join(out, f'teacher_rank{self.global_rank}.pt'))\n"
+        "m.NeCoModule.on_train_end = on_train_end\n"
+        "import sys\n"
+        "from neco.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = dict(os.environ, NECO_TEST_OUT=str(tmp_path), OMP_NUM_THREADS="1")
+    args = [sys.executable, str(script), "train", "--config", str(PRESET), *FAST, f"data.root={scenes}",
+            f"run.out_dir={tmp_path / 'run'}", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
+            "--max-steps", "3", "--no-progress"]
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    t0 = torch.load(tmp_path / "teacher_rank0.pt")
+    t1 = torch.load(tmp_path / "teacher_rank1.pt")
+    assert torch.equal(t0, t1)
+    checkpoint = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert checkpoint["step"] == 3 and len(checkpoint["rng"]["per_rank"]) == 2
+    first = torch.cat([v.flatten() for v in _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["teacher"].values()])
+    assert first.numel() == t0.numel()
