@@ -54,3 +54,12 @@ def test_ivf_probing_every_list_is_exact():
 def test_unknown_backend_lists_the_choices():
     with pytest.raises(ValueError, match="`search` must be one of"):
         build_searcher(torch.zeros(2, 2), "scann")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_torch_search_on_gpu_with_fp16_bank_matches_cpu():
+    bank, queries = _data(4, m=5000, q=300, d=64)
+    sims, idx = build_searcher(bank.half().cuda(), "auto").search(queries.cuda(), 10)
+    ref_sims, _ = torch.topk(queries @ bank.half().float().T, 10, dim=1)
+    torch.testing.assert_close(sims.cpu(), ref_sims, atol=2e-3, rtol=0)  # fp16 products

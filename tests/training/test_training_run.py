@@ -56,9 +56,15 @@ def test_resume_is_exact(tmp_path: Path, scenes: Path) -> None:
     full = train(_config(tmp_path / "full", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"))
     assert full.global_step == 4
     # Interrupted at step 2 of a 4-step run (schedules keep the 4-step length), then resumed.
-    part = train(_config(tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=3", "run.stop_at_step=2"))
+    part = train(
+        _config(
+            tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=3", "run.stop_at_step=2"
+        )
+    )
     assert part.global_step == 2
-    resumed = train(_config(tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"), resume="auto")
+    resumed = train(
+        _config(tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"), resume="auto"
+    )
     assert resumed.global_step == 4
     a, b = _load(full.last_checkpoint), _load(resumed.last_checkpoint)
     assert a["step"] == b["step"] == 4
@@ -114,9 +120,15 @@ def test_corrupt_image_does_not_stop_training(tmp_path: Path, scenes: Path) -> N
     victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
     (folder / "garbage.png").write_bytes(b"not an image at all")
     config = _config(
-        tmp_path / "run", scenes, "data.kind=folder", f"data.root={folder}", "optim.max_steps=4", "data.max_bad_images=0.5"
+        tmp_path / "run",
+        scenes,
+        "data.kind=folder",
+        f"data.root={folder}",
+        "optim.max_steps=4",
+        "data.max_bad_images=0.5",
     )
-    result = train(config)
+    with pytest.warns(RuntimeWarning, match="skipping unreadable image"):
+        result = train(config)
     assert result.global_step == 4
 
 
@@ -127,11 +139,15 @@ def test_too_many_bad_images_fail(tmp_path: Path, scenes: Path) -> None:
     for i in range(6):
         (folder / f"bad{i}.jpg").write_bytes(b"\xff\xd8\xff broken")
     config = _config(tmp_path / "run", scenes, "data.kind=folder", f"data.root={folder}", "optim.max_steps=2")
-    with pytest.raises(ValueError, match=r"unreadable images.*max_bad_images.*bad\d\.jpg"):
+    from neco.data.images import UnreadableImagesError
+
+    with pytest.raises(UnreadableImagesError, match=r"6 of 6 image files tried could not be read.*bad\d\.jpg"):
         train(config)
 
 
-def test_non_finite_loss_stops_and_keeps_checkpoint(tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_non_finite_loss_stops_and_keeps_checkpoint(
+    tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A NaN loss raises a diagnostic error; last.ckpt still names the last good step."""
     from neco.training import module as module_mod
 
@@ -179,9 +195,25 @@ def test_ddp_two_processes_keep_teacher_identical(tmp_path: Path, scenes: Path) 
         "sys.exit(main(sys.argv[1:]))\n"
     )
     env = dict(os.environ, NECO_TEST_OUT=str(tmp_path), OMP_NUM_THREADS="1")
-    args = [sys.executable, str(script), "train", "--config", str(PRESET), *FAST, f"data.root={scenes}",
-            f"run.out_dir={tmp_path / 'run'}", "--devices", "2", "--strategy", "ddp", "--accelerator", "cpu",
-            "--max-steps", "3", "--no-progress"]
+    args = [
+        sys.executable,
+        str(script),
+        "train",
+        "--config",
+        str(PRESET),
+        *FAST,
+        f"data.root={scenes}",
+        f"run.out_dir={tmp_path / 'run'}",
+        "--devices",
+        "2",
+        "--strategy",
+        "ddp",
+        "--accelerator",
+        "cpu",
+        "--max-steps",
+        "3",
+        "--no-progress",
+    ]
     proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     t0 = torch.load(tmp_path / "teacher_rank0.pt")
@@ -189,5 +221,7 @@ def test_ddp_two_processes_keep_teacher_identical(tmp_path: Path, scenes: Path) 
     assert torch.equal(t0, t1)
     checkpoint = _load(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert checkpoint["step"] == 3 and len(checkpoint["rng"]["per_rank"]) == 2
-    first = torch.cat([v.flatten() for v in _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["teacher"].values()])
+    first = torch.cat(
+        [v.flatten() for v in _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["teacher"].values()]
+    )
     assert first.numel() == t0.numel()

@@ -85,7 +85,7 @@ def register(subparsers: Any) -> None:
         "--fraction", type=float, default=1.0, help="seeded fraction of the training set (1/128 ... 1)"
     )
     hb.add_argument("--search", default="auto", help="auto, faiss, torch (exact) or ivf (approximate)")
-    hb.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(memory))")
+    hb.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~sqrt(memory))")
     hb.add_argument("--nprobe", type=int, default=16, help="IVF lists probed per query")
     hb.add_argument("--bank-dtype", default="fp32", help="memory-bank feature storage: fp32 or fp16")
     hb.set_defaults(func=_run)

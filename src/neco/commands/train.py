@@ -19,20 +19,31 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/small/neco_dinov2r.yaml")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides section.key=value (values parsed as YAML)")
-    parser.add_argument("--devices", default=None, help="devices per node (int or 'auto'); overrides run.devices")
-    parser.add_argument("--strategy", default=None, help="Lightning strategy (auto, ddp, ...); overrides run.strategy")
-    parser.add_argument("--num-nodes", type=int, default=None, help="number of nodes; overrides run.num_nodes")
+    parser.add_argument(
+        "overrides", nargs="*", help="dotted overrides section.key=value (values parsed as YAML)"
+    )
+    parser.add_argument(
+        "--devices", default=None, help="devices per node (int or 'auto'); overrides run.devices"
+    )
+    parser.add_argument(
+        "--strategy", default=None, help="Lightning strategy (auto, ddp, ...); overrides run.strategy"
+    )
+    parser.add_argument(
+        "--num-nodes", type=int, default=None, help="number of nodes; overrides run.num_nodes"
+    )
     parser.add_argument("--accelerator", default=None, help="auto, cpu or gpu; overrides run.accelerator")
     parser.add_argument("--out", default=None, help="output folder; overrides run.out_dir")
     parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
-    parser.add_argument("--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'")
+    parser.add_argument(
+        "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
+    )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Handler of `neco train`."""
+    from neco.data.images import UnreadableImagesError
     from neco.training.config import load_config
     from neco.training.module import NonFiniteLossError
     from neco.training.run import train
@@ -40,8 +51,13 @@ def run(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
     if args.devices is not None:
         overrides.append(f"run.devices={args.devices}")
-    for flag, key in (("strategy", "run.strategy"), ("num_nodes", "run.num_nodes"), ("accelerator", "run.accelerator"),
-                      ("out", "run.out_dir"), ("max_steps", "optim.max_steps")):
+    for flag, key in (
+        ("strategy", "run.strategy"),
+        ("num_nodes", "run.num_nodes"),
+        ("accelerator", "run.accelerator"),
+        ("out", "run.out_dir"),
+        ("max_steps", "optim.max_steps"),
+    ):
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
@@ -49,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
     print(f"neco train: writing to {config.run.out_dir}", file=sys.stderr)
     try:
         result = train(config, resume=args.resume, progress=False if args.no_progress else None)
-    except NonFiniteLossError as err:
+    except (NonFiniteLossError, UnreadableImagesError) as err:
         print(f"neco train: error: {err}", file=sys.stderr)
         return 1
     last = result.last_checkpoint or "none"
     if result.interrupted:
-        print(f"neco train: interrupted at step {result.global_step}; resume with --resume {last}", file=sys.stderr)
+        print(
+            f"neco train: interrupted at step {result.global_step}; resume with --resume {last}",
+            file=sys.stderr,
+        )
         return 130
     print(f"neco train: done, {result.global_step} steps; last checkpoint {last}", file=sys.stderr)
     return 0

@@ -40,8 +40,8 @@ class TinyPretrainConfig:
     crop_size: int = 64
     crop_scale: tuple[float, float] = (0.3, 1.0)
     num_scenes: int = 2048
-    steps: int = 800
-    batch_size: int = 64
+    steps: int = 500
+    batch_size: int = 32
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_steps: int = 50

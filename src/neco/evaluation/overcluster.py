@@ -141,21 +141,22 @@ def run_overcluster(
         num_workers=config.num_workers,
         seed=0,
     )
-    token_parts: list[np.ndarray] = []
+    tokens: np.ndarray | None = None  # (N*h*w, D) float16, allocated once at the first batch
     mask_parts: list[torch.Tensor] = []
     example_images: list[torch.Tensor] = []
     grid = None
+    row = 0
     for images, masks, _ in iterate(loader, progress, "overcluster: features"):
         features = features_fn(images).cpu()  # (B, D, h, w)
         grid = features.shape[-2:]
-        token_parts.append(
-            features.permute(0, 2, 3, 1).reshape(-1, features.shape[1]).numpy().astype(np.float16)
-        )  # (B*h*w, D)
+        if tokens is None:
+            tokens = np.empty((len(val_set) * grid[0] * grid[1], features.shape[1]), dtype=np.float16)
+        batch_tokens = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])  # (B*h*w, D)
+        tokens[row : row + batch_tokens.shape[0]] = batch_tokens.numpy()
+        row += batch_tokens.shape[0]
         mask_parts.append(resize_masks(masks, config.target_size).to(torch.uint8))
         if sum(x.shape[0] for x in example_images) < num_examples:
             example_images.append(images[:num_examples])
-    tokens = np.concatenate(token_parts)
-    del token_parts
     gt = torch.cat(mask_parts).to(torch.int64)  # (N, T, T)
     h, w = grid
     timings["features_s"] = time.perf_counter() - start

@@ -31,7 +31,9 @@ class TorchSearcher:
 
     name = "torch"
 
-    def __init__(self, bank: torch.Tensor, query_chunk: int | None = None, bank_chunk: int | None = None) -> None:
+    def __init__(
+        self, bank: torch.Tensor, query_chunk: int | None = None, bank_chunk: int | None = None
+    ) -> None:
         # similarity blocks of query_chunk x bank_chunk floats: 2 GiB on GPU, 256 MiB on CPU by default
         on_gpu = bank.device.type == "cuda"
         self.bank = bank
@@ -96,12 +98,13 @@ class FaissIVFSearcher:
 
         data = bank.detach().float().cpu().numpy()  # a copy: IVF owns its vectors
         n, dim = data.shape
-        self.nlist = int(nlist) if nlist else max(1, min(int(4 * np.sqrt(n)), n // 39 or 1))
+        # ~sqrt(M) lists trained on 64 points each keeps training to minutes at M = 10.24 M
+        self.nlist = int(nlist) if nlist else max(1, min(int(np.sqrt(n)), n // 39 or 1))
         self.nprobe = int(nprobe)
         quantizer = faiss.IndexFlatIP(dim)
         self.index = faiss.IndexIVFFlat(quantizer, dim, self.nlist, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(seed)
-        sample = data[rng.permutation(n)[: min(n, 256 * self.nlist)]]
+        sample = data[rng.permutation(n)[: min(n, 64 * self.nlist)]]
         self.index.train(np.ascontiguousarray(sample))
         self.index.add(data)
         self.index.nprobe = self.nprobe

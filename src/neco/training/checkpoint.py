@@ -14,7 +14,13 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from neco.utils.io import atomic_torch_save
 from neco.utils.logging import get_logger
 
-__all__ = ["AtomicCheckpointIO", "PeriodicCheckpoint", "resolve_resume", "check_resume_compatible", "LAST_NAME"]
+__all__ = [
+    "AtomicCheckpointIO",
+    "PeriodicCheckpoint",
+    "resolve_resume",
+    "check_resume_compatible",
+    "LAST_NAME",
+]
 
 LAST_NAME = "last.ckpt"
 
@@ -22,13 +28,21 @@ LAST_NAME = "last.ckpt"
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoint IO writing to a temporary file then `os.replace` (never a partial file)."""
 
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
+    ) -> None:
         """Save `checkpoint` to `path` atomically."""
         atomic_torch_save(checkpoint, path)
 
-    def load_checkpoint(self, path: Any, map_location: Any | None = None, weights_only: bool | None = None) -> dict:
+    def load_checkpoint(
+        self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
+    ) -> dict:
         """Load with `weights_only=True`: neco checkpoints hold only tensors and plain containers."""
-        return torch.load(path, map_location=map_location or "cpu", weights_only=True if weights_only is None else weights_only)
+        return torch.load(
+            path,
+            map_location=map_location or "cpu",
+            weights_only=True if weights_only is None else weights_only,
+        )
 
 
 def _point_last(directory: Path, target: Path) -> None:
@@ -58,7 +72,9 @@ class PeriodicCheckpoint(L.Callback):
     save a resumable checkpoint; a second Ctrl-C interrupts at once (a checkpoint is still attempted).
     """
 
-    def __init__(self, directory: str | Path, every_steps: int, keep: int = 3, stop_at_step: int | None = None) -> None:
+    def __init__(
+        self, directory: str | Path, every_steps: int, keep: int = 3, stop_at_step: int | None = None
+    ) -> None:
         super().__init__()
         if every_steps < 1:
             raise ValueError(f"`run.ckpt_every_steps` must be >= 1 but is {every_steps}")
@@ -112,7 +128,9 @@ class PeriodicCheckpoint(L.Callback):
 
     def _prune(self) -> None:
         steps = sorted(self.directory.glob("step_*.ckpt"))
-        newest = os.readlink(self.directory / LAST_NAME) if (self.directory / LAST_NAME).is_symlink() else None
+        newest = (
+            os.readlink(self.directory / LAST_NAME) if (self.directory / LAST_NAME).is_symlink() else None
+        )
         for old in steps[: max(0, len(steps) - self.keep)]:
             if old.name != newest:
                 old.unlink(missing_ok=True)
@@ -123,7 +141,9 @@ class PeriodicCheckpoint(L.Callback):
             flag = trainer.strategy.reduce(flag, reduce_op="max")
         return bool(flag.item() > 0)
 
-    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         """Save on schedule, or now when a Ctrl-C asked to stop."""
         stop = self._sync_stop(trainer)
         planned_stop = self.stop_at_step is not None and trainer.global_step >= self.stop_at_step
@@ -140,7 +160,9 @@ class PeriodicCheckpoint(L.Callback):
             self.save(trainer)
         self._restore_handler()
 
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
         """A second Ctrl-C: try to save; any other error keeps the last good checkpoint untouched."""
         self._restore_handler()
         if isinstance(exception, KeyboardInterrupt) and self.last_saved_step != trainer.global_step:
@@ -148,7 +170,9 @@ class PeriodicCheckpoint(L.Callback):
             try:
                 path = self.directory / f"step_{trainer.global_step:08d}.ckpt"
                 # Single-process write: other ranks may be gone after an interrupt.
-                trainer.strategy.checkpoint_io.save_checkpoint(trainer._checkpoint_connector.dump_checkpoint(), path)
+                trainer.strategy.checkpoint_io.save_checkpoint(
+                    trainer._checkpoint_connector.dump_checkpoint(), path
+                )
                 if trainer.is_global_zero:
                     _point_last(self.directory, path)
             except Exception as err:  # noqa: BLE001 - best effort on the way out
@@ -177,10 +201,15 @@ def check_resume_compatible(path: Path, module: L.LightningModule) -> None:
     except Exception as err:  # noqa: BLE001 - any load failure means an unusable file
         raise ValueError(f"--resume {path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
     if checkpoint.get("format") != "neco-checkpoint" or "state_dict" not in checkpoint:
-        raise ValueError(f"--resume {path}: not a neco training checkpoint (no `format: neco-checkpoint` / state_dict)")
+        raise ValueError(
+            f"--resume {path}: not a neco training checkpoint (no `format: neco-checkpoint` / state_dict)"
+        )
     config = module.config
     mine = {"backbone": config.model.backbone, "num_register_tokens": int(module.student.num_register_tokens)}
-    theirs = {"backbone": checkpoint.get("backbone"), "num_register_tokens": checkpoint.get("num_register_tokens")}
+    theirs = {
+        "backbone": checkpoint.get("backbone"),
+        "num_register_tokens": checkpoint.get("num_register_tokens"),
+    }
     if mine != theirs:
         raise ValueError(f"--resume {path}: checkpoint of {theirs} but the config builds {mine}")
     expected = module.state_dict()
@@ -201,6 +230,9 @@ def check_resume_compatible(path: Path, module: L.LightningModule) -> None:
             details.append(f"unexpected {unexpected[:5]}")
         if wrong:
             details.append(
-                "shape mismatch " + ", ".join(f"{k}: {tuple(stored[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
+                "shape mismatch "
+                + ", ".join(f"{k}: {tuple(stored[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
             )
-        raise ValueError(f"--resume {path}: checkpoint does not match the configured architecture: {'; '.join(details)}")
+        raise ValueError(
+            f"--resume {path}: checkpoint does not match the configured architecture: {'; '.join(details)}"
+        )

@@ -54,7 +54,11 @@ DISTRIBUTIONS = {
 }
 SIMILARITIES = {"cosine": "cosine similarity (published)", "euclidean": "negative Euclidean distance"}
 REFERENCE_MODES = {"batch": "references from the batch", "queue": "references from a FIFO queue"}
-MASK_MODES = {"none": "all query positions", "fg": "foreground query positions", "bg": "background query positions"}
+MASK_MODES = {
+    "none": "all query positions",
+    "fg": "foreground query positions",
+    "bg": "background query positions",
+}
 PRECISIONS = {"auto": "bf16 on CUDA, fp32 on CPU", "fp32": "32-bit float", "bf16": "bfloat16 autocast"}
 ACCELERATORS = {"auto": "GPU when available", "cpu": "CPU", "gpu": "CUDA GPU"}
 LOGGERS = {"tensorboard": "TensorBoard event files", "csv": "metrics.csv", "wandb": "Weights & Biases"}
@@ -165,7 +169,8 @@ class DataConfig:
         _choice("data.kind", self.kind, DATA_KINDS)
         _positive("data.batch_size", self.batch_size)
         _positive("data.num_workers", self.num_workers, allow_zero=True)
-        _in_range("data.max_bad_images", self.max_bad_images, 0.0, 1.0)
+        if not 0.0 <= self.max_bad_images < 1.0:
+            raise ValueError(f"`data.max_bad_images` must be in [0, 1) but is {self.max_bad_images}")
         _positive("data.synthetic_images", self.synthetic_images)
         _positive("data.synthetic_size", self.synthetic_size)
 
@@ -242,7 +247,9 @@ class ValidationConfig:
 
     def __post_init__(self) -> None:
         if self.enabled and not self.root:
-            raise ValueError("`run.validation.root` must be a VOC-format folder when validation is enabled but is null")
+            raise ValueError(
+                "`run.validation.root` must be a VOC-format folder when validation is enabled but is null"
+            )
         _positive("run.validation.every_steps", self.every_steps)
         _positive("run.validation.max_images", self.max_images)
         _positive("run.validation.input_size", self.input_size)
@@ -315,7 +322,9 @@ def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin in (list, tuple):
         args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0]).split()[-1]}s" + (f" (length {len(args)})" if origin is tuple else "")
+        return f"a list of {_type_name(args[0]).split()[-1]}s" + (
+            f" (length {len(args)})" if origin is tuple else ""
+        )
     return {int: "an int", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
 
 
@@ -448,7 +457,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         except yaml.YAMLError as err:
             raise ValueError(f"--config {path}: not valid YAML ({err})") from err
         if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(f"--config {path}: expected a mapping of sections but found {type(loaded).__name__}")
+            raise ValueError(
+                f"--config {path}: expected a mapping of sections but found {type(loaded).__name__}"
+            )
         values = loaded or {}
     try:
         values = apply_overrides(values, list(overrides or []))

@@ -3,9 +3,10 @@
 Every crop draw comes from a generator seeded by (seed, epoch, image index), and the order of images
 in an epoch from one seeded by (seed, epoch); so a run resumed from a checkpoint sees exactly the
 batches the uninterrupted run would have seen, whatever the number of loader workers. Each process
-(DDP rank) reads its own shard of the epoch's order. Unreadable images are skipped (the next image
-in the order is used instead), counted and reported once with their path; the run fails only when
-more than `data.max_bad_images` of the images seen are bad.
+(DDP rank) reads its own shard of the epoch's order. Unreadable images are skipped by the image
+source (`neco.data.build_image_source`): the next readable file is used, counted and reported with
+its path; the run fails only when more than `data.max_bad_images` of the files tried (and more than
+5) are bad.
 """
 
 from __future__ import annotations
@@ -17,17 +18,11 @@ from typing import Any
 
 import lightning as L
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neco.training.config import DataConfig, TrainConfig
-from neco.utils.logging import get_logger
 
-__all__ = [
-    "TooManyBadImagesError",
-    "TrainImages", "EpochSampler", "NeCoDataModule", "list_training_images", "collate_with_position"]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm"}
+__all__ = ["TrainImages", "EpochSampler", "NeCoDataModule", "build_training_source", "collate_with_position"]
 
 
 def _seed_of(*parts: int) -> int:
@@ -39,52 +34,32 @@ def _seed_of(*parts: int) -> int:
     return value >> 1
 
 
-def _scan_folder(root: Path, option: str) -> list[Path]:
-    if not root.exists():
-        raise FileNotFoundError(f"`{option}` {root}: no such folder")
-    if not root.is_dir():
-        raise NotADirectoryError(f"`{option}` {root}: not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if not files:
-        raise ValueError(
-            f"`{option}` {root}: the folder holds no images (looked recursively for {sorted(IMAGE_SUFFIXES)})"
-        )
-    return files
+def build_training_source(config: TrainConfig, out_dir: str | Path | None = None) -> Any:
+    """The `ImageSource` of `data` (kind + root); synthetic scenes are generated first when needed."""
+    from neco.data import build_image_source
 
-
-def list_training_images(config: TrainConfig, out_dir: str | Path | None = None) -> list[Path]:
-    """The image files of `data` (kind + root); synthetic scenes are generated first when needed."""
     data = config.data
     if data.kind == "synthetic":
         from neco.data.synthetic import write_scenes
 
         root = Path(data.root) if data.root else Path(out_dir or config.run.out_dir) / "scenes"
-        write_scenes(root, num_train=data.synthetic_images, num_val=4, size=data.synthetic_size,
-                     seed=config.run.seed, progress=False)
-        names = (root / "sets" / "train.txt").read_text().split()
-        return [next((root / "images").glob(f"{name}.*")) for name in names]
+        write_scenes(
+            root,
+            num_train=data.synthetic_images,
+            num_val=4,
+            size=data.synthetic_size,
+            seed=config.run.seed,
+            progress=False,
+        )
+        return build_image_source("voc", root, split="train", max_bad_fraction=data.max_bad_images)
     if not data.root:
         raise ValueError(f"`data.root` must be set to the {data.kind} image folder but is null")
-    root = Path(data.root).expanduser()
     try:
-        from neco.data import build_image_source  # type: ignore[attr-defined]
-    except ImportError:
-        build_image_source = None
-    if build_image_source is not None:
-        source = build_image_source(data.kind, root)
-        paths = getattr(source, "paths", None)
-        if paths is not None:
-            return [Path(p) for p in paths]
-    sub = {
-        "coco": ["train2017", "images/train2017"],
-        "voc": ["JPEGImages", "VOC2012/JPEGImages", "VOCdevkit/VOC2012/JPEGImages", "images"],
-        "imagenet": ["train"],
-        "folder": [],
-    }[data.kind]
-    for candidate in sub:
-        if (root / candidate).is_dir():
-            return _scan_folder(root / candidate, "data.root")
-    return _scan_folder(root, "data.root")
+        return build_image_source(
+            data.kind, Path(data.root).expanduser(), max_bad_fraction=data.max_bad_images
+        )
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"`data.root` (data.kind={data.kind}): {err}") from err
 
 
 class EpochSampler(Sampler):
@@ -95,7 +70,9 @@ class EpochSampler(Sampler):
     `steps_per_epoch * batch_size` samples (the order is tiled when there are too few images).
     """
 
-    def __init__(self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_items: int, batch_size: int, seed: int, rank: int = 0, world_size: int = 1
+    ) -> None:
         if num_items < 1:
             raise ValueError(f"`num_items` must be >= 1 but is {num_items}")
         if not 0 <= rank < world_size:
@@ -122,7 +99,9 @@ class EpochSampler(Sampler):
         generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch))
         total = self.steps_per_epoch * self.batch_size * self.world_size
         repeats = math.ceil(total / self.num_items)
-        order = torch.cat([torch.randperm(self.num_items, generator=generator) for _ in range(repeats)])[:total]
+        order = torch.cat([torch.randperm(self.num_items, generator=generator) for _ in range(repeats)])[
+            :total
+        ]
         return order[self.rank :: self.world_size].tolist()
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
@@ -136,67 +115,31 @@ class EpochSampler(Sampler):
             yield epoch, position, order[position]
 
 
-class TooManyBadImagesError(ValueError):
-    """More unreadable training images than `data.max_bad_images` allows."""
-
-
 class TrainImages(Dataset):
-    """Image files -> multi-crop samples; the crop draw of key (epoch, position, index) is deterministic."""
+    """An image source -> multi-crop samples; the crop draw of key (epoch, position, index) is deterministic.
 
-    def __init__(self, paths: Sequence[Path], crops: Any, seed: int, max_bad_fraction: float = 0.01) -> None:
-        if len(paths) == 0:
-            raise ValueError("`paths` must hold at least one image but is empty")
-        self.paths = [Path(p) for p in paths]
+    Unreadable files are skipped by the source (the next readable file is used, counted, warned
+    about once; too many raise `UnreadableImagesError`).
+    """
+
+    def __init__(self, source: Any, crops: Any, seed: int) -> None:
+        if len(source) == 0:
+            raise ValueError("`source` must hold at least one image but is empty")
+        self.source = source
         self.crops = crops
         self.seed = seed
-        self.max_bad_fraction = max_bad_fraction
-        self.bad: set[int] = set()
-        self.loaded = 0
 
     def __len__(self) -> int:
-        return len(self.paths)
-
-    def _load(self, index: int) -> Image.Image:
-        from neco.data.base import load_rgb
-
-        return load_rgb(self.paths[index])
-
-    def _record_bad(self, index: int, err: BaseException) -> None:
-        first = not self.bad
-        self.bad.add(index)
-        if first:
-            get_logger("neco.training").warning(
-                f"skipping unreadable image {self.paths[index]} ({type(err).__name__}: {err}); "
-                "further bad images are counted silently"
-            )
-        seen = max(self.loaded + len(self.bad), 1)
-        limit = max(1, math.ceil(self.max_bad_fraction * len(self.paths)))
-        if len(self.bad) > limit:
-            raise TooManyBadImagesError(
-                f"{len(self.bad)} unreadable images among the {seen} read so far (limit `data.max_bad_images`="
-                f"{self.max_bad_fraction} of {len(self.paths)} images = {limit}); last: {self.paths[index]}"
-            )
+        return len(self.source)
 
     def __getitem__(self, key: tuple[int, int, int] | int) -> dict[str, Any]:
         epoch, position, index = key if isinstance(key, tuple) else (0, int(key), int(key))
-        for attempt in range(len(self.paths)):
-            current = (index + attempt) % len(self.paths)
-            if current in self.bad:
-                continue
-            try:
-                image = self._load(current)
-                generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch, current))
-                sample = self.crops(image, generator)
-            except TooManyBadImagesError:
-                raise
-            except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-                self._record_bad(current, err)
-                continue
-            self.loaded += 1
-            sample["epoch"] = epoch
-            sample["position"] = position
-            return sample
-        raise ValueError(f"no readable image among the {len(self.paths)} training images")
+        image = self.source.load(index)
+        generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch, index))
+        sample = self.crops(image, generator)
+        sample["epoch"] = epoch
+        sample["position"] = position
+        return sample
 
 
 def collate_with_position(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -236,22 +179,19 @@ class NeCoDataModule(L.LightningDataModule):
         super().__init__()
         self.config = config
         self.out_dir = out_dir
-        self.paths: list[Path] | None = None
         self.dataset: TrainImages | None = None
         self.sampler: EpochSampler | None = None
 
     def prepare_data(self) -> None:
         """Generate synthetic scenes once (rank 0) before every rank lists the files."""
         if self.config.data.kind == "synthetic":
-            list_training_images(self.config, self.out_dir)
+            build_training_source(self.config, self.out_dir)
 
     def setup(self, stage: str | None = None) -> None:
         """List the images and build the dataset (every rank)."""
         if self.dataset is None:
-            self.paths = list_training_images(self.config, self.out_dir)
-            self.dataset = TrainImages(
-                self.paths, build_crop_sampler(self.config.data), self.config.run.seed, self.config.data.max_bad_images
-            )
+            source = build_training_source(self.config, self.out_dir)
+            self.dataset = TrainImages(source, build_crop_sampler(self.config.data), self.config.run.seed)
 
     def train_dataloader(self) -> DataLoader:
         """A loader over this rank's shard, continuing from the resume position if there is one."""
@@ -264,7 +204,11 @@ class NeCoDataModule(L.LightningDataModule):
         data = self.config.data
         self.sampler = EpochSampler(len(self.dataset), data.batch_size, self.config.run.seed, rank, world)
         module = trainer.lightning_module if trainer is not None else None
-        position = module.pop_resume_position() if module is not None and hasattr(module, "pop_resume_position") else None
+        position = (
+            module.pop_resume_position()
+            if module is not None and hasattr(module, "pop_resume_position")
+            else None
+        )
         if position is not None:
             self.sampler.set_epoch(position[0])
             self.sampler.resume(*position)

@@ -141,7 +141,9 @@ class NeCoModule(L.LightningModule):
             raise RuntimeError("total_steps() needs an attached Trainer")
         total = self.trainer.estimated_stepping_batches
         if not math.isfinite(total) or total < 1:
-            raise ValueError(f"cannot derive the schedule length from the data loader (estimated steps: {total})")
+            raise ValueError(
+                f"cannot derive the schedule length from the data loader (estimated steps: {total})"
+            )
         return int(total)
 
     def _schedule(self, name: str, start: float, end: float) -> Any:
@@ -157,7 +159,9 @@ class NeCoModule(L.LightningModule):
         from neco.method.optim import build_param_groups
 
         oc = self.config.optim
-        groups = build_param_groups(self.student, self.student_head, oc.lr_backbone, oc.lr_head, oc.weight_decay)
+        groups = build_param_groups(
+            self.student, self.student_head, oc.lr_backbone, oc.lr_head, oc.weight_decay
+        )
         groups = [g for g in groups if len(list(g["params"])) > 0]
         for group in groups:
             group["base_lr"] = group["lr"]
@@ -179,7 +183,9 @@ class NeCoModule(L.LightningModule):
         wd = float(self._schedule("wd", oc.weight_decay, oc.weight_decay_end)(step))
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
-                group["lr"] = float(self._schedule(f"lr-{group['base_lr']}", group["base_lr"], oc.lr_end)(step))
+                group["lr"] = float(
+                    self._schedule(f"lr-{group['base_lr']}", group["base_lr"], oc.lr_end)(step)
+                )
                 group["weight_decay"] = wd if group.get("apply_wd", True) else 0.0
         self._batch_start = time.perf_counter()
 
@@ -203,7 +209,9 @@ class NeCoModule(L.LightningModule):
         tokens = backbone.forward_features(images)["x_norm_patchtokens"]  # (N, h*w, D)
         return tokens_to_grid(head(tokens), height, width), tokens  # (N, C, h, w)
 
-    def _forward_views(self, backbone: nn.Module, head: nn.Module, views: list[Tensor]) -> tuple[list[Tensor], list[Tensor]]:
+    def _forward_views(
+        self, backbone: nn.Module, head: nn.Module, views: list[Tensor]
+    ) -> tuple[list[Tensor], list[Tensor]]:
         """One backbone pass per run of same-sized views; returns per-view grids and tokens."""
         grids: list[Tensor] = []
         tokens: list[Tensor] = []
@@ -241,7 +249,9 @@ class NeCoModule(L.LightningModule):
         if len(views) != self.config.data.crops.num_global + self.config.data.crops.num_local:
             raise ValueError(f"batch has {len(views)} views but the config asks for num_global + num_local")
         with torch.no_grad():
-            teacher_grids, teacher_tokens = self._forward_views(self.teacher, self.teacher_head, views[: self.num_global])
+            teacher_grids, teacher_tokens = self._forward_views(
+                self.teacher, self.teacher_head, views[: self.num_global]
+            )
             teacher_masks = self._teacher_masks(views[: self.num_global])
         student_grids, _ = self._forward_views(self.student, self.student_head, views)
         # The soft sort at steepness ~100 needs fp32: bf16 similarities would collapse the ranks.
@@ -283,7 +293,9 @@ class NeCoModule(L.LightningModule):
             # Every rank must stop together, or the healthy ranks would hang in the next all-reduce.
             bad = self.trainer.strategy.reduce(bad, reduce_op="max")
         if float(bad) > 0:
-            views = ", ".join(f"{tuple(v.shape)} finite={bool(torch.isfinite(v).all())}" for v in batch["views"])
+            views = ", ".join(
+                f"{tuple(v.shape)} finite={bool(torch.isfinite(v).all())}" for v in batch["views"]
+            )
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.global_step} (rank {self.global_rank}: loss={float(loss.detach())}); "
                 f"views: {views}; diagnostics: {diagnostics}; lr_backbone={self.config.optim.lr_backbone}, "
@@ -340,8 +352,12 @@ class NeCoModule(L.LightningModule):
         checkpoint["num_register_tokens"] = int(self.student.num_register_tokens)
         checkpoint["student"] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
         checkpoint["teacher"] = {k: v.detach().clone() for k, v in self.teacher.state_dict().items()}
-        checkpoint["student_head"] = {k: v.detach().clone() for k, v in self.student_head.state_dict().items()}
-        checkpoint["teacher_head"] = {k: v.detach().clone() for k, v in self.teacher_head.state_dict().items()}
+        checkpoint["student_head"] = {
+            k: v.detach().clone() for k, v in self.student_head.state_dict().items()
+        }
+        checkpoint["teacher_head"] = {
+            k: v.detach().clone() for k, v in self.teacher_head.state_dict().items()
+        }
         checkpoint["queue"] = {k: v.detach().clone() for k, v in self.loss_fn.state_dict().items()}
         checkpoint["step"] = int(self.global_step)
         checkpoint["config"] = config_to_dict(self.config)

@@ -56,11 +56,12 @@ def _loggers(config: TrainConfig, out_dir: Path) -> list[Any]:
             loggers.append(CSVLogger(save_dir=str(out_dir), name="csv"))
         elif name == "wandb":
             try:
-                from lightning.pytorch.loggers import WandbLogger
-
                 import wandb  # noqa: F401
+                from lightning.pytorch.loggers import WandbLogger
             except ImportError as err:
-                raise ValueError("`run.loggers` includes 'wandb' but wandb is not installed (pip install 'neco[wandb]')") from err
+                raise ValueError(
+                    "`run.loggers` includes 'wandb' but wandb is not installed (pip install 'neco[wandb]')"
+                ) from err
             loggers.append(WandbLogger(save_dir=str(out_dir), project="neco"))
     return loggers
 
@@ -71,7 +72,9 @@ def _strategy(config: TrainConfig, accelerator: str) -> Any:
         from lightning.pytorch.strategies import DDPStrategy
 
         # Per-rank reference queues are the method's design: do not overwrite them with rank 0's.
-        return DDPStrategy(broadcast_buffers=False, process_group_backend="nccl" if accelerator == "gpu" else "gloo")
+        return DDPStrategy(
+            broadcast_buffers=False, process_group_backend="nccl" if accelerator == "gpu" else "gloo"
+        )
     return strategy
 
 
@@ -125,6 +128,8 @@ def train(config: TrainConfig, *, resume: str | None = None, progress: bool | No
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     datamodule = NeCoDataModule(config, out_dir)
+    if config.data.kind != "synthetic":
+        datamodule.setup()  # fail on a missing / empty data folder before building the model
     module = NeCoModule(config)
     if ckpt_path is not None:
         check_resume_compatible(ckpt_path, module)
@@ -139,14 +144,20 @@ def train(config: TrainConfig, *, resume: str | None = None, progress: bool | No
     trainer = build_trainer(config, out_dir, callbacks)
     # Our sampler resumes mid-epoch from the position stored in the checkpoint, so Lightning's
     # "dataloader is not resumable" warning does not apply.
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings(
+        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+    )
     if trainer.is_global_zero:
         save_config(config, out_dir / "config.yaml")
         where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
-        get_logger("neco.training").info(f"training into {out_dir} ({where}); checkpoints in {checkpoint_dir}")
+        get_logger("neco.training").info(
+            f"training into {out_dir} ({where}); checkpoints in {checkpoint_dir}"
+        )
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / "last.ckpt"
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+    }
     return TrainResult(
         out_dir=out_dir,
         checkpoint_dir=checkpoint_dir,

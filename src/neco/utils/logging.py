@@ -3,10 +3,23 @@
 from __future__ import annotations
 
 import logging
+import sys
 
 __all__ = ["get_logger", "log_once"]
 
 _seen: set[str] = set()
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is now (pytest and tqdm swap it), not the one seen at set-up."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:  # the base class assigns it in __init__
+        pass
 
 
 def get_logger(name: str = "neco") -> logging.Logger:
@@ -14,7 +27,7 @@ def get_logger(name: str = "neco") -> logging.Logger:
     logger = logging.getLogger(name)
     root = logging.getLogger("neco")
     if not root.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("[neco] %(message)s"))
         root.addHandler(handler)
         root.setLevel(logging.INFO)
