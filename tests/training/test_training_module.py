@@ -37,7 +37,9 @@ def batch(config, tmp_path_factory: pytest.TempPathFactory):
     from neco.data.synthetic import write_scenes
 
     root = write_scenes(tmp_path_factory.mktemp("scenes"), num_train=4, num_val=1, size=48, progress=False)
-    dataset = TrainImages(build_image_source("voc", root, split="train"), build_crop_sampler(config.data), seed=0)
+    dataset = TrainImages(
+        build_image_source("voc", root, split="train"), build_crop_sampler(config.data), seed=0
+    )
     return collate_with_position([dataset[(0, i, i)] for i in range(3)])
 
 
@@ -72,11 +74,16 @@ def test_fixed_batch_training_lowers_the_loss(config, batch) -> None:
     module = NeCoModule(config)
     module.train()
     optimizer = module.configure_optimizers()
-    assert {g["name"] for g in optimizer.param_groups} == {"backbone_decay", "backbone_no_decay", "head_decay", "head_no_decay"}
+    assert {g["name"] for g in optimizer.param_groups} == {
+        "backbone_decay",
+        "backbone_no_decay",
+        "head_decay",
+        "head_no_decay",
+    }
     for group in optimizer.param_groups:
         group["lr"] = 1e-3
     losses = []
-    for _ in range(8):
+    for _ in range(5):
         torch.manual_seed(1)  # the same references every step
         loss = module.compute_loss(batch)[0]
         optimizer.zero_grad()
@@ -134,8 +141,38 @@ def test_crops_are_a_function_of_the_key(config, tmp_path: Path) -> None:
     from neco.data.synthetic import write_scenes
 
     root = write_scenes(tmp_path / "s", num_train=2, num_val=1, size=48, progress=False)
-    dataset = TrainImages(build_image_source("voc", root, split="train"), build_crop_sampler(config.data), seed=0)
+    dataset = TrainImages(
+        build_image_source("voc", root, split="train"), build_crop_sampler(config.data), seed=0
+    )
     a, b, c = dataset[(0, 0, 1)], dataset[(0, 5, 1)], dataset[(1, 0, 1)]
     assert all(torch.equal(x, y) for x, y in zip(a["views"], b["views"]))
     assert not torch.equal(a["crops"], c["crops"])
     assert b["position"] == 5
+
+
+def test_small_images_are_counted_and_reported(
+    config, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An image smaller than the global crop is upsampled, counted and reported once with its path."""
+    import logging
+
+    from PIL import Image
+
+    from neco.data import build_image_source
+
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    Image.new("RGB", (12, 10), (200, 10, 10)).save(folder / "tiny.png")
+    dataset = TrainImages(build_image_source("folder", folder), build_crop_sampler(config.data), seed=0)
+    logger = logging.getLogger("neco")
+    logger.addHandler(caplog.handler)
+    try:
+        sample = dataset[(0, 0, 0)]
+        dataset[(0, 1, 0)]
+    finally:
+        logger.removeHandler(caplog.handler)
+    assert sample["views"][0].shape == (3, 32, 32)
+    assert dataset.num_small == 2
+    assert (
+        sum("tiny.png (12x10) is smaller than the global crop" in r.getMessage() for r in caplog.records) == 1
+    )

@@ -51,28 +51,44 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_resume_is_exact(tmp_path: Path, scenes: Path) -> None:
-    """4 steps in one go == 2 steps + resume + 2 steps: weights, teacher, queue, optimizer, step."""
-    full = train(_config(tmp_path / "full", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"))
-    assert full.global_step == 4
-    # Interrupted at step 2 of a 4-step run (schedules keep the 4-step length), then resumed.
-    part = train(
-        _config(
-            tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=3", "run.stop_at_step=2"
-        )
-    )
-    assert part.global_step == 2
-    resumed = train(
-        _config(tmp_path / "part", scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"), resume="auto"
-    )
-    assert resumed.global_step == 4
-    a, b = _load(full.last_checkpoint), _load(resumed.last_checkpoint)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory: pytest.TempPathFactory, scenes: Path):
+    """One uninterrupted 4-step run (checkpoints at steps 2 and 4) shared by several tests."""
+    out = tmp_path_factory.mktemp("full")
+    return train(_config(out, scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"))
+
+
+def test_ctrl_c_then_resume_is_exact(
+    tmp_path: Path, scenes: Path, full_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C during step 2 saves a resumable checkpoint; 2 steps + resume + 2 == 4 steps in one go
+    (student, teacher, heads, queue, optimizer state, step)."""
+    import signal
+
+    from neco.training import module as module_mod
+
+    original = module_mod.NeCoModule.training_step
+
+    def interrupting(self, batch, batch_idx):
+        if self.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_mod.NeCoModule, "training_step", interrupting)
+    part = train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=3"))
+    assert part.interrupted and part.global_step == 2
+    assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 2
+    monkeypatch.setattr(module_mod.NeCoModule, "training_step", original)
+    resumed = train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=3"), resume="auto")
+    assert not resumed.interrupted and resumed.global_step == 4
+
+    a, b = _load(full_run.last_checkpoint), _load(resumed.last_checkpoint)
     assert a["step"] == b["step"] == 4
     for key in ("student", "teacher", "student_head", "teacher_head", "queue"):
         for name, tensor in a[key].items():
             assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
     # The run really moved: the teacher after 4 steps differs from the one after 2.
-    mid = _load(tmp_path / "full" / "checkpoints" / "step_00000002.ckpt")
+    mid = _load(full_run.checkpoint_dir / "step_00000002.ckpt")
     assert any(not torch.equal(mid["teacher"][k], a["teacher"][k]) for k in a["teacher"])
     state_a, state_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert state_a.keys() == state_b.keys()
@@ -81,33 +97,98 @@ def test_resume_is_exact(tmp_path: Path, scenes: Path) -> None:
             assert torch.equal(state_a[index][name], state_b[index][name])
 
 
-def test_checkpoint_contract_keys(tmp_path: Path, scenes: Path) -> None:
-    """The trainer's checkpoint carries the neco keys and loads with weights_only=True."""
-    result = train(_config(tmp_path, scenes, "optim.max_steps=1"))
-    checkpoint = _load(result.last_checkpoint)
+def test_second_ctrl_c_aborts_but_saves(
+    tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second Ctrl-C aborts the step at once; a checkpoint of the last finished step is still written."""
+    import signal
+
+    from neco.training import module as module_mod
+
+    original = module_mod.NeCoModule.training_step
+
+    def interrupting(self, batch, batch_idx):
+        if self.global_step == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), signal.SIGINT)
+        return original(self, batch, batch_idx)
+
+    monkeypatch.setattr(module_mod.NeCoModule, "training_step", interrupting)
+    with pytest.raises(SystemExit):
+        train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=3"))
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after an interrupt
+    checkpoint = _load(tmp_path / "checkpoints" / "last.ckpt")
+    assert checkpoint["step"] == 1 and checkpoint["format"] == "neco-checkpoint"
+
+
+def test_stop_at_step_keeps_schedules(tmp_path: Path, scenes: Path, full_run) -> None:
+    """`run.stop_at_step` ends early with the full run's schedules: step 2 equals the full run's step 2."""
+    part = train(
+        _config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=3", "run.stop_at_step=2")
+    )
+    assert part.global_step == 2 and not part.interrupted
+    a = _load(full_run.checkpoint_dir / "step_00000002.ckpt")
+    b = _load(part.last_checkpoint)
+    assert all(torch.equal(v, b["student"][k]) for k, v in a["student"].items())
+
+
+def test_checkpoint_contract_and_logs(full_run) -> None:
+    """The checkpoint carries the neco keys (weights_only load); config and CSV logs are written."""
+    checkpoint = _load(full_run.last_checkpoint)
     assert checkpoint["format"] == "neco-checkpoint" and checkpoint["version"] == 1
     assert checkpoint["backbone"] == "vit_tiny" and checkpoint["num_register_tokens"] == 0
     assert "blocks.0.attn.qkv.weight" in checkpoint["teacher"] and "norm.weight" in checkpoint["student"]
-    assert (tmp_path / "config.yaml").is_file()
-    resolved = load_config(tmp_path / "config.yaml")
-    assert resolved.data.batch_size == 2 and resolved.run.out_dir == str(tmp_path)
+    assert set(checkpoint["data_position"]) == {"epoch", "position"}
+    resolved = load_config(full_run.out_dir / "config.yaml")
+    assert resolved.data.batch_size == 2 and resolved.run.out_dir == str(full_run.out_dir)
+    from neco.backbones import create
 
+    teacher = create("vit_tiny", weights=full_run.last_checkpoint)  # the weights loader reads the teacher
+    assert all(torch.equal(teacher.state_dict()[k], v) for k, v in checkpoint["teacher"].items())
 
-def test_short_run_logs_loss_and_schedules(tmp_path: Path, scenes: Path) -> None:
-    """A short run on generated scenes logs a finite loss, the schedules and the collapse diagnostics."""
-    train(_config(tmp_path, scenes, "optim.max_steps=6"))
-    (metrics,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    (metrics,) = (full_run.out_dir / "csv").glob("version_*/metrics.csv")
     with open(metrics) as handle:
         rows = list(csv.DictReader(handle))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
-    assert len(losses) == 6 and all(torch.isfinite(torch.tensor(losses)))
+    assert len(losses) == 4 and all(torch.isfinite(torch.tensor(losses)))
     lrs = [float(r["train/lr_backbone"]) for r in rows if r.get("train/lr_backbone")]
-    assert lrs[0] > lrs[-1] > 0  # cosine decay towards 0 over the 6 steps
+    assert lrs[0] > lrs[-1] > 0  # cosine decay towards 0
     momenta = [float(r["train/momentum"]) for r in rows if r.get("train/momentum")]
     assert momenta[0] == pytest.approx(0.9995) and momenta[-1] > momenta[0]
-    assert sum(1 for r in rows if r.get("train/effective_rank")) == 3  # every 2 steps
-    assert any(r.get("train/images_per_s") for r in rows)
-    assert (tmp_path / "tensorboard").is_dir() is False  # this test asked for CSV only
+    assert sum(1 for r in rows if r.get("train/effective_rank")) == 2  # steps 0 and 2
+    assert any(r.get("train/images_per_s") for r in rows) and any(r.get("train/loss_avg") for r in rows)
+    assert not (full_run.out_dir / "tensorboard").exists()  # CSV only was asked for
+
+
+def test_non_finite_loss_stops_and_keeps_checkpoint(
+    tmp_path: Path, scenes: Path, full_run, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NaN loss raises a diagnostic error; last.ckpt still names the last good step."""
+    import shutil
+
+    from neco.training import module as module_mod
+
+    shutil.copytree(full_run.checkpoint_dir, tmp_path / "checkpoints", symlinks=True)
+    original = module_mod.NeCoModule.compute_loss
+
+    def poisoned(self, batch):
+        loss, diagnostics, tokens = original(self, batch)
+        return loss * float("nan"), diagnostics, tokens
+
+    monkeypatch.setattr(module_mod.NeCoModule, "compute_loss", poisoned)
+    with pytest.raises(module_mod.NonFiniteLossError, match="non-finite loss at step 4"):
+        train(_config(tmp_path, scenes, "optim.max_steps=6", "run.ckpt_every_steps=1"), resume="auto")
+    assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 4
+
+
+def test_resume_wrong_architecture(tmp_path: Path, scenes: Path, full_run) -> None:
+    """Resuming with a config that builds another architecture names the checkpoint and the mismatch."""
+    other = _config(tmp_path / "other", scenes, "optim.max_steps=2", "model.backbone=vit_tiny_reg")
+    with pytest.raises(ValueError, match=r"--resume .*step_00000004.ckpt: checkpoint of .*vit_tiny"):
+        train(other, resume=str(full_run.last_checkpoint))
+    head = _config(tmp_path / "other2", scenes, "optim.max_steps=2", "model.head_out_dim=16")
+    with pytest.raises(ValueError, match="shape mismatch"):
+        train(head, resume=str(full_run.last_checkpoint))
 
 
 def test_corrupt_image_does_not_stop_training(tmp_path: Path, scenes: Path) -> None:
@@ -141,39 +222,10 @@ def test_too_many_bad_images_fail(tmp_path: Path, scenes: Path) -> None:
     config = _config(tmp_path / "run", scenes, "data.kind=folder", f"data.root={folder}", "optim.max_steps=2")
     from neco.data.images import UnreadableImagesError
 
-    with pytest.raises(UnreadableImagesError, match=r"6 of 6 image files tried could not be read.*bad\d\.jpg"):
+    with pytest.raises(
+        UnreadableImagesError, match=r"6 of 6 image files tried could not be read.*bad\d\.jpg"
+    ):
         train(config)
-
-
-def test_non_finite_loss_stops_and_keeps_checkpoint(
-    tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A NaN loss raises a diagnostic error; last.ckpt still names the last good step."""
-    from neco.training import module as module_mod
-
-    train(_config(tmp_path, scenes, "optim.max_steps=2", "run.ckpt_every_steps=2"))
-    original = module_mod.NeCoModule.compute_loss
-
-    def poisoned(self, batch):
-        loss, diagnostics, tokens = original(self, batch)
-        return loss * float("nan"), diagnostics, tokens
-
-    monkeypatch.setattr(module_mod.NeCoModule, "compute_loss", poisoned)
-    with pytest.raises(module_mod.NonFiniteLossError, match="non-finite loss at step 2"):
-        train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=1"), resume="auto")
-    last = tmp_path / "checkpoints" / "last.ckpt"
-    assert _load(last)["step"] == 2
-
-
-def test_resume_wrong_architecture(tmp_path: Path, scenes: Path) -> None:
-    """Resuming with a config that builds another architecture names the checkpoint and the mismatch."""
-    result = train(_config(tmp_path, scenes, "optim.max_steps=1"))
-    other = _config(tmp_path / "other", scenes, "optim.max_steps=2", "model.backbone=vit_tiny_reg")
-    with pytest.raises(ValueError, match=r"--resume .*last.ckpt|--resume .*step_00000001.ckpt"):
-        train(other, resume=str(result.last_checkpoint))
-    head = _config(tmp_path / "other2", scenes, "optim.max_steps=2", "model.head_out_dim=16")
-    with pytest.raises(ValueError, match="shape mismatch"):
-        train(head, resume=str(result.last_checkpoint))
 
 
 @pytest.mark.slow
@@ -225,3 +277,23 @@ def test_ddp_two_processes_keep_teacher_identical(tmp_path: Path, scenes: Path) 
         [v.flatten() for v in _load(tmp_path / "run" / "checkpoints" / "last.ckpt")["teacher"].values()]
     )
     assert first.numel() == t0.numel()
+
+
+def test_periodic_kmeans_validation(tmp_path: Path, scenes: Path) -> None:
+    """`run.validation` logs a k-means mIoU (percent) on a VOC-format split every N steps."""
+    config = _config(
+        tmp_path,
+        scenes,
+        "optim.max_steps=2",
+        "run.validation.enabled=true",
+        f"run.validation.root={scenes}",
+        "run.validation.every_steps=2",
+        "run.validation.max_images=4",
+        "run.validation.input_size=48",
+        "run.validation.num_clusters=4",
+    )
+    train(config)
+    (metrics,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    with open(metrics) as handle:
+        values = [float(r["val/kmeans_miou"]) for r in csv.DictReader(handle) if r.get("val/kmeans_miou")]
+    assert len(values) == 1 and 0.0 < values[0] <= 100.0

@@ -167,14 +167,16 @@ class PeriodicCheckpoint(L.Callback):
         self._restore_handler()
         if isinstance(exception, KeyboardInterrupt) and self.last_saved_step != trainer.global_step:
             self.interrupted = True
+            if not trainer.is_global_zero:
+                return
             try:
                 path = self.directory / f"step_{trainer.global_step:08d}.ckpt"
                 # Single-process write: other ranks may be gone after an interrupt.
+                pl_module.single_process_save = True
                 trainer.strategy.checkpoint_io.save_checkpoint(
                     trainer._checkpoint_connector.dump_checkpoint(), path
                 )
-                if trainer.is_global_zero:
-                    _point_last(self.directory, path)
+                _point_last(self.directory, path)
             except Exception as err:  # noqa: BLE001 - best effort on the way out
                 get_logger("neco.training").warning(f"could not save a checkpoint after Ctrl-C: {err}")
 

@@ -18,9 +18,11 @@ from typing import Any
 
 import lightning as L
 import torch
+from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from neco.training.config import DataConfig, TrainConfig
+from neco.utils.logging import get_logger
 
 __all__ = ["TrainImages", "EpochSampler", "NeCoDataModule", "build_training_source", "collate_with_position"]
 
@@ -128,13 +130,28 @@ class TrainImages(Dataset):
         self.source = source
         self.crops = crops
         self.seed = seed
+        self.num_small = 0
 
     def __len__(self) -> int:
         return len(self.source)
 
+    def _note_small(self, image: Image.Image, index: int) -> None:
+        """Count images smaller than a global crop (they are upsampled) and say so once."""
+        size = getattr(self.crops, "global_size", None)
+        if size is None or (image.height >= size[0] and image.width >= size[1]):
+            return
+        self.num_small += 1
+        if self.num_small == 1:
+            path = self.source.files[index] if hasattr(self.source, "files") else index
+            get_logger("neco.training").warning(
+                f"image {path} ({image.width}x{image.height}) is smaller than the global crop "
+                f"({size[1]}x{size[0]}); such images are upsampled by the crops (counted, shown once)"
+            )
+
     def __getitem__(self, key: tuple[int, int, int] | int) -> dict[str, Any]:
         epoch, position, index = key if isinstance(key, tuple) else (0, int(key), int(key))
         image = self.source.load(index)
+        self._note_small(image, index)
         generator = torch.Generator().manual_seed(_seed_of(self.seed, epoch, index))
         sample = self.crops(image, generator)
         sample["epoch"] = epoch

@@ -117,6 +117,7 @@ class NeCoModule(L.LightningModule):
         self._schedules: dict[str, Any] = {}
         self.data_position: tuple[int, int] = (0, 0)
         self._resume_position: tuple[int, int] | None = None
+        self._loss_window: list[float] = []
 
     # ------------------------------------------------------------------------------------------
     # modes and setup
@@ -285,6 +286,7 @@ class NeCoModule(L.LightningModule):
                 self.log(f"train/{key}", float(value), batch_size=batch_size)
         if self.global_step % self.config.run.diagnostics_every == 0:
             self._log_collapse(teacher_tokens[0])
+        self._log_window_mean(float(loss.detach()))
         return loss
 
     def _check_finite(self, loss: Tensor, diagnostics: dict[str, float], batch: dict[str, Any]) -> None:
@@ -312,6 +314,16 @@ class NeCoModule(L.LightningModule):
             if group.get("name", "").startswith("head") and group.get("apply_wd", True):
                 self.log("train/lr_head", group["lr"])
         self.log("train/momentum", self.current_momentum(self._schedule_step))
+
+    def _log_window_mean(self, loss: float) -> None:
+        """Every `run.log_every` steps write the mean loss of those steps (`train/loss_avg`, smoother)."""
+        self._loss_window.append(loss)
+        if len(self._loss_window) >= self.config.run.log_every:
+            mean = sum(self._loss_window) / len(self._loss_window)
+            self._loss_window = []
+            if self.trainer is not None and self.trainer.is_global_zero:
+                for logger in self.loggers:
+                    logger.log_metrics({"train/loss_avg": mean}, step=self.global_step)
 
     @torch.no_grad()
     def _log_collapse(self, tokens: Tensor) -> None:
@@ -362,7 +374,12 @@ class NeCoModule(L.LightningModule):
         checkpoint["step"] = int(self.global_step)
         checkpoint["config"] = config_to_dict(self.config)
         states = [_rng_state()]
-        if dist.is_distributed() and dist.world_size() > 1:
+        # After a hard interrupt other ranks may be gone: no collective then (rank 0's state only).
+        if (
+            dist.is_distributed()
+            and dist.world_size() > 1
+            and not getattr(self, "single_process_save", False)
+        ):
             states = [None] * dist.world_size()
             torch.distributed.all_gather_object(states, _rng_state())
         checkpoint["rng"] = {"per_rank": states}

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
 import torch
-
 from torch import Tensor
 
 from neco.method.sorting.reference import sort_reference
+from neco.utils.logging import log_once
 
 __all__ = [
     "BACKENDS",
@@ -67,6 +68,32 @@ def triton_backend(
     return sort_triton(x, comparators.to(torch.int32), layer_offsets, steepness, distribution, art_lambda)
 
 
+def _triton_or_reference(
+    x: Tensor,
+    comparators: Tensor,
+    offsets: Tensor,
+    layer_offsets: list[int],
+    steepness: float,
+    distribution: str,
+    art_lambda: float,
+) -> tuple[Tensor, Tensor]:
+    """Triton kernel, falling back to the reference path (with a one-line warning) if it fails to compile."""
+    if not _triton_broken:
+        try:
+            return triton_backend(x, comparators, offsets, layer_offsets, steepness, distribution, art_lambda)
+        except Exception as error:  # compile / launch failure: keep training on the reference path
+            _triton_broken.append(True)
+            log_once(
+                f"DiffSort: Triton kernel failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
+                "using the PyTorch reference path",
+                level=logging.WARNING,
+            )
+    return reference_backend(x, comparators, offsets, layer_offsets, steepness, distribution, art_lambda)
+
+
+_triton_broken: list[bool] = []
+
+
 def cpu_available() -> bool:
     """Whether the compiled CPU kernel builds and loads (built once per process, cached on disk)."""
     if os.environ.get("NECO_SORT_DISABLE_CPU_KERNEL", "") not in ("", "0"):
@@ -112,5 +139,5 @@ def select(backend: str, x: Tensor) -> tuple[str, SortFn]:
         if x.device.type == "cpu" and cpu_available():
             return "compiled CPU kernel", cpu_backend
         if x.device.type == "cuda" and triton_available():
-            return "Triton kernel", triton_backend
+            return "Triton kernel", _triton_or_reference
     return "PyTorch reference", reference_backend

@@ -7,8 +7,10 @@ reference path with a one-line warning.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import platform
 import threading
 from pathlib import Path
 
@@ -35,10 +37,20 @@ _lock = threading.Lock()
 _state: dict[str, bool] = {}
 
 
+def _cpu_tag() -> str:
+    # The kernel is built with -march=native: a cache shared between different CPUs must not mix builds.
+    try:
+        with open("/proc/cpuinfo") as handle:
+            flags = next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        flags = platform.processor()
+    return hashlib.sha1(f"{platform.machine()} {flags} {torch.__version__}".encode()).hexdigest()[:10]
+
+
 def extension_dir() -> Path:
-    """Directory where the compiled extension is cached."""
+    """Directory where the compiled extension is cached (one per CPU feature set and torch version)."""
     root = os.environ.get("NECO_EXT_DIR") or os.path.join(Path.home(), ".cache", "neco", "torch_extensions")
-    return Path(root) / "neco_sort_cpu"
+    return Path(root) / f"neco_sort_cpu_{_cpu_tag()}"
 
 
 def load() -> bool:
@@ -112,4 +124,6 @@ def sort_cpu(
     art_lambda: float,
 ) -> tuple[Tensor, Tensor]:
     """Run the compiled kernel (float32 or float64 CPU tensors)."""
-    return SortCPUFunction.apply(x, comparators32, offsets32, steepness, DISTRIBUTION_IDS[distribution], art_lambda)
+    return SortCPUFunction.apply(
+        x, comparators32, offsets32, steepness, DISTRIBUTION_IDS[distribution], art_lambda
+    )

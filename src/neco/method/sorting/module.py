@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import torch
 from torch import Tensor, nn
 
@@ -88,7 +87,9 @@ class DiffSort(nn.Module):
         if in_dtype in _REDUCED:
             x = x.float()
         name, fn = backends.select(self.backend, x)
-        log_once(f"DiffSort: {name} path on {x.device.type} ({self.network}, n={self.size}, {self.distribution})")
+        log_once(
+            f"DiffSort: {name} path on {x.device.type} ({self.network}, n={self.size}, {self.distribution})"
+        )
         values, perm = fn(
             x,
             self.comparators,
@@ -101,4 +102,3 @@ class DiffSort(nn.Module):
         if in_dtype in _REDUCED:
             values, perm = values.to(in_dtype), perm.to(in_dtype)
         return values, perm
-
