@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--num-scenes", type=int, default=None)
     parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument("--pool", choices=["mean", "cls"], default=None, help="token(s) the classifier reads")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
     parser.set_defaults(func=_run)
 
@@ -41,6 +42,7 @@ def _run(args: argparse.Namespace) -> int:
             "batch_size": args.batch_size,
             "num_scenes": args.num_scenes,
             "seed": args.seed,
+            "pool": args.pool,
         }.items()
         if v is not None
     }

@@ -2,9 +2,12 @@
 
 NeCo is a *post*-training method: it refines a backbone that was pretrained at image level. The
 demo mirrors that with a tiny ViT (`vit_tiny`) trained here to recognise which texture classes an
-image contains (multi-label classification from the average of its patch tokens, binary
-cross-entropy). It never sees a pixel label: dense semantics in its patch tokens are only a by-product, which is what NeCo then
-improves. Deterministic for a given seed and thread count.
+image contains (multi-label classification from the CLS token, binary cross-entropy). It never
+sees a pixel label: dense semantics in its patch tokens are only a by-product, which is what NeCo then
+improves. Deterministic for a given seed and thread count; the shipped file was made with
+`neco pretrain-tiny -o src/neco/assets/vit_tiny_scenes.pth --threads 1`. (Pooling the patch tokens
+instead of the CLS token gave patch features that retrieve worse than a random init: 12.6 vs 18.8
+Hummingbird mIoU on 200/60 scenes at 96 px; the CLS variant gave 19.9.)
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ class TinyPretrainConfig:
     weight_decay: float = 0.05
     warmup_steps: int = 50
     min_class_fraction: float = 0.02
-    pool: str = "mean"  # "mean": average of the patch tokens; "cls": the CLS token
+    pool: str = "cls"  # "cls": the CLS token; "mean": average of the patch tokens (worse dense features)
     seed: int = 0
 
     def __post_init__(self) -> None:
