@@ -18,6 +18,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from torchvision.transforms import InterpolationMode
 
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
+
 __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
@@ -28,9 +30,7 @@ __all__ = [
     "PairDataset",
 ]
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
 # The public Hummingbird code has 0.255 as the last std (a typo); neco uses the standard 0.225.
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _normalise(image: Image.Image) -> torch.Tensor:

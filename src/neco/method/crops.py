@@ -21,6 +21,7 @@ from PIL import Image, ImageFilter
 from torch import Tensor
 from torchvision.transforms import functional as TF
 
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 from neco.utils.logging import get_logger
 
 __all__ = [
@@ -31,9 +32,6 @@ __all__ = [
     "overlap_boxes",
     "sample_crop_box",
 ]
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 def _pair(size: int | Sequence[int], option: str) -> tuple[int, int]:

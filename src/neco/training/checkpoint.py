@@ -118,7 +118,7 @@ class PeriodicCheckpoint(L.Callback):
         """Write the checkpoint of the current step (every rank calls this; rank 0 writes)."""
         step = trainer.global_step
         path = self.directory / f"step_{step:08d}.ckpt"
-        trainer.save_checkpoint(path)
+        trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
         if trainer.is_global_zero:
             _point_last(self.directory, path)
             self._prune()
