@@ -41,7 +41,12 @@ def load_backbone(
         name, weights = str(checkpoint["backbone"]), path
     if weights is not None and not Path(weights).is_file():
         raise FileNotFoundError(f"--weights {weights}: file not found")
-    model = backbones.create(name, pretrained=pretrained and weights is None, weights=weights, which=which)
+    try:
+        model = backbones.create(name, pretrained=pretrained and weights is None, weights=weights, which=which)
+    except ValueError as err:
+        if "has no pretrained weights" not in str(err):
+            raise
+        raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
     model.eval()
     return model, backbone_identity(model, name, weights)
 
