@@ -77,6 +77,18 @@ def sample_resized_crop(
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def _joint_resized_crop(
+    image: Image.Image, mask: np.ndarray, box: tuple[int, int, int, int], size: int
+) -> tuple[Image.Image, torch.Tensor]:
+    """Crop `box` (top, left, h, w) from image and mask and resize both to size x size (mask: nearest-exact)."""
+    top, left, h, w = box
+    image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BILINEAR)
+    mask_t = TF.resized_crop(
+        torch.from_numpy(mask)[None], top, left, h, w, [size, size], InterpolationMode.NEAREST_EXACT
+    )[0]  # (size, size)
+    return image, mask_t
+
+
 def _check_size(size: int) -> int:
     if int(size) < 1:
         raise ValueError(f"`input_size` must be a positive integer but is {size}")
@@ -121,17 +133,8 @@ class HummingbirdTrainTransform:
         self.scale, self.ratio, self.jitter, self.jitter_p = tuple(scale), tuple(ratio), jitter, jitter_p
 
     def __call__(self, image: Image.Image, mask: np.ndarray, rng: np.random.Generator):
-        top, left, h, w = sample_resized_crop(image.height, image.width, self.scale, self.ratio, rng)
-        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], InterpolationMode.BILINEAR)
-        mask_t = TF.resized_crop(
-            torch.from_numpy(mask)[None],
-            top,
-            left,
-            h,
-            w,
-            [self.size, self.size],
-            InterpolationMode.NEAREST_EXACT,
-        )[0]
+        box = sample_resized_crop(image.height, image.width, self.scale, self.ratio, rng)
+        image, mask_t = _joint_resized_crop(image, mask, box, self.size)
         if self.jitter > 0:
             j = self.jitter
             if rng.random() < self.jitter_p:
@@ -162,17 +165,8 @@ class LinearTrainTransform:
         self.scale, self.flip_p = tuple(scale), flip_p
 
     def __call__(self, image: Image.Image, mask: np.ndarray, rng: np.random.Generator):
-        top, left, h, w = sample_resized_crop(image.height, image.width, self.scale, (3 / 4, 4 / 3), rng)
-        image = TF.resized_crop(image, top, left, h, w, [self.size, self.size], InterpolationMode.BILINEAR)
-        mask_t = TF.resized_crop(
-            torch.from_numpy(mask)[None],
-            top,
-            left,
-            h,
-            w,
-            [self.size, self.size],
-            InterpolationMode.NEAREST_EXACT,
-        )[0]
+        box = sample_resized_crop(image.height, image.width, self.scale, (3 / 4, 4 / 3), rng)
+        image, mask_t = _joint_resized_crop(image, mask, box, self.size)
         if rng.random() < self.flip_p:
             image, mask_t = TF.hflip(image), mask_t.flip(-1)
         return _normalise(image), mask_t
