@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 from pathlib import Path
 from typing import Any
 
@@ -63,7 +65,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 
 def register(subparsers: Any) -> None:
     """Add `neco eval` with one sub-command per protocol."""
-    parser = subparsers.add_parser("eval", help="dense evaluations: hummingbird, linear, overcluster")
+    parser = subparsers.add_parser("eval", help="dense evaluations of a backbone (hummingbird, linear, overcluster, ...)")
     protocols = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
 
     hb = protocols.add_parser(
@@ -120,6 +122,14 @@ def register(subparsers: Any) -> None:
     oc.add_argument("--nredo", type=int, default=5)
     oc.add_argument("--target-size", type=int, default=100, help="cluster-map and mask resolution")
     oc.set_defaults(func=_run)
+
+    # Further protocols live in `neco.commands._eval_<name>` modules (underscore: not top-level commands),
+    # each with `register_protocol(protocols, add_common)`; the shared options come from `_common`.
+    import neco.commands as commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        if info.name.startswith("_eval_"):
+            importlib.import_module(f"neco.commands.{info.name}").register_protocol(protocols, _common)
 
 
 def _run(args: argparse.Namespace) -> int:
