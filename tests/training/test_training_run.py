@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 
@@ -51,11 +52,26 @@ def _load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
+_EXTRA_CALLBACK_STEPS: list[int] = []
+
+
+class _RecordSteps(L.Callback):
+    def on_train_batch_end(self, trainer: L.Trainer, *args: object) -> None:
+        _EXTRA_CALLBACK_STEPS.append(int(trainer.global_step))
+
+
 @pytest.fixture(scope="module")
 def full_run(tmp_path_factory: pytest.TempPathFactory, scenes: Path):
     """One uninterrupted 4-step run (checkpoints at steps 2 and 4) shared by several tests."""
     out = tmp_path_factory.mktemp("full")
-    return train(_config(out, scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"))
+    return train(
+        _config(out, scenes, "optim.max_steps=4", "run.ckpt_every_steps=2"), callbacks=[_RecordSteps()]
+    )
+
+
+def test_extra_callbacks_run_at_every_step(full_run) -> None:
+    assert full_run.global_step == 4
+    assert _EXTRA_CALLBACK_STEPS == [1, 2, 3, 4]
 
 
 def test_ctrl_c_then_resume_is_exact(

@@ -19,6 +19,8 @@ __all__ = [
     "generate_scenes",
     "write_scenes",
     "SCENE_CLASSES",
+    "build_spair",
+    "write_spair_pairs",
 ]
 
 _WHERE = {
@@ -32,6 +34,8 @@ _WHERE = {
     "generate_scenes": "neco.data.synthetic",
     "write_scenes": "neco.data.synthetic",
     "SCENE_CLASSES": "neco.data.synthetic",
+    "build_spair": "neco.data.spair",
+    "write_spair_pairs": "neco.data.pairs",
 }
 
 

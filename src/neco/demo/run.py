@@ -21,7 +21,7 @@ import torch
 from neco.utils.io import ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "PROTOCOLS", "evaluate_backbone", "run_demo", "train_config"]
 
 log = get_logger("neco.demo")
 
@@ -70,8 +70,18 @@ class DemoConfig:
 # --- evaluation -----------------------------------------------------------------------------------
 
 
-def _evaluate(model: torch.nn.Module, train_set: Any, val_set: Any, cfg: DemoConfig, tag: str) -> dict[str, Any]:
-    """Hummingbird, linear and overclustering mIoU of `model`, each over the evaluation seeds."""
+PROTOCOLS = ("hummingbird", "linear", "overcluster")
+
+
+def evaluate_backbone(
+    model: torch.nn.Module,
+    train_set: Any,
+    val_set: Any,
+    cfg: DemoConfig,
+    tag: str,
+    protocols: tuple[str, ...] = PROTOCOLS,
+) -> dict[str, Any]:
+    """Hummingbird, linear and overclustering mIoU of `model` (or the named `protocols`), over the evaluation seeds."""
     from neco.evaluation.backbone import model_features_fn
     from neco.evaluation.hummingbird import HummingbirdConfig, run_hummingbird
     from neco.evaluation.linear import LinearConfig, run_linear
@@ -80,33 +90,41 @@ def _evaluate(model: torch.nn.Module, train_set: Any, val_set: Any, cfg: DemoCon
     features_fn = model_features_fn(model)
     patch = int(model.patch_size)
     size = cfg.image_size
-    scores: dict[str, list[float]] = {"hummingbird": [], "linear": [], "overcluster": []}
+    unknown = sorted(set(protocols) - set(PROTOCOLS))
+    if unknown:
+        raise ValueError(f"`protocols` must be among {list(PROTOCOLS)} but got {unknown}")
+    scores: dict[str, list[float]] = {name: [] for name in protocols}
     examples: dict[str, Any] = {}
+    hb = lin = None
     for seed in cfg.eval_seeds:
         log.info(f"[{tag}] evaluation seed {seed}")
-        hb = run_hummingbird(
-            features_fn, train_set, val_set,
-            HummingbirdConfig(input_size=size, memory_size=cfg.hummingbird_memory, seed=seed, batch_size=32, device="cpu"),
-            patch_size=patch, progress=cfg.progress,
-        )
-        scores["hummingbird"].append(hb.result["metrics"]["miou"])
-        lin = run_linear(
-            features_fn, train_set, val_set,
-            LinearConfig(
-                input_size=size, target_size=size, epochs=cfg.linear_epochs, lr_step_epoch=max(1, int(cfg.linear_epochs * 0.8)),
-                batch_size=8, seed=seed, device="cpu", feature_batch_size=32,
-            ),
-            patch_size=patch, progress=cfg.progress,
-        )
-        scores["linear"].append(lin.result["metrics"]["miou"])
-        oc = run_overcluster(
-            features_fn, val_set,
-            OverclusterConfig(input_size=size, target_size=size, ks=(cfg.overcluster_k,), seeds=(seed,), nredo=2),
-            patch_size=patch, progress=False,
-        )
-        scores["overcluster"].append(next(iter(oc.result["metrics"].values()))["miou_mean"])
+        if "hummingbird" in protocols:
+            hb = run_hummingbird(
+                features_fn, train_set, val_set,
+                HummingbirdConfig(input_size=size, memory_size=cfg.hummingbird_memory, seed=seed, batch_size=32, device="cpu"),
+                patch_size=patch, progress=cfg.progress,
+            )
+            scores["hummingbird"].append(hb.result["metrics"]["miou"])
+        if "linear" in protocols:
+            lin = run_linear(
+                features_fn, train_set, val_set,
+                LinearConfig(
+                    input_size=size, target_size=size, epochs=cfg.linear_epochs,
+                    lr_step_epoch=max(1, int(cfg.linear_epochs * 0.8)),
+                    batch_size=8, seed=seed, device="cpu", feature_batch_size=32,
+                ),
+                patch_size=patch, progress=cfg.progress,
+            )
+            scores["linear"].append(lin.result["metrics"]["miou"])
+        if "overcluster" in protocols:
+            oc = run_overcluster(
+                features_fn, val_set,
+                OverclusterConfig(input_size=size, target_size=size, ks=(cfg.overcluster_k,), seeds=(seed,), nredo=2),
+                patch_size=patch, progress=False,
+            )
+            scores["overcluster"].append(next(iter(oc.result["metrics"].values()))["miou_mean"])
         if not examples:
-            examples = {"hummingbird": hb.examples, "linear": lin.examples}
+            examples = {"hummingbird": hb.examples if hb else None, "linear": lin.examples if lin else None}
     summary = {
         key: {"miou_mean": float(np.mean(v)), "miou_std": float(np.std(v)), "miou_per_seed": [float(x) for x in v]}
         for key, v in scores.items()
@@ -117,11 +135,18 @@ def _evaluate(model: torch.nn.Module, train_set: Any, val_set: Any, cfg: DemoCon
 # --- training -------------------------------------------------------------------------------------
 
 
-def _train_config(cfg: DemoConfig, scenes: Path, run_dir: Path, steps: int, start_weights: str | None) -> Any:
-    """The tiny CPU preset, pointed at the generated scenes and the starting backbone."""
+def train_config(
+    cfg: DemoConfig,
+    scenes: Path,
+    run_dir: Path,
+    steps: int,
+    start_weights: str | None,
+    overrides: tuple[str, ...] = (),
+) -> Any:
+    """The tiny CPU preset, pointed at the generated scenes and the starting backbone (plus `overrides`)."""
     from neco.training.config import load_config
 
-    overrides = [
+    settings = [
         f"model.backbone={cfg.backbone}",
         f"model.pretrained={'false' if start_weights else 'true'}",
         f"model.weights={start_weights if start_weights else 'null'}",
@@ -145,7 +170,7 @@ def _train_config(cfg: DemoConfig, scenes: Path, run_dir: Path, steps: int, star
         f"run.ckpt_every_steps={max(1, steps // 4)}",
         f"run.progress={'true' if cfg.progress else 'false'}",
     ]
-    return load_config(_tiny_preset(), overrides)
+    return load_config(_tiny_preset(), [*settings, *overrides])
 
 
 def _tiny_preset() -> Path | None:
@@ -199,19 +224,19 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     before_model = create(cfg.backbone, pretrained=cfg.weights is None, weights=cfg.weights).eval()
     identity = backbone_identity(before_model, cfg.backbone, cfg.weights)
     log.info(f"evaluating the starting backbone {cfg.backbone} ({config.description})")
-    before = _evaluate(before_model, train_set, val_set, cfg, "before")
+    before = evaluate_backbone(before_model, train_set, val_set, cfg, "before")
 
     steps = cfg.train_steps or _estimate_steps(cfg, scenes)
     run_dir = out / "neco_run"
     log.info(f"NeCo post-training for {steps} steps (about {cfg.minutes:g} min)")
-    train_cfg = _train_config(cfg, scenes, run_dir, steps, cfg.weights)
+    train_cfg = train_config(cfg, scenes, run_dir, steps, cfg.weights)
     t0 = time.perf_counter()
     result = train(train_cfg, resume="auto", progress=cfg.progress)
     train_seconds = time.perf_counter() - t0
     if result.last_checkpoint is None:
         raise RuntimeError(f"NeCo training wrote no checkpoint under {run_dir}")
     after_model = create(cfg.backbone, weights=result.last_checkpoint).eval()
-    after = _evaluate(after_model, train_set, val_set, cfg, "after")
+    after = evaluate_backbone(after_model, train_set, val_set, cfg, "after")
 
     curves = _read_metrics(run_dir)
     figures: dict[str, str] = {}
@@ -305,7 +330,7 @@ def _estimate_steps(cfg: DemoConfig, scenes: Path) -> int:
 
     probe_dir = Path(cfg.out) / "neco_probe"
     t0 = time.perf_counter()
-    train(_train_config(cfg, scenes, probe_dir, 4, cfg.weights), progress=False)
+    train(train_config(cfg, scenes, probe_dir, 4, cfg.weights), progress=False)
     rates = [r for r in _read_metrics(probe_dir)["images_per_s"][1:] if math.isfinite(r) and r > 0]
     per_step = cfg.batch_size / float(np.median(rates)) if rates else (time.perf_counter() - t0) / 4
     return max(1, int(0.95 * cfg.minutes * 60 / per_step))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -110,8 +111,17 @@ def build_trainer(config: TrainConfig, out_dir: Path, callbacks: list[Any]) -> A
     )
 
 
-def train(config: TrainConfig, *, resume: str | None = None, progress: bool | None = None) -> TrainResult:
-    """Train NeCo as `config` says; `resume` is None, 'auto' or a checkpoint path. Returns a summary."""
+def train(
+    config: TrainConfig,
+    *,
+    resume: str | None = None,
+    progress: bool | None = None,
+    callbacks: Sequence[Any] = (),
+) -> TrainResult:
+    """Train NeCo as `config` says; `resume` is None, 'auto' or a checkpoint path. Returns a summary.
+
+    `callbacks` are extra Lightning callbacks (e.g. `neco.training.attention_callback.AttentionValidation`).
+    """
     import lightning as L
 
     from neco.training.checkpoint import PeriodicCheckpoint, check_resume_compatible, resolve_resume
@@ -136,12 +146,12 @@ def train(config: TrainConfig, *, resume: str | None = None, progress: bool | No
     checkpointer = PeriodicCheckpoint(
         checkpoint_dir, config.run.ckpt_every_steps, config.run.keep_checkpoints, config.run.stop_at_step
     )
-    callbacks: list[Any] = [checkpointer]
+    all_callbacks: list[Any] = [checkpointer, *callbacks]
     if config.run.validation.enabled:
         from neco.training.validation import KMeansValidation
 
-        callbacks.append(KMeansValidation(config.run.validation))
-    trainer = build_trainer(config, out_dir, callbacks)
+        all_callbacks.append(KMeansValidation(config.run.validation))
+    trainer = build_trainer(config, out_dir, all_callbacks)
     # Our sampler resumes mid-epoch from the position stored in the checkpoint, so Lightning's
     # "dataloader is not resumable" warning does not apply.
     warnings.filterwarnings(

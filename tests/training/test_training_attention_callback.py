@@ -1,0 +1,79 @@
+"""The attention-validation callback runs inside a Lightning fit and logs the teacher's attention Jaccard."""
+
+from __future__ import annotations
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.loggers.logger import Logger
+
+from neco.backbones import create
+from neco.data.synthetic import write_scenes
+from neco.training.attention_callback import AttentionValidation, AttentionValidationConfig
+
+
+class _Capture(Logger):
+    def __init__(self) -> None:
+        super().__init__()
+        self.logged: list[tuple[int, dict]] = []
+
+    @property
+    def name(self) -> str:
+        return "capture"
+
+    @property
+    def version(self) -> int:
+        return 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics, step=None) -> None:
+        self.logged.append((step, dict(metrics)))
+
+
+class _Tiny(L.LightningModule):
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.teacher = create(name).eval()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_idx):
+        return (self.weight * batch[0]).pow(2).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD([self.weight], lr=0.1)
+
+
+def test_attention_callback_logs_on_schedule(tmp_path):
+    root = write_scenes(tmp_path / "scenes", 2, 3, 64, 0, progress=False)
+    callback = AttentionValidation(
+        AttentionValidationConfig(
+            root=str(root), dataset="scenes", every_steps=2, max_images=2, input_size=64
+        )
+    )
+    logger = _Capture()
+    trainer = L.Trainer(
+        max_steps=3,
+        accelerator="cpu",
+        logger=logger,
+        callbacks=[callback],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        default_root_dir=str(tmp_path),
+    )
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.ones(3, 1)), batch_size=1)
+    trainer.fit(_Tiny("vit_tiny_reg"), data)  # registers must be handled
+    assert [step for step, _ in callback.history] == [2]
+    logged = [m for _, m in logger.logged if "val/attention_jaccard" in m]
+    assert len(logged) == 1
+    assert 0.0 <= logged[0]["val/attention_jaccard"] <= 100.0
+
+
+def test_attention_callback_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="`dataset` must be one of"):
+        AttentionValidationConfig(root="x", dataset="ade20k")
+    with pytest.raises(ValueError, match="`every_steps` must be >= 1"):
+        AttentionValidationConfig(root="x", every_steps=0)
