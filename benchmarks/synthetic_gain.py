@@ -4,8 +4,9 @@ From one starting backbone (default: the shipped `vit_tiny_scenes`), NeCo post-t
 generated scenes for `--steps` steps with each of `--train-seeds`, keeping a checkpoint every
 `--eval-every` steps. The start and every checkpoint (the teacher) are evaluated with the demo's
 protocols over `--eval-seeds` on the same scenes. The table reports, per step, the mean over
-training seeds of the per-run mean over evaluation seeds, the spread (std over training seeds of
-those means; the evaluation-seed std where there is one training seed), and gain / spread.
+training seeds of the per-run mean over evaluation seeds, both spreads (std over training seeds of
+those means; mean std over evaluation seeds), the gain over the larger of the two, and how many of
+the paired differences (same evaluation seed before and after) are positive.
 
 Examples:
   python benchmarks/synthetic_gain.py --out runs/gain                         # CPU hours
@@ -63,11 +64,61 @@ def _run_key(args: argparse.Namespace, seed: int) -> str:
     return hashlib.sha1(json.dumps(fields, default=str).encode()).hexdigest()[:10]
 
 
-def _summary(values: list[float]) -> dict[str, float]:
-    return {
-        "mean": statistics.fmean(values),
-        "std": statistics.pstdev(values) if len(values) > 1 else 0.0,
-    }
+def _std(values: list[float]) -> float:
+    return statistics.pstdev(values) if len(values) > 1 else 0.0
+
+
+def _rows(protocol: str, before: list[float], per_step: dict[int, dict[str, list[list[float]]]]) -> list[dict]:
+    """One row per step: mean, both spreads, gain, gain over the larger spread, paired differences."""
+    start_std = _std(before)
+    rows = [{
+        "protocol": protocol, "step": 0, "mean": statistics.fmean(before), "std_train": None,
+        "std_eval": start_std, "gain": 0.0, "gain_over_spread": None, "paired_positive": None, "runs": 1,
+    }]
+    for step in sorted(per_step):
+        runs = per_step[step][protocol]  # per training seed: the per-eval-seed scores
+        means = [statistics.fmean(r) for r in runs]
+        gain = statistics.fmean(means) - statistics.fmean(before)
+        std_train = _std(means) if len(means) > 1 else None
+        std_eval = statistics.fmean([_std(r) for r in runs] + [start_std])
+        # Conservative: the larger of the training-seed and evaluation-seed spreads.
+        spread = max(std_train or 0.0, std_eval)
+        # Same evaluation seed before and after: the paired differences say whether the gain is systematic.
+        paired = [a - b for r in runs for a, b in zip(r, before)]
+        rows.append({
+            "protocol": protocol, "step": step, "mean": statistics.fmean(means), "std_train": std_train,
+            "std_eval": std_eval, "gain": gain, "gain_over_spread": gain / spread if spread > 1e-3 else None,
+            "paired_positive": f"{sum(d > 0 for d in paired)}/{len(paired)}", "runs": len(runs),
+        })
+    return rows
+
+
+def _markdown(rows: list[dict]) -> str:
+    lines = [
+        "| protocol | step | mIoU | std (train seeds) | std (eval seeds) | gain | gain / larger std | paired gains > 0 | runs |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        ratio = "" if r["gain_over_spread"] is None else f"{r['gain_over_spread']:+.1f}"
+        train = "" if r["std_train"] is None else f"{r['std_train']:.2f}"
+        lines.append(
+            f"| {r['protocol']} | {r['step']} | {r['mean']:.2f} | {train} | {r['std_eval']:.2f} | {r['gain']:+.2f} "
+            f"| {ratio} | {r['paired_positive'] or ''} | {r['runs']} |"
+        )
+    return "\n".join(lines)
+
+
+def _save_merged(store: dict[str, Any], path: Path) -> None:
+    """Write `store`, keeping evaluations another process (e.g. one per training seed) wrote meanwhile."""
+    from neco.utils.io import write_json
+
+    if path.is_file():
+        on_disk = json.loads(path.read_text()).get("evaluations", {})
+        for key, scores in on_disk.items():
+            store["evaluations"].setdefault(key, {}).update(
+                {p: v for p, v in scores.items() if p not in store["evaluations"][key]}
+            )
+    write_json(store, path)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
     from neco.data.synthetic import write_scenes
     from neco.demo.run import DemoConfig, evaluate_backbone, train_config
     from neco.training.run import train
-    from neco.utils.io import ensure_writable_dir, write_json
+    from neco.utils.io import ensure_writable_dir
 
     out = ensure_writable_dir(args.out, "--out")
     progress = not args.no_progress
@@ -98,18 +149,19 @@ def main(argv: list[str] | None = None) -> int:
     evaluations: dict[str, Any] = store.setdefault("evaluations", {})
 
     def evaluated(key: str, model_fn: Any) -> dict[str, list[float]]:
+        key = f"{key}|eval_seeds={','.join(map(str, args.eval_seeds))}"  # per-seed lists must match the seeds
         cached = evaluations.get(key, {})
         missing = tuple(p for p in protocols if p not in cached)
         if missing:
             scores = evaluate_backbone(model_fn(), train_set, val_set, cfg, key, missing)["scores"]
             cached.update({p: scores[p]["miou_per_seed"] for p in missing})
             evaluations[key] = cached
-            write_json(store, store_path)
+            _save_merged(store, store_path)
         return cached
 
     start_key = f"start:{args.backbone}:{args.weights}"
     before = evaluated(start_key, lambda: create(args.backbone, pretrained=args.weights is None, weights=args.weights))
-    per_step: dict[int, dict[str, list[float]]] = {}  # step -> protocol -> per-training-seed means
+    per_step: dict[int, dict[str, list[list[float]]]] = {}  # step -> protocol -> per run, per eval seed
     seconds: dict[int, float] = {}
     for seed in args.train_seeds:
         run_dir = out / f"run_seed{seed}_{_run_key(args, seed)}"
@@ -126,33 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                 continue  # an interrupt save
             scores = evaluated(f"{run_dir.name}:{step}", lambda c=ckpt: create(args.backbone, weights=c))
             for protocol in protocols:
-                per_step.setdefault(step, {}).setdefault(protocol, []).append(statistics.fmean(scores[protocol]))
+                per_step.setdefault(step, {}).setdefault(protocol, []).append(scores[protocol])
 
-    rows = []
-    for protocol in protocols:
-        start = _summary(before[protocol])
-        rows.append({"protocol": protocol, "step": 0, **start, "gain": 0.0, "gain_over_spread": None, "runs": 1})
-        for step in sorted(per_step):
-            values = per_step[step][protocol]
-            stats = _summary(values)
-            # One training seed: the spread is the evaluation seeds' (the only one measured).
-            spread = stats["std"] if len(values) > 1 else start["std"]
-            gain = stats["mean"] - start["mean"]
-            rows.append({
-                "protocol": protocol, "step": step, **stats, "gain": gain,
-                "gain_over_spread": gain / spread if spread > 1e-3 else None, "runs": len(values),
-            })
+    rows = [row for protocol in protocols for row in _rows(protocol, before[protocol], per_step)]
     store["settings"] = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     store["table"] = rows
     store["training_seconds"] = seconds
-    write_json(store, store_path)
-    lines = ["| protocol | step | mIoU mean | spread | gain | gain / spread | runs |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        ratio = "" if r["gain_over_spread"] is None else f"{r['gain_over_spread']:+.1f}"
-        lines.append(
-            f"| {r['protocol']} | {r['step']} | {r['mean']:.2f} | {r['std']:.2f} | {r['gain']:+.2f} | {ratio} | {r['runs']} |"
-        )
-    table = "\n".join(lines)
+    _save_merged(store, store_path)
+    table = _markdown(rows)
     (out / "gain.md").write_text(f"settings: {json.dumps(store['settings'])}\n\n{table}\n")
     print(table)
     return 0

@@ -26,6 +26,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--weights", default=None, help="weights file for --backbone (any supported format)")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: what fits in --minutes)")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate of the post-training")
+    parser.add_argument(
+        "--teacher-steepness", type=float, default=None, help="teacher sorting steepness (default 300; student 100)"
+    )
     parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny sizes; numbers not meaningful)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run)
@@ -41,6 +44,8 @@ def _run(args: argparse.Namespace) -> int:
         options["train_steps"] = args.steps
     if args.lr is not None:
         options["lr_backbone"] = args.lr
+    if args.teacher_steepness is not None:
+        options["teacher_steepness"] = args.teacher_steepness
     if args.quick:
         cfg = DemoConfig.quick(**options, **({"minutes": args.minutes} if args.minutes != 5.0 else {}))
     else:

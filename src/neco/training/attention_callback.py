@@ -4,17 +4,16 @@ Not wired into `TrainConfig`; attach it in Python, e.g.
 
     from neco.training.attention_callback import AttentionValidation, AttentionValidationConfig
     callback = AttentionValidation(AttentionValidationConfig(root="data/VOCdevkit/VOC2012", every_steps=500))
-    trainer = build_trainer(config, out_dir, [checkpointer, callback])  # or trainer.callbacks.append(callback)
+    result = neco.training.run.train(config, callbacks=[callback])
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import lightning as L
 
-from neco.utils.logging import get_logger
+from neco.training.validation import PeriodicValidation
 
 __all__ = ["AttentionValidationConfig", "AttentionValidation"]
 
@@ -52,39 +51,21 @@ class AttentionValidationConfig:
             )
 
 
-class AttentionValidation(L.Callback):
+class AttentionValidation(PeriodicValidation):
     """Every `every_steps` optimizer steps, log the teacher's head-merged and best-head attention Jaccard
     (`val/attention_jaccard`, `val/attention_jaccard_best_head`) on the first `max_images` images of a
     VOC-format split. Runs on rank 0; the other ranks wait. Registers are excluded from the attention.
     """
 
     def __init__(self, config: AttentionValidationConfig) -> None:
-        super().__init__()
+        super().__init__(config.dataset, config.root, config.split, config.max_images, config.every_steps)
         self.config = config
-        self._val_set: Any = None
-        self.history: list[tuple[int, dict[str, float]]] = []
-
-    def _dataset(self) -> Any:
-        if self._val_set is None:
-            from neco.data import build_segmentation_dataset
-
-            dataset = build_segmentation_dataset(self.config.dataset, self.config.root, self.config.split)
-            if len(dataset) > self.config.max_images:
-                dataset = dataset.subset(list(range(self.config.max_images)))
-            self._val_set = dataset
-        return self._val_set
-
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        """Open the split once at start-up so that a wrong folder fails before training."""
-        if trainer.is_global_zero:
-            self._dataset()
 
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Head-merged and best-head Jaccard (percent) of the teacher's attention masks."""
         from neco.evaluation.attention import AttentionConfig, model_attention_fn, run_attention
 
         teacher = pl_module.teacher
-        was_training = teacher.training
         patch = int(teacher.patch_size)
         settings = AttentionConfig(
             input_size=self.config.input_size - self.config.input_size % patch,
@@ -93,37 +74,17 @@ class AttentionValidation(L.Callback):
             min_component=self.config.min_component,
             batch_size=self.config.batch_size,
         )
-        try:
-            output = run_attention(
-                model_attention_fn(teacher, pl_module.device),
-                self._dataset(),
-                settings,
-                patch_size=patch,
-                num_register_tokens=int(getattr(teacher, "num_register_tokens", 0)),
-                progress=False,
-                num_examples=0,
-            )
-        finally:
-            teacher.train(was_training)
+        output = run_attention(
+            model_attention_fn(teacher, pl_module.device),
+            self._dataset(),
+            settings,
+            patch_size=patch,
+            num_register_tokens=int(getattr(teacher, "num_register_tokens", 0)),
+            progress=False,
+            num_examples=0,
+        )
         metrics = output.result["metrics"]
         return {
             "val/attention_jaccard": metrics["head_merged"]["jaccard"],
             "val/attention_jaccard_best_head": metrics["best_head"]["jaccard"],
         }
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Validate on schedule and log the two Jaccards."""
-        if trainer.global_step % self.config.every_steps != 0:
-            return
-        if trainer.is_global_zero:
-            values = self.evaluate(pl_module)
-            self.history.append((int(trainer.global_step), values))
-            get_logger("neco.training").info(
-                f"step {trainer.global_step}: attention Jaccard {values['val/attention_jaccard']:.2f} "
-                f"(best head {values['val/attention_jaccard_best_head']:.2f})"
-            )
-            for logger in trainer.loggers:
-                logger.log_metrics(values, step=trainer.global_step)
-        trainer.strategy.barrier("neco-attention-validation")

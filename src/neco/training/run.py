@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -79,9 +80,21 @@ def _strategy(config: TrainConfig, accelerator: str) -> Any:
     return strategy
 
 
+class _DropAdvert(logging.Filter):
+    """Lightning 2.6 prints an advert for its cloud logger at every Trainer start; it is not run information."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in record.getMessage()
+
+
+_ADVERT_FILTER = _DropAdvert()
+
+
 def build_trainer(config: TrainConfig, out_dir: Path, callbacks: list[Any]) -> Any:
     """A Lightning Trainer for `config`: devices, strategy, precision, loggers, atomic checkpoints."""
     import lightning as L
+
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_ADVERT_FILTER)  # idempotent
 
     from neco.training.checkpoint import AtomicCheckpointIO
 

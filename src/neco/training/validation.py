@@ -1,4 +1,9 @@
-"""Optional periodic validation during training: k-means mIoU of teacher features on a VOC-format split."""
+"""Optional periodic validation during training: k-means mIoU of teacher features on a VOC-format split.
+
+`PeriodicValidation` is the shared schedule (rank 0 evaluates the teacher every `every_steps`
+optimizer steps on the first `max_images` images of a split, logs, the other ranks wait);
+`KMeansValidation` and `neco.training.attention_callback.AttentionValidation` fill in `evaluate`.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +14,26 @@ import lightning as L
 from neco.training.config import ValidationConfig
 from neco.utils.logging import get_logger
 
-__all__ = ["KMeansValidation"]
+__all__ = ["KMeansValidation", "PeriodicValidation"]
 
 
-class KMeansValidation(L.Callback):
-    """Every `every_steps` optimizer steps, cluster the teacher's patch features of a small VOC-format
-    split (`max_images` images, K = `num_clusters`, one seed) and log the Hungarian-matched mIoU as
-    `val/kmeans_miou`. Runs on rank 0; the other ranks wait.
-    """
+class PeriodicValidation(L.Callback):
+    """Evaluate the teacher every `every_steps` optimizer steps on rank 0 and log what `evaluate` returns."""
 
-    def __init__(self, config: ValidationConfig) -> None:
+    def __init__(self, dataset: str, root: str, split: str, max_images: int, every_steps: int) -> None:
         super().__init__()
-        self.config = config
+        self.dataset_name, self.root, self.split = dataset, root, split
+        self.max_images, self.every_steps = max_images, every_steps
         self._val_set: Any = None
+        self.history: list[tuple[int, dict[str, float]]] = []
 
     def _dataset(self) -> Any:
         if self._val_set is None:
             from neco.data import build_segmentation_dataset
 
-            dataset = build_segmentation_dataset("voc", self.config.root, self.config.split)
-            if len(dataset) > self.config.max_images:
-                dataset = dataset.subset(list(range(self.config.max_images)))
+            dataset = build_segmentation_dataset(self.dataset_name, self.root, self.split)
+            if len(dataset) > self.max_images:
+                dataset = dataset.subset(list(range(self.max_images)))
             self._val_set = dataset
         return self._val_set
 
@@ -38,13 +42,47 @@ class KMeansValidation(L.Callback):
         if trainer.is_global_zero:
             self._dataset()
 
-    def evaluate(self, pl_module: L.LightningModule) -> float:
+    def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
+        """Metric name -> value for the current teacher (subclasses)."""
+        raise NotImplementedError
+
+    def on_train_batch_end(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Validate on schedule and log the metrics."""
+        if trainer.global_step % self.every_steps != 0:
+            return
+        if trainer.is_global_zero:
+            teacher = pl_module.teacher
+            was_training = teacher.training
+            try:
+                values = self.evaluate(pl_module)
+            finally:
+                teacher.train(was_training)
+            self.history.append((int(trainer.global_step), values))
+            shown = ", ".join(f"{name} {value:.2f}" for name, value in values.items())
+            get_logger("neco.training").info(f"step {trainer.global_step}: {shown}")
+            for logger in trainer.loggers:
+                logger.log_metrics(values, step=trainer.global_step)
+        trainer.strategy.barrier(f"neco-{type(self).__name__}")
+
+
+class KMeansValidation(PeriodicValidation):
+    """Every `every_steps` optimizer steps, cluster the teacher's patch features of a small VOC-format
+    split (`max_images` images, K = `num_clusters`, one seed) and log the Hungarian-matched mIoU as
+    `val/kmeans_miou`. Runs on rank 0; the other ranks wait.
+    """
+
+    def __init__(self, config: ValidationConfig) -> None:
+        super().__init__("voc", str(config.root), config.split, config.max_images, config.every_steps)
+        self.config = config
+
+    def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Matched mIoU (percent) of K-means on the teacher's patch features."""
         from neco.evaluation.backbone import model_features_fn
         from neco.evaluation.overcluster import OverclusterConfig, run_overcluster
 
         teacher = pl_module.teacher
-        was_training = teacher.training
         features = model_features_fn(teacher, device=pl_module.device)
         size = self.config.input_size - self.config.input_size % int(teacher.patch_size)
         settings = OverclusterConfig(
@@ -58,19 +96,5 @@ class KMeansValidation(L.Callback):
         output = run_overcluster(
             features, self._dataset(), settings, patch_size=int(teacher.patch_size), progress=False
         )
-        teacher.train(was_training)
         (metrics,) = output.result["metrics"].values()
-        return float(metrics["miou_mean"])
-
-    def on_train_batch_end(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
-    ) -> None:
-        """Validate on schedule and log `val/kmeans_miou`."""
-        if trainer.global_step % self.config.every_steps != 0:
-            return
-        if trainer.is_global_zero:
-            miou = self.evaluate(pl_module)
-            get_logger("neco.training").info(f"step {trainer.global_step}: k-means mIoU {miou:.2f}")
-            for logger in trainer.loggers:
-                logger.log_metrics({"val/kmeans_miou": miou}, step=trainer.global_step)
-        trainer.strategy.barrier("neco-validation")
+        return {"val/kmeans_miou": float(metrics["miou_mean"])}
