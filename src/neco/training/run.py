@@ -170,6 +170,8 @@ def train(
     warnings.filterwarnings(
         "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
     )
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     if trainer.is_global_zero:
         save_config(config, out_dir / "config.yaml")
         where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
