@@ -41,3 +41,11 @@ def test_demo_rejects_unwritable_out(tmp_path, capsys):
     blocker.write_text("x")
     assert main(["demo", "--quick", "--out", str(blocker / "sub")]) == 2
     assert "--out" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option,value", [("--lr", "-1e-4"), ("--teacher-steepness", "0")])
+def test_demo_rejects_bad_training_options_before_evaluating(tmp_path, capsys, option, value):
+    out = tmp_path / "d"
+    assert main(["demo", "--quick", "--out", str(out), f"{option}={value}"]) == 2
+    assert option in capsys.readouterr().err
+    assert not (out / "scenes").exists()  # nothing was generated or evaluated

@@ -59,6 +59,11 @@ class DemoConfig:
         for name in ("num_train", "num_val", "image_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"`{name}` must be >= 1 but is {getattr(self, name)}")
+        # Checked here, not only by the training config, so a bad value fails before the first evaluation.
+        if not self.lr_backbone >= 0:
+            raise ValueError(f"--lr must be >= 0 but is {self.lr_backbone}")
+        if not self.teacher_steepness > 0:
+            raise ValueError(f"--teacher-steepness must be > 0 but is {self.teacher_steepness}")
 
     @classmethod
     def quick(cls, **overrides: Any) -> DemoConfig:
