@@ -20,6 +20,7 @@ import resource
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import torch
 
@@ -42,9 +43,9 @@ def _blob_masks(n: int, size: int, classes: int, generator: torch.Generator) -> 
 
 def bench_random(args: argparse.Namespace) -> list[tuple]:
     """Bank building and querying with random features of dimension `--dim`."""
-    from neco.evaluation.hummingbird import build_memory_bank, evaluate_queries
-    from neco.evaluation.metrics import ConfusionMatrix
-    from neco.evaluation.search import build_searcher
+    from neco.evaluation.blocks.metrics import ConfusionMatrix
+    from neco.evaluation.blocks.search import build_searcher
+    from neco.evaluation.protocols.hummingbird import build_memory_bank, evaluate_queries
 
     device = torch.device(args.device)
     g = torch.Generator().manual_seed(0)
@@ -125,30 +126,39 @@ def bench_random(args: argparse.Namespace) -> list[tuple]:
 def bench_backbone(args: argparse.Namespace) -> list[tuple]:
     """End to end with a real (tiny, random-init) backbone on generated colour-coded images."""
     from neco.backbones import create
-    from neco.evaluation.backbone import model_features_fn
-    from neco.evaluation.hummingbird import HummingbirdConfig, run_hummingbird
-    from neco.evaluation.toy import write_toy_dataset
+    from neco.data import build_segmentation_dataset
+    from neco.data.synthetic import write_scenes
+    from neco.evaluation import EvalData, Features, evaluate
+    from neco.evaluation.protocols.hummingbird import HummingbirdSettings
 
     device = torch.device(args.device)
     torch.manual_seed(0)
     model = create(args.backbone)
-    features_fn = model_features_fn(model, device)
     with tempfile.TemporaryDirectory() as tmp:
-        train = write_toy_dataset(tmp, "train", args.train_images, size=(args.input_size, args.input_size))
-        val = write_toy_dataset(tmp, "val", args.val_images, seed=1, size=(args.input_size, args.input_size))
-        config = HummingbirdConfig(
-            input_size=args.input_size,
+        root = write_scenes(
+            Path(tmp) / "scenes", args.train_images, args.val_images, args.input_size, 0, progress=False
+        )
+        data = EvalData(
+            train=build_segmentation_dataset("scenes", root, "train"),
+            val=build_segmentation_dataset("scenes", root, "val"),
+        )
+        settings = HummingbirdSettings(
             memory_size=args.memory_size,
             augmentation_epochs=args.aug_epochs,
-            batch_size=args.batch_size,
-            device=str(device),
             search=args.search,
             bank_dtype=args.bank_dtype,
-            num_workers=args.num_workers,
             nprobe=args.nprobe,
         )
-        out = run_hummingbird(
-            features_fn, train, val, config, patch_size=int(model.patch_size), progress=False
+        out = evaluate(
+            "hummingbird",
+            Features.of_model(model, device),
+            data,
+            settings,
+            input_size=args.input_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            device=str(device),
+            progress=False,
         )
     t = out.result["timings"]
     n_build = args.train_images * args.aug_epochs

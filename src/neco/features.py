@@ -8,17 +8,9 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from neco.backbones.grid import patch_grid
+
 __all__ = ["extract_features", "patch_grid"]
-
-
-def patch_grid(model: nn.Module, images: torch.Tensor) -> torch.Tensor:
-    """Final-LayerNorm patch tokens of one batch (B, 3, H, W) as a grid (B, D, H // p, W // p)."""
-    tokens = model.forward_features(images)["x_norm_patchtokens"]  # (B, h*w, D)
-    grid_h, grid_w = images.shape[-2] // model.patch_size, images.shape[-1] // model.patch_size
-    batch, count, dim = tokens.shape
-    if count != grid_h * grid_w:
-        raise ValueError(f"model returned {count} patch tokens but the grid is {grid_h}x{grid_w}")
-    return tokens.transpose(1, 2).reshape(batch, dim, grid_h, grid_w)  # (B, D, h, w)
 
 
 def _batches(

@@ -82,7 +82,7 @@ def test_features_command(tiny_ckpt, tmp_path: Path) -> None:
     for name in ("a.png", "sub/b.jpg", "c.png"):
         Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(images / name)
     out = tmp_path / "feats.pt"
-    args = ["features", str(images), "--backbone", "vit_tiny_reg", "--weights", str(path), "--size", "32"]
+    args = ["features", str(images), "--backbone", "vit_tiny_reg", "--weights", str(path), "--input-size", "32"]
     assert main(args + ["--batch-size", "2", "-o", str(out)]) == 0
     saved = torch.load(out, weights_only=True)
     assert saved["features"].shape == (3, 192, 4, 4)
@@ -99,6 +99,16 @@ def test_features_command(tiny_ckpt, tmp_path: Path) -> None:
         tokens = model.forward_features(x)["x_norm_patchtokens"]
     torch.testing.assert_close(saved["features"][0], tokens[0].T.reshape(192, 4, 4))
     assert main(args[:-1] + ["30", "-o", str(out)]) == 2  # not a multiple of the patch size
+    assert saved["backbone"]["name"] == "vit_tiny_reg" and saved["input_size"] == 32
+
+
+def test_features_command_loads_pretrained_weights_unless_told_otherwise(tmp_path: Path, capsys) -> None:
+    image = tmp_path / "a.png"
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
+    base = ["features", str(image), "--backbone", "vit_tiny", "--input-size", "16", "-o", str(tmp_path / "f.pt")]
+    assert main(base) == 2  # no silent random network: vit_tiny has no pretrained weights
+    assert "--random-init" in capsys.readouterr().err
+    assert main([*base, "--random-init"]) == 0
 
 
 def test_backbones_listing(capsys) -> None:

@@ -7,17 +7,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from toy import run_protocol
 
 from neco.backbones import create
-from neco.evaluation.attention import (
-    AttentionConfig,
-    foreground_masks,
-    jaccard_counts,
-    model_attention_fn,
-    remove_small_components,
-    run_attention,
-)
-from neco.evaluation.transforms import IMAGENET_MEAN, IMAGENET_STD
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
+from neco.evaluation import EvalData, Features, evaluate
+from neco.evaluation.blocks.masks import foreground_masks, jaccard_counts, remove_small_components
+from neco.evaluation.protocols.attention import MaskSettings
 
 PATCH, SIZE = 8, 64
 GRID = SIZE // PATCH
@@ -47,7 +43,7 @@ class BoxDataset:
         return Image.fromarray(np.stack([grey] * 3, -1)), mask
 
     def describe(self) -> dict:
-        return {"name": "boxes", "num_images": len(self)}
+        return {"name": "boxes", "split": "val", "num_images": len(self)}
 
 
 def box_patches(images: torch.Tensor) -> torch.Tensor:
@@ -76,12 +72,26 @@ def fg_mass(fg: torch.Tensor, share: float) -> torch.Tensor:
     return torch.where(fg > 0, share / n_fg, (1 - share) / n_bg)
 
 
-CONFIG = AttentionConfig(input_size=SIZE, sigma=0.0, batch_size=4)
+CONFIG = MaskSettings(sigma=0.0)
+
+
+def _no_grid(images):
+    return torch.zeros(images.shape[0], 1, GRID, GRID)
 
 
 def run(fn, data, registers=0, config=CONFIG, **kwargs):
-    return run_attention(
-        fn, data, config, patch_size=PATCH, num_register_tokens=registers, progress=False, **kwargs
+    return run_protocol(
+        "attention",
+        _no_grid,
+        PATCH,
+        data,
+        None,
+        config,
+        attention_fn=fn,
+        num_register_tokens=registers,
+        input_size=SIZE,
+        batch_size=4,
+        **kwargs,
     ).result["metrics"]
 
 
@@ -149,18 +159,24 @@ def test_foreground_masks_per_head_shape():
 def test_real_backbone_attention_runs_with_and_without_registers(name):
     torch.manual_seed(0)
     model = create(name)
-    fn = model_attention_fn(model)
     data = BoxDataset(2)
-    out = run_attention(
-        fn,
-        data,
-        AttentionConfig(input_size=SIZE, batch_size=2),
-        patch_size=int(model.patch_size),
-        num_register_tokens=int(model.num_register_tokens),
+    out = evaluate(
+        "attention",
+        Features.of_model(model),
+        EvalData(val=data),
+        input_size=SIZE,
+        batch_size=2,
+        num_workers=0,
         progress=False,
-        num_examples=1,
+        num_figures=1,
     )
     metrics = out.result["metrics"]
     assert 0.0 <= metrics["head_merged"]["jaccard"] <= 100.0
     assert out.result["settings"]["num_register_tokens"] == model.num_register_tokens
     assert out.examples.predictions.shape == (1, SIZE, SIZE)
+
+
+def test_backbone_without_attention_is_refused_by_name():
+    features = Features(_no_grid, PATCH, name="plain-grid")
+    with pytest.raises(ValueError, match="backbone plain-grid exposes no last-block attention"):
+        evaluate("attention", features, EvalData(val=BoxDataset(1)), input_size=SIZE, progress=False)

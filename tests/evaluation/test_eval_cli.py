@@ -9,9 +9,9 @@ import torch
 
 from neco.backbones import create
 from neco.cli import main
-from neco.commands.eval import default_input_size
 from neco.data.synthetic import write_scenes
-from neco.evaluation.results import state_dict_checksum
+from neco.evaluation import get_protocol, state_dict_checksum
+from neco.evaluation.schema import validate_result
 
 COMMON = ["--dataset", "scenes", "--backbone", "vit_tiny", "--random-init", "--input-size", "64"]
 COMMON += ["--num-workers", "0", "--no-progress", "--batch-size", "4", "--num-figures", "2", "--threads", "2"]
@@ -63,7 +63,9 @@ def test_eval_cli_end_to_end(scenes, tmp_path, protocol, capsys):
     assert result["backbone"]["sha256"] == state_dict_checksum(create("vit_tiny"))
     assert result["backbone"]["name"] == "vit_tiny" and result["backbone"]["patch_size"] == 8
     assert result["settings"]["input_size"] == 64
-    assert result["dataset"]["val"]["num_images"] == 4
+    assert result["dataset"]["splits"]["val"]["num_images"] == 4
+    validate_result(result)
+    assert result["schema_version"] == 1 and result["protocol"] == protocol
     for figure in result["figures"]:
         assert (out / figure).stat().st_size > 0
     assert len(result["figures"]) == 2
@@ -88,7 +90,7 @@ def test_eval_cli_reports_bad_options_without_traceback(scenes, tmp_path, capsys
     )
     assert rc == 2
     err = capsys.readouterr().err
-    assert "`input_size` must be a multiple of the patch size 8" in err and "ValueError" not in err
+    assert "`--input-size` must be a multiple of the patch size 8" in err and "ValueError" not in err
     rc = main(
         [
             "eval",
@@ -136,11 +138,19 @@ def test_eval_cli_reads_a_neco_checkpoint_as_backbone(scenes, tmp_path):
     assert main(args) == 0
     result = json.loads((out / "overcluster.json").read_text())
     assert result["backbone"]["sha256"] == state_dict_checksum(teacher)  # the teacher by default
-    assert result["backbone"]["weights"] == str(path)
+    assert result["backbone"]["weights"] == str(path.resolve())
 
 
 def test_default_input_sizes_are_the_published_ones():
-    assert default_input_size("hummingbird", 14) == 504
-    assert default_input_size("hummingbird", 16) == 512
-    assert default_input_size("linear", 14) == 448 and default_input_size("overcluster", 16) == 448
-    assert default_input_size("hummingbird", 8) % 8 == 0
+    assert get_protocol("hummingbird").default_input_size(14) == 504
+    assert get_protocol("hummingbird").default_input_size(16) == 512
+    assert get_protocol("linear").default_input_size(14) == 448
+    assert get_protocol("overcluster").default_input_size(16) == 448
+    assert get_protocol("hummingbird").default_input_size(8) % 8 == 0
+
+
+def test_default_output_folder_is_per_backbone_and_protocol(scenes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "overcluster", "--data-root", str(scenes), *COMMON, *EXTRA["overcluster"]]
+    assert main(args) == 0
+    assert (tmp_path / "eval_out" / "vit_tiny" / "overcluster" / "overcluster.json").is_file()

@@ -9,23 +9,27 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from toy import run_protocol
 
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 from neco.cli import main
 from neco.data.pairs import SyntheticPairs, write_spair_pairs
-from neco.evaluation.correspondence import (
-    CorrespondenceConfig,
+from neco.evaluation.blocks.keypoints import (
     chance_pck,
     pck_correct,
     resize_keypoints,
-    run_correspondence,
     summarise_pck,
     transfer_keypoints,
 )
-from neco.evaluation.transforms import IMAGENET_MEAN, IMAGENET_STD
+from neco.evaluation.protocols.correspondence import CorrespondenceSettings
 from neco.viz.keypoints import KeypointMatch, save_keypoint_figure
 
 SIZE = 64
 ALPHAS = (0.05, 0.1, 0.15)
+
+
+def run_correspondence(fn, dataset, settings, patch_size, input_size=SIZE):
+    return run_protocol("correspondence", fn, patch_size, dataset, None, settings, input_size=input_size)
 
 
 def _oracle(canvas: int, pool: int):
@@ -63,19 +67,19 @@ def coordinate_pairs():
 def test_oracle_features_give_pck_100(coordinate_pairs):
     assert any(coordinate_pairs.pair(i).mirror for i in range(len(coordinate_pairs)))  # flips included
     canvas = coordinate_pairs.pair(0).canonical_size
-    config = CorrespondenceConfig(input_size=SIZE, alphas=ALPHAS)
-    out = run_correspondence(_oracle(canvas, 1), coordinate_pairs, config, patch_size=1, progress=False)
+    config = CorrespondenceSettings(alphas=ALPHAS)
+    out = run_correspondence(_oracle(canvas, 1), coordinate_pairs, config, patch_size=1)
     metrics = out.result["metrics"]
     for kind in ("bbox", "image"):
         for alpha in ALPHAS:
             assert metrics[f"pck_{kind}@{alpha:g}"] == 100.0
             assert metrics[f"pck_{kind}@{alpha:g}_per_pair"] == 100.0
-    assert out.result["num_keypoints"] == sum(len(coordinate_pairs[i].src_kps) for i in range(10))
-    assert not out.warnings
-    for breakdown in out.result["per_category"].values():
+    assert out.result["settings"]["num_keypoints"] == sum(len(coordinate_pairs[i].src_kps) for i in range(10))
+    assert not out.result["warnings"]
+    for breakdown in out.result["metrics"]["per_category"].values():
         assert breakdown["pck_bbox@0.05"] == 100.0
-    for groups in (out.result["per_category"], *out.result["per_variation"].values()):
-        assert sum(g["num_keypoints"] for g in groups.values()) == out.result["num_keypoints"]
+    for groups in (out.result["metrics"]["per_category"], *out.result["metrics"]["per_variation"].values()):
+        assert sum(g["num_keypoints"] for g in groups.values()) == out.result["settings"]["num_keypoints"]
         assert sum(g["num_pairs"] for g in groups.values()) == len(coordinate_pairs)
 
 
@@ -84,9 +88,9 @@ def test_oracle_on_patch_grid_is_within_half_a_cell(coordinate_pairs):
     # i.e. <= 5.66 * 64 / 48 = 7.5 px in a target of >= 48 px height: below 0.15 * 64 = 9.6 px
     canvas = coordinate_pairs.pair(0).canonical_size
     for refine in ("argmax", "softargmax"):
-        config = CorrespondenceConfig(input_size=SIZE, refine=refine, temperature=0.01)
-        out = run_correspondence(_oracle(canvas, 8), coordinate_pairs, config, patch_size=8, progress=False)
-        assert out.result["matching_grid"] == [8, 8]
+        config = CorrespondenceSettings(refine=refine, temperature=0.01)
+        out = run_correspondence(_oracle(canvas, 8), coordinate_pairs, config, patch_size=8)
+        assert out.result["settings"]["matching_grid"] == [8, 8]
         assert out.result["metrics"]["pck_image@0.15"] == 100.0
 
 
@@ -106,9 +110,7 @@ def test_thresholds_use_the_target_box_and_image(coordinate_pairs):
             return pair
 
     canvas = coordinate_pairs.pair(0).canonical_size
-    out = run_correspondence(
-        _oracle(canvas, 1), Shifted(), CorrespondenceConfig(input_size=SIZE), patch_size=1, progress=False
-    )
+    out = run_correspondence(_oracle(canvas, 1), Shifted(), CorrespondenceSettings(), patch_size=1)
     metrics = out.result["metrics"]
     assert [metrics[f"pck_bbox@{a:g}"] for a in ALPHAS] == [0.0, 100.0, 100.0]  # 5, 10, 15 px
     assert [metrics[f"pck_image@{a:g}"] for a in ALPHAS] == [0.0, 0.0, 100.0]  # 3.2, 6.4, 9.6 px
@@ -139,13 +141,13 @@ def test_random_features_score_near_chance():
     def random_features(images: torch.Tensor) -> torch.Tensor:
         return torch.randn(images.shape[0], 32, SIZE // 8, SIZE // 8, generator=generator)
 
-    config = CorrespondenceConfig(input_size=SIZE, alphas=ALPHAS)
-    out = run_correspondence(random_features, dataset, config, patch_size=8, progress=False)
-    n = out.result["num_keypoints"]
+    config = CorrespondenceSettings(alphas=ALPHAS)
+    out = run_correspondence(random_features, dataset, config, patch_size=8)
+    n = out.result["settings"]["num_keypoints"]
     for kind in ("bbox", "image"):
         for alpha in ALPHAS:
             chance = _chance_brute_force(dataset, 8, alpha, kind)
-            assert out.result["chance"][f"pck_{kind}@{alpha:g}"] == pytest.approx(chance, abs=1e-6)
+            assert out.result["metrics"]["chance"][f"pck_{kind}@{alpha:g}"] == pytest.approx(chance, abs=1e-6)
             # argmax over random cells is uniform: a binomial around chance (keypoints of one pair are
             # correlated, hence the generous 6 sigma)
             sigma = 100.0 * math.sqrt(chance / 100 * (1 - chance / 100) / n)
@@ -254,25 +256,30 @@ def test_absent_keypoints_are_skipped_and_counted(coordinate_pairs):
             return pair
 
     canvas = coordinate_pairs.pair(0).canonical_size
-    config = CorrespondenceConfig(input_size=SIZE)
-    out = run_correspondence(_oracle(canvas, 1), WithAbsent(), config, patch_size=1, progress=False)
+    config = CorrespondenceSettings()
+    out = run_correspondence(_oracle(canvas, 1), WithAbsent(), config, patch_size=1)
     total = sum(len(coordinate_pairs[i].src_kps) for i in range(3))
-    assert out.result["num_skipped_keypoints"] == 3 and out.result["num_keypoints"] == total - 3
+    assert (
+        out.result["settings"]["num_skipped_keypoints"] == 3
+        and out.result["settings"]["num_keypoints"] == total - 3
+    )
     assert out.result["metrics"]["pck_bbox@0.1"] == 100.0
-    assert any("absent" in w for w in out.warnings)
+    assert any("absent" in w for w in out.result["warnings"])
 
 
 def test_config_validation():
+    from neco.evaluation.options import validate
+
     for kwargs, match in (
-        ({"refine": "mean"}, "`refine` must be one of"),
-        ({"alphas": (0.0,)}, "`alphas`"),
-        ({"upsample": 0}, "`upsample`"),
+        ({"refine": "mean"}, "`--refine` must be one of"),
+        ({"alphas": (0.0,)}, "`--alphas`"),
+        ({"upsample": 0}, "`--upsample`"),
     ):
         with pytest.raises(ValueError, match=match):
-            CorrespondenceConfig(**kwargs).validate()
+            validate(CorrespondenceSettings(**kwargs))
     with pytest.raises(ValueError, match="multiple of the patch size"):
         run_correspondence(
-            lambda x: x, SyntheticPairs(1, SIZE), CorrespondenceConfig(input_size=60), patch_size=8
+            lambda x: x, SyntheticPairs(1, SIZE), CorrespondenceSettings(), patch_size=8, input_size=60
         )
 
 
@@ -312,12 +319,12 @@ def test_cli_end_to_end(spair_root, tmp_path, backbone, capsys):
         + ["--refine", "softargmax", "--upsample", "2"]
     )
     assert rc == 0
-    assert "PCK@0.1" in capsys.readouterr().out
+    assert "pck_bbox@0.1" in capsys.readouterr().out
     result = json.loads((out / "correspondence.json").read_text())
-    assert result["dataset"]["split"] == "test" and result["num_pairs"] == 6
-    assert result["matching_grid"] == [16, 16]  # 8 x 8 patches upsampled twice
+    assert result["dataset"]["splits"]["val"]["split"] == "test" and result["settings"]["num_pairs"] == 6
+    assert result["settings"]["matching_grid"] == [16, 16]  # 8 x 8 patches upsampled twice
     assert result["backbone"]["name"] == backbone[0]
-    assert set(result["per_variation"]) == {
+    assert set(result["metrics"]["per_variation"]) == {
         "viewpoint_variation",
         "scale_variation",
         "truncation",
@@ -332,5 +339,7 @@ def test_cli_rejects_other_datasets(spair_root, tmp_path, capsys):
     args = ["eval", "correspondence", "--data-root", str(spair_root), "--out", str(tmp_path / "o")]
     args += ["--backbone", "vit_tiny", "--random-init", *COMMON]
     args[args.index("spair")] = "voc"
-    assert main(args) == 2
-    assert "`--dataset` must be one of ['spair']" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    assert exit_info.value.code == 2
+    assert "argument --dataset: invalid choice: 'voc'" in capsys.readouterr().err

@@ -7,8 +7,8 @@ import itertools
 import numpy as np
 import pytest
 
-from neco.evaluation.matching import apply_mapping, hungarian_match, many_to_one_match, pairwise_iou
-from neco.evaluation.metrics import iou_from_confusion
+from neco.evaluation.blocks.matching import apply_mapping, hungarian_match, many_to_one_match, pairwise_iou
+from neco.evaluation.blocks.metrics import iou_from_confusion
 
 
 @pytest.mark.parametrize("seed", range(5))

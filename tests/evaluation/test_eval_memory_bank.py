@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from neco.evaluation.hummingbird import build_memory_bank, patches_per_image, predict_soft_labels
-from neco.evaluation.memory_bank import MemoryBank, patch_label_histograms, select_rare_patches
-from neco.evaluation.search import build_searcher
+from neco.evaluation.blocks.memory_bank import MemoryBank, patch_label_histograms, select_rare_patches
+from neco.evaluation.blocks.search import build_searcher
+from neco.evaluation.protocols.hummingbird import build_memory_bank, patches_per_image, predict_soft_labels
 
 
 def test_patch_histograms_equal_brute_force_and_exclude_ignore():

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from neco.evaluation.metrics import ConfusionMatrix, iou_from_confusion
+from neco.evaluation.blocks.metrics import ConfusionMatrix, iou_from_confusion
 
 
 def _brute_force(pred: np.ndarray, target: np.ndarray, num_classes: int, ignore: int) -> np.ndarray:

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 import torch
 
-from neco.evaluation.results import jsonable, state_dict_checksum, write_result
+from neco.evaluation.features import state_dict_checksum
+from neco.evaluation.schema import jsonable, write_result
 
 
 def test_checksum_is_stable_and_sensitive_to_one_value():
@@ -24,24 +26,22 @@ def test_checksum_is_stable_and_sensitive_to_one_value():
     assert state_dict_checksum(renamed) != state_dict_checksum(model)
 
 
-def test_results_are_plain_json(tmp_path):
-    path = write_result(
-        tmp_path / "r.json",
+def test_results_are_plain_json():
+    data = jsonable(
         {
             "a": np.float32(1.5),
             "b": torch.tensor([1, 2]),
             "c": float("nan"),
             "d": (1, np.int64(2)),
             "e": np.arange(2),
-        },
+        }
     )
-    data = json.loads(path.read_text())
-    assert (
-        data["a"] == 1.5
-        and data["b"] == [1, 2]
-        and data["c"] is None
-        and data["d"] == [1, 2]
-        and data["e"] == [0, 1]
-    )
-    assert "neco_version" in data and "written_at" in data
+    json.dumps(data)  # plain types only
+    assert data == {"a": 1.5, "b": [1, 2], "c": None, "d": [1, 2], "e": [0, 1]}
     assert jsonable({"x": [np.nan]}) == {"x": [None]}
+
+
+def test_write_result_refuses_a_result_outside_the_schema(tmp_path):
+    with pytest.raises(ValueError, match="'schema_version' is a required property"):
+        write_result(tmp_path / "r.json", {"a": 1})
+    assert not (tmp_path / "r.json").exists()

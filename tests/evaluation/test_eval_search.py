@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from neco.evaluation.search import TorchSearcher, build_searcher
+from neco.evaluation.blocks.search import TorchSearcher, build_searcher
 
 
 def _data(seed=0, m=500, q=40, d=16):

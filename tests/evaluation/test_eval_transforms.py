@@ -2,25 +2,26 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
+from toy import oracle_features, write_toy_dataset
 
-from neco.evaluation.toy import oracle_features, write_toy_dataset
-from neco.evaluation.transforms import (
+from neco.evaluation.blocks.transforms import (
     EvalResize,
     HummingbirdTrainTransform,
     LinearTrainTransform,
     PairDataset,
-    sample_resized_crop,
+    resize_ids,
 )
+from neco.method.crops import sample_crop_box
 
 
 def test_crop_boxes_fit_and_large_scales_fall_back_to_the_whole_image():
-    rng = np.random.default_rng(0)
+    generator = torch.Generator().manual_seed(0)
     full = 0
     for _ in range(500):
-        top, left, h, w = sample_resized_crop(60, 80, (0.5, 2.0), (3 / 4, 4 / 3), rng)
+        left, top, right, bottom = sample_crop_box(80, 60, (0.5, 2.0), (3 / 4, 4 / 3), generator)
+        h, w = bottom - top, right - left
         assert 0 <= top and 0 <= left and top + h <= 60 and left + w <= 80 and h > 0 and w > 0
         assert h * w >= 0.45 * 60 * 80 or (h, w) == (60, 80)  # never below the scale floor
         full += (h, w) == (60, 80)
@@ -68,3 +69,13 @@ def test_transform_options_are_validated():
         HummingbirdTrainTransform(32, scale=(2.0, 0.5))
     with pytest.raises(ValueError, match="`input_size` must be a positive integer"):
         EvalResize(0)
+
+
+def test_resize_ids_is_nearest_and_keeps_dtype():
+    ids = torch.tensor([[[0, 1], [2, 255]]])
+    up = resize_ids(ids, 4)
+    assert up.dtype == ids.dtype and up.shape == (1, 4, 4)
+    assert torch.equal(up[0], ids[0].repeat_interleave(2, 0).repeat_interleave(2, 1))
+    assert torch.equal(resize_ids(up, 2), ids)  # a 2x downsampling lands on one source pixel per cell
+    masks = torch.rand(2, 3, 5, 5) > 0.5
+    assert resize_ids(masks, (10, 10)).dtype == torch.bool

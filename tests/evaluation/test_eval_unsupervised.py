@@ -10,19 +10,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from toy import run_protocol
 
-from neco.evaluation.community import (
-    CDConfig,
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
+from neco.evaluation.blocks.community import (
     cooccurrence,
     cooccurrence_graph,
     glcm_offsets,
-    hungarian_miou,
     infomap_communities,
     segment_communities,
 )
-from neco.evaluation.foreground import CBFEConfig, cut_candidates, cut_jaccards, fit_cbfe, rank_clusters
-from neco.evaluation.transforms import IMAGENET_MEAN, IMAGENET_STD
-from neco.evaluation.unsupervised import UnsupervisedConfig, run_unsupervised
+from neco.evaluation.blocks.foreground import (
+    CBFEConfig,
+    cut_candidates,
+    cut_jaccards,
+    fit_cbfe,
+    rank_clusters,
+)
+from neco.evaluation.blocks.matching import matched_miou
+from neco.evaluation.protocols.unsupervised import UnsupervisedSettings
 
 PATCH, SIZE, NUM_CLASSES, REGISTERS = 8, 64, 5, 2
 GRID = SIZE // PATCH
@@ -61,7 +67,7 @@ class PlantedDataset:
         return Image.fromarray(image), mask
 
     def describe(self) -> dict:
-        return {"name": "planted", "num_images": len(self)}
+        return {"name": "planted", "split": "val", "num_images": len(self)}
 
 
 def decode_classes(images: torch.Tensor) -> torch.Tensor:
@@ -101,22 +107,40 @@ def oracle_attention(images: torch.Tensor, registers: int = REGISTERS, heads: in
     return attn
 
 
-def small_config(**overrides) -> UnsupervisedConfig:
+def small_config(**overrides) -> UnsupervisedSettings:
     settings = dict(
-        input_size=SIZE,
         target_size=SIZE,
         sigma=0.0,
         min_component=0,
-        cbfe=CBFEConfig(k=20, cut_range=(0.05, 0.95), niter=20),
-        cd=CDConfig(ks=(8, 12), trials=6, seeds=(0, 1, 2), infomap_trials=2),
-        fg_seeds=(0, 1),
+        cbfe_k=20,
+        cut_range=(0.05, 0.95),
+        cd_ks=(8, 12),
+        trials=6,
+        cd_seeds=3,
+        infomap_trials=2,
+        fg_seeds=2,
         pca_dim=8,
         niter=20,
         nredo=3,
-        batch_size=8,
     )
     settings.update(overrides)
-    return UnsupervisedConfig(**settings)
+    return UnsupervisedSettings(**settings)
+
+
+def run_unsupervised(grid_fn, attention_fn, train, val, registers=REGISTERS, num_figures=2):
+    return run_protocol(
+        "unsupervised",
+        grid_fn,
+        PATCH,
+        val,
+        train,
+        small_config(),
+        attention_fn=attention_fn,
+        num_register_tokens=registers,
+        input_size=SIZE,
+        batch_size=8,
+        num_figures=num_figures,
+    )
 
 
 def test_glcm_offsets_follow_the_rounding_rule():
@@ -219,17 +243,7 @@ def planted():
 
 def test_run_unsupervised_recovers_planted_segmentation(planted):
     train, val = planted
-    out = run_unsupervised(
-        oracle_features(),
-        oracle_attention,
-        train,
-        val,
-        small_config(),
-        patch_size=PATCH,
-        num_register_tokens=REGISTERS,
-        progress=False,
-        num_examples=2,
-    )
+    out = run_unsupervised(oracle_features(), oracle_attention, train, val)
     metrics = out.result["metrics"]
     assert metrics["foreground"]["attention_val"]["jaccard"] == pytest.approx(100.0)
     assert metrics["foreground"]["cbfe_val"]["jaccard"] > 99.0
@@ -247,17 +261,7 @@ def test_run_unsupervised_recovers_planted_segmentation(planted):
 
 def test_run_unsupervised_random_features_score_low(planted):
     train, val = planted
-    out = run_unsupervised(
-        random_features,
-        oracle_attention,
-        train,
-        val,
-        small_config(),
-        patch_size=PATCH,
-        num_register_tokens=REGISTERS,
-        progress=False,
-        num_examples=0,
-    )
+    out = run_unsupervised(random_features, oracle_attention, train, val, num_figures=0)
     metrics = out.result["metrics"]
     assert metrics["cbfe"]["miou_mean"] < 50.0
     assert metrics["cd"]["miou_mean"] < 50.0
@@ -267,29 +271,20 @@ def test_run_unsupervised_random_features_score_low(planted):
 def test_run_unsupervised_rejects_wrong_register_count(planted):
     train, val = planted
     with pytest.raises(ValueError, match="registers"):
-        run_unsupervised(
-            oracle_features(),
-            oracle_attention,
-            train,
-            val,
-            small_config(),
-            patch_size=PATCH,
-            num_register_tokens=0,
-            progress=False,
-        )
+        run_unsupervised(oracle_features(), oracle_attention, train, val, registers=0)
 
 
-def test_hungarian_miou_of_a_relabelled_prediction_is_100():
+def test_matched_miou_of_a_relabelled_prediction_is_100():
     gt = torch.randint(0, 3, (2, 4, 4))
     perm = torch.tensor([2, 0, 1])
-    miou, mapping, _ = hungarian_miou(perm[gt], gt, 3, 3, None)
+    miou, mapping, _ = matched_miou(perm[gt], gt, 3, 3, None)
     assert miou == pytest.approx(100.0)
     assert torch.equal(torch.from_numpy(mapping)[perm], torch.arange(3))
 
 
 def test_heavy_dependencies_are_imported_lazily():
     code = (
-        "import sys, neco.evaluation.unsupervised, neco.commands._eval_unsupervised; "
+        "import sys, neco.evaluation.protocols.unsupervised, neco.commands.eval; "
         "print(sorted(m for m in ('optuna', 'infomap') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

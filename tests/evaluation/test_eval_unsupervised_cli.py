@@ -24,12 +24,13 @@ def test_unsupervised_cli_end_to_end(scenes, tmp_path, capsys):
     args = ["eval", "unsupervised", "--dataset", "scenes", "--data-root", str(scenes), "--out", str(out)]
     rc = main([*args, "--backbone", "vit_tiny_scenes", *RUN, *SMALL])
     assert rc == 0
-    assert "CD mIoU" in capsys.readouterr().out
+    assert "cd miou_mean" in capsys.readouterr().out
     result = json.loads((out / "unsupervised.json").read_text())
     assert result["backbone"]["name"] == "vit_tiny_scenes"
-    assert result["dataset"]["train"]["num_images"] == 16 and result["dataset"]["val"]["num_images"] == 6
+    splits = result["dataset"]["splits"]
+    assert splits["train"]["num_images"] == 16 and splits["val"]["num_images"] == 6
     settings = result["settings"]
-    assert settings["cbfe"]["k"] == 30 and 0.55 * 30 <= settings["cbfe_fit"]["cut"] <= 0.75 * 30
+    assert settings["cbfe_k"] == 30 and 0.55 * 30 <= settings["cbfe_fit"]["cut"] <= 0.75 * 30
     assert settings["mass"] == 0.6 and settings["min_component"] == 4
     metrics = result["metrics"]
     assert len(metrics["cbfe"]["miou_per_seed"]) == 2 and len(metrics["cd"]["miou_per_seed"]) == 2
@@ -47,7 +48,7 @@ def test_attention_cli_with_registers(scenes, tmp_path, capsys):
     args = ["eval", "attention", "--dataset", "scenes", "--data-root", str(scenes), "--out", str(out)]
     rc = main([*args, "--backbone", "vit_tiny_reg", "--random-init", *RUN, "--num-figures", "2"])
     assert rc == 0
-    assert "best head" in capsys.readouterr().out
+    assert "head_merged jaccard" in capsys.readouterr().out
     result = json.loads((out / "attention.json").read_text())
     assert result["settings"]["num_register_tokens"] == 4 and result["settings"]["num_heads"] == 3
     assert len(result["metrics"]["per_head"]) == 3
@@ -55,10 +56,12 @@ def test_attention_cli_with_registers(scenes, tmp_path, capsys):
 
 
 def test_unsupervised_cli_rejects_non_voc_datasets(scenes, tmp_path, capsys):
-    rc = main(
-        ["eval", "attention", "--dataset", "ade20k", "--data-root", str(scenes), "--out", str(tmp_path)]
-        + ["--backbone", "vit_tiny", "--random-init"]
-    )
+    with pytest.raises(SystemExit) as exit_info:
+        main(
+            ["eval", "attention", "--dataset", "ade20k", "--data-root", str(scenes), "--out", str(tmp_path)]
+            + ["--backbone", "vit_tiny", "--random-init"]
+        )
+    rc = exit_info.value.code
     assert rc == 2
     err = capsys.readouterr().err
-    assert "`--dataset` must be a VOC-format dataset" in err and "scenes" in err
+    assert "argument --dataset: invalid choice: 'ade20k'" in err and "scenes" in err

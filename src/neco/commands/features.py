@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-__all__ = ["IMAGE_SUFFIXES", "register", "collect_images"]
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+__all__ = ["register", "collect_images"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,34 +14,38 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "features",
         help="extract patch-feature grids (N, D, h, w) of images",
         description=(
-            "Resize each image to SIZE x SIZE (a multiple of the patch size), normalise with the backbone's "
-            "mean/std and save the final-LayerNorm patch tokens as a (N, D, SIZE/p, SIZE/p) float32 tensor "
+            "Resize each image to INPUT_SIZE x INPUT_SIZE (a multiple of the patch size), normalise with the backbone's "
+            "mean/std and save the final-LayerNorm patch tokens as a (N, D, INPUT_SIZE/p, INPUT_SIZE/p) float32 tensor "
             "together with the image file names."
         ),
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument("--backbone", required=True, help="registry name (see `neco backbones`)")
-    parser.add_argument("--weights", default=None, help="checkpoint of any supported format (default: none)")
-    parser.add_argument("--pretrained", action="store_true", help="use the registered pretrained weights")
     parser.add_argument(
-        "--which", default="teacher", choices=["teacher", "student"], help="network of a training checkpoint"
+        "--backbone", required=True, help="registry name (see `neco backbones`) or a neco checkpoint file"
     )
-    parser.add_argument("--size", type=int, default=448, help="square input size in pixels (default 448)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default 16)")
-    parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument("--weights", default=None, help="weights file of any supported format (default: none)")
+    parser.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
+    parser.add_argument(
+        "--which", default="teacher", choices=["teacher", "student"], help="model of a NeCo checkpoint (default: teacher)"
+    )
+    parser.add_argument("--input-size", type=int, default=448, help="square input size in pixels (default: 448)")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ... (default: auto)")
     parser.add_argument("-o", "--out", required=True, help="output .pt file")
     parser.set_defaults(func=_run)
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
     """Image files named in `inputs` (files, or folders searched recursively), in a stable order."""
+    from neco.data.images import IMAGE_EXTENSIONS, find_images
+
     files: list[Path] = []
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = find_images(path)
             if not found:
-                raise FileNotFoundError(f"folder {path} holds no image ({sorted(IMAGE_SUFFIXES)})")
+                raise FileNotFoundError(f"folder {path} holds no image ({', '.join(IMAGE_EXTENSIONS)})")
             files.extend(found)
         elif path.is_file():
             files.append(path)
@@ -56,28 +58,31 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from torchvision.transforms import functional as TF
 
-    from neco.backbones import create, get_config
+    from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
     from neco.data.base import load_rgb
+    from neco.evaluation import load_backbone
+    from neco.evaluation.runner import check_divisible, resolve_device
     from neco.features import extract_features
     from neco.utils.io import atomic_torch_save
 
-    config = get_config(args.backbone)
-    if args.size < config.patch_size or args.size % config.patch_size:
-        raise ValueError(
-            f"--size must be a positive multiple of the patch size {config.patch_size} but is {args.size}"
-        )
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 but is {args.batch_size}")
+    device = resolve_device(args.device)
+    model, identity = load_backbone(
+        args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which
+    )
+    check_divisible(args.input_size, int(model.patch_size))
     files = collect_images(args.inputs)
-    model = create(args.backbone, pretrained=args.pretrained, weights=args.weights, which=args.which)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    config = getattr(model, "config", None)
+    mean, std = list(getattr(config, "mean", IMAGENET_MEAN)), list(getattr(config, "std", IMAGENET_STD))
+    size = args.input_size
 
     def batches():
         for start in range(0, len(files), args.batch_size):
             images = []
             for path in files[start : start + args.batch_size]:
-                image = TF.resize(load_rgb(path), [args.size, args.size], antialias=True)
-                tensor = TF.normalize(TF.to_tensor(image), list(config.mean), list(config.std))
+                image = TF.resize(load_rgb(path), [size, size], antialias=True)
+                tensor = TF.normalize(TF.to_tensor(image), mean, std)
                 images.append(tensor)
             yield torch.stack(images)  # (B, 3, size, size)
 
@@ -93,9 +98,8 @@ def _run(args: argparse.Namespace) -> int:
         {
             "features": features,
             "files": [str(f) for f in files],
-            "backbone": args.backbone,
-            "weights": args.weights,
-            "size": args.size,
+            "backbone": identity,
+            "input_size": size,
         },
         args.out,
     )

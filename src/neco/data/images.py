@@ -33,7 +33,7 @@ __all__ = [
     "find_images",
 ]
 
-IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 IMAGE_SOURCES: dict[str, str] = {
     "folder": "every image under a folder, recursively",

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from neco.utils.io import atomic_open
+from neco.utils.io import save_png
 from neco.viz.overlay import colourise
 from neco.viz.pca import denormalise, pca_rgb
 
@@ -20,9 +20,7 @@ _HEADER = 18
 
 
 def _save_png(canvas: Image.Image, path: str | Path) -> Path:
-    with atomic_open(path, "wb") as handle:
-        canvas.save(handle, format="PNG")
-    return Path(path)
+    return save_png(canvas, path)
 
 
 def _grid(rows: Sequence[Sequence[Image.Image]], titles: Sequence[str], tile: int) -> Image.Image:
@@ -132,7 +130,6 @@ def save_curves(steps: Sequence[int], losses: Sequence[float], rates: Sequence[f
     for ax in (ax_loss, ax_rate):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        fig.savefig(handle, format="png")
+    written = save_png(fig, path)
     plt.close(fig)
-    return Path(path)
+    return written

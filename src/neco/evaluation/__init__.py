@@ -1,16 +1,38 @@
-"""Dense evaluations of frozen patch features: Hummingbird retrieval, linear segmentation, overclustering.
+"""Dense evaluations of frozen patch features, as registered protocols.
 
-Layers: tensor-level functions (metrics, matching, memory bank, probes), dataset-level runners that
-take a feature function `features_fn(images (B,3,H,W)) -> (B, D, h, w)`, and the `neco eval` CLI.
+Layers: `blocks/` (memory bank, search, metrics, matching, clustering, community detection,
+transforms, loaders), `protocols/` (one module per protocol, each a registered `Protocol`), and
+the shared pieces every protocol uses: `features` (backbone -> patch grids), `options` (typed
+settings that are also CLI options), `schema` (the result file) and `runner.evaluate` (run a
+protocol by name). Example:
+
+    from neco.evaluation import EvalData, Features, evaluate
+    result = evaluate("hummingbird", Features.of_model(model), EvalData(val=val, train=train)).result
 """
 
-from neco.evaluation.matching import apply_mapping, hungarian_match, many_to_one_match
-from neco.evaluation.metrics import ConfusionMatrix, iou_from_confusion
+from neco.evaluation.features import Features, backbone_identity, load_backbone, state_dict_checksum
+from neco.evaluation.protocol import (
+    EvalData,
+    Protocol,
+    ProtocolOutput,
+    RunSettings,
+    register_protocol,
+)
+from neco.evaluation.registry import get_protocol, protocol_names
+from neco.evaluation.runner import Evaluation, evaluate
 
 __all__ = [
-    "ConfusionMatrix",
-    "iou_from_confusion",
-    "hungarian_match",
-    "many_to_one_match",
-    "apply_mapping",
+    "EvalData",
+    "Evaluation",
+    "Features",
+    "Protocol",
+    "ProtocolOutput",
+    "RunSettings",
+    "backbone_identity",
+    "evaluate",
+    "get_protocol",
+    "load_backbone",
+    "protocol_names",
+    "register_protocol",
+    "state_dict_checksum",
 ]

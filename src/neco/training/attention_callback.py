@@ -63,25 +63,24 @@ class AttentionValidation(PeriodicValidation):
 
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Head-merged and best-head Jaccard (percent) of the teacher's attention masks."""
-        from neco.evaluation.attention import AttentionConfig, model_attention_fn, run_attention
+        from neco.evaluation import EvalData, Features, evaluate
+        from neco.evaluation.protocols.attention import MaskSettings
 
         teacher = pl_module.teacher
         patch = int(teacher.patch_size)
-        settings = AttentionConfig(
-            input_size=self.config.input_size - self.config.input_size % patch,
-            mass=self.config.mass,
-            sigma=self.config.sigma,
-            min_component=self.config.min_component,
-            batch_size=self.config.batch_size,
+        settings = MaskSettings(
+            mass=self.config.mass, sigma=self.config.sigma, min_component=self.config.min_component
         )
-        output = run_attention(
-            model_attention_fn(teacher, pl_module.device),
-            self._dataset(),
+        output = evaluate(
+            "attention",
+            Features.of_model(teacher, pl_module.device),
+            EvalData(val=self._dataset()),
             settings,
-            patch_size=patch,
-            num_register_tokens=int(getattr(teacher, "num_register_tokens", 0)),
+            input_size=self.config.input_size - self.config.input_size % patch,
+            batch_size=self.config.batch_size,
+            num_workers=0,
+            num_figures=0,
             progress=False,
-            num_examples=0,
         )
         metrics = output.result["metrics"]
         return {

@@ -79,22 +79,23 @@ class KMeansValidation(PeriodicValidation):
 
     def evaluate(self, pl_module: L.LightningModule) -> dict[str, float]:
         """Matched mIoU (percent) of K-means on the teacher's patch features."""
-        from neco.evaluation.backbone import model_features_fn
-        from neco.evaluation.overcluster import OverclusterConfig, run_overcluster
+        from neco.evaluation import EvalData, Features, evaluate
+        from neco.evaluation.protocols.overcluster import OverclusterSettings
 
         teacher = pl_module.teacher
-        features = model_features_fn(teacher, device=pl_module.device)
-        size = self.config.input_size - self.config.input_size % int(teacher.patch_size)
-        settings = OverclusterConfig(
-            input_size=size,
-            ks=(self.config.num_clusters,),
-            seeds=(0,),
-            niter=20,
-            nredo=1,
-            pca_dim=min(50, teacher.embed_dim),
+        settings = OverclusterSettings(
+            ks=(self.config.num_clusters,), num_seeds=1, niter=20, nredo=1, pca_dim=min(50, teacher.embed_dim)
         )
-        output = run_overcluster(
-            features, self._dataset(), settings, patch_size=int(teacher.patch_size), progress=False
+        output = evaluate(
+            "overcluster",
+            Features.of_model(teacher, pl_module.device),
+            EvalData(val=self._dataset()),
+            settings,
+            input_size=self.config.input_size - self.config.input_size % int(teacher.patch_size),
+            seed=0,
+            num_workers=0,
+            num_figures=0,
+            progress=False,
         )
         (metrics,) = output.result["metrics"].values()
         return {"val/kmeans_miou": float(metrics["miou_mean"])}

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_torch_save", "write_json", "ensure_writable_dir"]
+__all__ = ["atomic_open", "atomic_write", "atomic_torch_save", "write_json", "ensure_writable_dir", "save_png"]
 
 
 def _umask() -> int:
@@ -70,3 +70,10 @@ def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"{option} {path}: the directory is not writable")
     return path
+
+
+def save_png(image: Any, path: str | os.PathLike, **options: Any) -> Path:
+    """Write a PIL image or a matplotlib figure as PNG, atomically (`options` go to save / savefig)."""
+    if hasattr(image, "savefig"):
+        return atomic_write(path, lambda handle: image.savefig(handle, format="png", **options))
+    return atomic_write(path, lambda handle: image.save(handle, format="PNG", **options))

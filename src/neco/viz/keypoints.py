@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neco.utils.io import atomic_open
+from neco.utils.io import save_png
 
 __all__ = ["KeypointMatch", "save_keypoint_figure"]
 
@@ -73,6 +73,4 @@ def save_keypoint_figure(
         if match.title:
             axis.set_title(match.title, fontsize=7)
     figure.tight_layout()
-    with atomic_open(path, "wb") as handle:
-        figure.savefig(handle, format="png", dpi=110)
-    return Path(path)
+    return save_png(figure, path, dpi=110)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neco.utils.io import atomic_open
+from neco.utils.io import save_png
 from neco.viz.palette import IGNORE_COLOUR, class_palette
 from neco.viz.pca import denormalise
 
@@ -52,6 +52,4 @@ def save_overlay_figure(
                 (tile, tile), Image.NEAREST
             )
             canvas.paste(Image.blend(base, colour, alpha), (col * tile, row * tile))
-    with atomic_open(path, "wb") as handle:
-        canvas.save(handle, format="PNG")
-    return Path(path)
+    return save_png(canvas, path)

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neco.utils.io import atomic_open
+from neco.utils.io import save_png
 
 __all__ = ["pca_rgb", "denormalise", "save_pca_figure"]
 
@@ -36,7 +36,7 @@ def pca_rgb(features: torch.Tensor) -> np.ndarray:
 
 def denormalise(images: torch.Tensor) -> np.ndarray:
     """ImageNet-normalised (N, 3, H, W) -> (N, H, W, 3) uint8 for display."""
-    from neco.evaluation.transforms import IMAGENET_MEAN, IMAGENET_STD
+    from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -52,6 +52,4 @@ def save_pca_figure(images: torch.Tensor, features: torch.Tensor, path: str | Pa
     for row, (picture, colour_map) in enumerate(zip(pictures, maps)):
         canvas.paste(Image.fromarray(picture).resize((tile, tile), Image.BILINEAR), (0, row * tile))
         canvas.paste(Image.fromarray(colour_map).resize((tile, tile), Image.NEAREST), (tile, row * tile))
-    with atomic_open(path, "wb") as handle:
-        canvas.save(handle, format="PNG")
-    return Path(path)
+    return save_png(canvas, path)

@@ -1,0 +1,243 @@
+"""Community detection (CD) over cluster co-occurrence: overclusters merged into segments by Infomap.
+
+- Foreground tokens are overclustered (k-means, K searched). Cluster maps keep -1 on background.
+- Co-occurrence like a grey-level co-occurrence matrix (GLCM), with cluster ids as grey levels:
+  for every distance d in (1, 2) and the 8 angles t = 0, 45, ..., 315 degrees, the pixel (r, c) is
+  paired with (r + round(d sin t), c + round(d cos t)) (the scikit-image `graycomatrix` offset rule,
+  so the d = 2 diagonal offsets are (+-1, +-1)); pairs with a background side are not counted.
+  Counts are summed over images, distances and angles (symmetric, since opposite angles are both used).
+- Graph: off-diagonal counts normalised by the geometric mean of the two clusters' off-diagonal
+  totals, W_ab = C_ab / sqrt(C_a C_b) in [0, 1]; edges with W_ab < threshold are dropped.
+- Infomap (the `infomap` package, two-level, undirected) splits the graph into communities; each
+  cluster takes its community's id; isolated clusters are communities of their own.
+- The hyper-parameters (K, threshold, Markov time) are searched on the train split with optuna (TPE,
+  seeded), maximising the Hungarian mIoU of the resulting segmentation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from neco.evaluation.blocks.matching import matched_miou
+
+__all__ = [
+    "CDConfig",
+    "glcm_offsets",
+    "cooccurrence",
+    "cooccurrence_graph",
+    "infomap_communities",
+    "segment_communities",
+    "search_cd",
+]
+
+
+@dataclass
+class CDConfig:
+    """CD settings: the search space, the number of optuna trials and the validation seeds."""
+
+    ks: tuple[int, ...] = (50, 100, 200)
+    threshold_range: tuple[float, float] = (0.0, 0.3)
+    markov_range: tuple[float, float] = (0.5, 2.0)
+    trials: int = 30
+    seeds: tuple[int, ...] = tuple(range(10))
+    distances: tuple[int, ...] = (1, 2)
+    num_angles: int = 8
+    infomap_trials: int = 5
+    search_seed: int = 0
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad option."""
+        if not self.ks or any(int(k) < 2 for k in self.ks):
+            raise ValueError(f"`cd ks` must be non-empty cluster counts >= 2 but is {self.ks}")
+        lo, hi = self.threshold_range
+        if not 0.0 <= lo <= hi <= 1.0:
+            raise ValueError(f"`threshold_range` must be 0 <= lo <= hi <= 1 but is {self.threshold_range}")
+        lo, hi = self.markov_range
+        if not 0.0 < lo <= hi:
+            raise ValueError(f"`markov_range` must be 0 < lo <= hi but is {self.markov_range}")
+        if int(self.trials) < 1:
+            raise ValueError(f"`trials` must be >= 1 but is {self.trials}")
+        if not self.seeds:
+            raise ValueError("`cd seeds` must name at least one seed but is empty")
+        if not self.distances or any(int(d) < 1 for d in self.distances):
+            raise ValueError(f"`distances` must be positive integers but is {self.distances}")
+        if int(self.num_angles) < 1 or int(self.infomap_trials) < 1:
+            raise ValueError(
+                f"`num_angles` and `infomap_trials` must be >= 1 but are {self.num_angles}, {self.infomap_trials}"
+            )
+
+
+def glcm_offsets(distances: tuple[int, ...] = (1, 2), num_angles: int = 8) -> list[tuple[int, int]]:
+    """(row, col) offsets, one per (distance, angle), angles evenly spaced from 0 (scikit-image rule)."""
+    out = []
+    for d in distances:
+        for i in range(num_angles):
+            angle = 2.0 * math.pi * i / num_angles
+            out.append((int(np.round(math.sin(angle) * d)), int(np.round(math.cos(angle) * d))))
+    return out
+
+
+def cooccurrence(
+    maps: np.ndarray | torch.Tensor, k: int, distances: tuple[int, ...] = (1, 2), num_angles: int = 8
+) -> np.ndarray:
+    """(k, k) int64 counts of cluster pairs at the GLCM offsets over (N, h, w) maps; ids < 0 are skipped."""
+    maps = torch.as_tensor(maps).cpu().numpy().astype(np.int64)
+    if maps.ndim != 3:
+        raise ValueError(f"`maps` must be (N, h, w) cluster ids but has shape {maps.shape}")
+    if maps.max(initial=-1) >= k:
+        raise ValueError(f"`maps` ids must be < k = {k} but reach {maps.max()}")
+    _, h, w = maps.shape
+    counts = np.zeros(k * k, dtype=np.int64)
+    for dr, dc in glcm_offsets(distances, num_angles):
+        if abs(dr) >= h or abs(dc) >= w:
+            continue
+        src = maps[:, max(0, -dr) : h - max(0, dr), max(0, -dc) : w - max(0, dc)]
+        dst = maps[:, max(0, dr) : h + min(0, dr), max(0, dc) : w + min(0, dc)]
+        keep = (src >= 0) & (dst >= 0)
+        counts += np.bincount(src[keep] * k + dst[keep], minlength=k * k)
+    return counts.reshape(k, k)
+
+
+def cooccurrence_graph(counts: np.ndarray, threshold: float) -> np.ndarray:
+    """Symmetric weights (k, k) in [0, 1]: C_ab / sqrt(C_a C_b) off the diagonal, below `threshold` zeroed."""
+    sym = counts.astype(np.float64)
+    sym = 0.5 * (sym + sym.T)
+    np.fill_diagonal(sym, 0.0)
+    strength = sym.sum(1)
+    norm = np.sqrt(np.outer(strength, strength))
+    weights = np.divide(sym, norm, out=np.zeros_like(sym), where=norm > 0)
+    weights[weights < threshold] = 0.0
+    return weights
+
+
+def infomap_communities(
+    weights: np.ndarray, *, seed: int, markov_time: float = 1.0, num_trials: int = 5
+) -> np.ndarray:
+    """Community id (k,) int64 of every node of a weighted undirected graph, ids 0..M-1 by first node.
+
+    Infomap seeds must be >= 1: seed s runs Infomap with seed s + 1.
+    """
+    from infomap import Infomap
+
+    k = weights.shape[0]
+    im = Infomap(
+        silent=True, two_level=True, seed=int(seed) + 1, num_trials=int(num_trials), markov_time=markov_time
+    )
+    for node in range(k):
+        im.add_node(node)
+    rows, cols = np.nonzero(np.triu(weights, 1))
+    for a, b in zip(rows.tolist(), cols.tolist()):
+        im.add_link(a, b, float(weights[a, b]))
+    result = im.run()
+    modules = _read_modules(result)
+    raw = np.array([modules.get(node, -1 - node) for node in range(k)])  # unseen nodes: own module
+    _, ids = np.unique(raw, return_inverse=True)
+    # renumber by first appearance so ids do not depend on Infomap's module numbering
+    first = {}
+    for m in ids.tolist():
+        first.setdefault(m, len(first))
+    return np.array([first[m] for m in ids.tolist()], dtype=np.int64)
+
+
+def _read_modules(result: Any) -> dict[int, int]:
+    # Infomap's node accessors iterate SWIG vectors from Python; with faiss (another SWIG module) loaded
+    # first, the shared SWIG runtime can hand them faiss's iterator class and segfault (seen under
+    # pytest). The C++ .clu writer avoids Python-side iteration altogether.
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "modules.clu"
+        result.write_clu(str(path))
+        lines = path.read_text().splitlines()
+    modules = {}
+    for line in lines:
+        if line.strip() and not line.startswith("#"):
+            node, module = line.split()[:2]
+            modules[int(node)] = int(module)
+    return modules
+
+
+def segment_communities(
+    cluster_maps: np.ndarray,
+    k: int,
+    *,
+    threshold: float,
+    markov_time: float,
+    seed: int,
+    distances: tuple[int, ...] = (1, 2),
+    num_angles: int = 8,
+    infomap_trials: int = 5,
+    counts: np.ndarray | None = None,
+) -> tuple[np.ndarray, int]:
+    """(community maps (N, h, w) with -1 on background, number of communities) of overcluster maps."""
+    if counts is None:
+        counts = cooccurrence(cluster_maps, k, distances, num_angles)
+    communities = infomap_communities(
+        cooccurrence_graph(counts, threshold), seed=seed, markov_time=markov_time, num_trials=infomap_trials
+    )
+    out = np.where(cluster_maps >= 0, communities[np.maximum(cluster_maps, 0)], -1)
+    return out, int(communities.max()) + 1
+
+
+def _with_background(maps: np.ndarray, num_fg: int) -> torch.Tensor:
+    return torch.from_numpy(np.where(maps >= 0, maps, num_fg))
+
+
+def search_cd(
+    cluster_maps_by_k: dict[int, np.ndarray],
+    gt: torch.Tensor,
+    num_classes: int,
+    ignore_index: int | None,
+    config: CDConfig,
+    upsample: Any,
+) -> dict[str, Any]:
+    """Optuna search of (K, threshold, Markov time) maximising train Hungarian mIoU.
+
+    `cluster_maps_by_k[K]` are (N, h, w) overcluster maps of the train split (-1 background);
+    `upsample(maps (N, h, w) int64) -> (N, T, T)` brings predictions to the GT resolution.
+    """
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    counts_by_k = {
+        k: cooccurrence(m, k, config.distances, config.num_angles) for k, m in cluster_maps_by_k.items()
+    }
+
+    def objective(trial: Any) -> float:
+        k = trial.suggest_categorical("k", sorted(cluster_maps_by_k))
+        threshold = trial.suggest_float("threshold", *config.threshold_range)
+        markov = trial.suggest_float("markov_time", *config.markov_range, log=True)
+        maps, num = segment_communities(
+            cluster_maps_by_k[k],
+            k,
+            threshold=threshold,
+            markov_time=markov,
+            seed=config.search_seed,
+            infomap_trials=config.infomap_trials,
+            counts=counts_by_k[k],
+        )
+        miou, _, _ = matched_miou(
+            upsample(_with_background(maps, num)), gt, num + 1, num_classes, ignore_index
+        )
+        trial.set_user_attr("num_communities", num)
+        return miou
+
+    sampler = optuna.samplers.TPESampler(seed=config.search_seed)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=int(config.trials), show_progress_bar=False)
+    best = study.best_trial
+    return {
+        "k": int(best.params["k"]),
+        "threshold": float(best.params["threshold"]),
+        "markov_time": float(best.params["markov_time"]),
+        "train_miou": float(best.value),
+        "train_num_communities": int(best.user_attrs["num_communities"]),
+        "trials": int(config.trials),
+        "sampler": "optuna-tpe",
+    }

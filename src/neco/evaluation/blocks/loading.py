@@ -1,0 +1,146 @@
+"""Loading blocks shared by the protocols: seeded loaders, progress, kept examples, id-map resizing."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from neco.evaluation.blocks.transforms import PairDataset, resize_ids
+
+__all__ = [
+    "Examples",
+    "make_loader",
+    "ExampleKeeper",
+    "resize_ids",
+    "iterate",
+    "TokenSplit",
+    "collect_tokens",
+]
+
+
+@dataclass
+class Examples:
+    """A few validation items kept for figures: normalised images, masks, predictions, features."""
+
+    images: torch.Tensor  # (n, 3, S, S)
+    masks: torch.Tensor  # (n, S', S') int64
+    predictions: torch.Tensor  # (n, S', S') int64
+    features: torch.Tensor | None = None  # (n, D, h, w)
+
+
+def make_loader(
+    dataset: Any,
+    transform: Any,
+    *,
+    batch_size: int,
+    num_workers: int,
+    seed: int,
+    epoch: int = 0,
+    shuffle: bool = False,
+) -> DataLoader:
+    """A non-dropping loader of (images, masks, indices) with per-item seeded transforms.
+
+    Ordered unless `shuffle`, in which case the order is seeded by (seed, epoch).
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1 but is {batch_size}")
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if shuffle else None
+    return DataLoader(
+        PairDataset(dataset, transform, seed=seed, epoch=epoch),
+        batch_size=batch_size,
+        shuffle=shuffle,
+        generator=generator,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=False,
+    )
+
+
+class ExampleKeeper:
+    """Collect the first `limit` items of a stream of batches (bounded memory)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = max(0, int(limit))
+        self.parts: dict[str, list[torch.Tensor]] = {}
+        self.count = 0
+
+    def offer(self, **tensors: torch.Tensor | None) -> None:
+        """Keep the leading items of this batch while fewer than `limit` are held."""
+        take = self.limit - self.count
+        if take <= 0:
+            return
+        n = 0
+        for key, value in tensors.items():
+            if value is None:
+                continue
+            part = value[:take].detach().cpu()
+            self.parts.setdefault(key, []).append(part)
+            n = part.shape[0]
+        self.count += n
+
+    def examples(self) -> Examples | None:
+        """The kept items, or None when nothing was kept."""
+        if self.count == 0:
+            return None
+        cat = {k: torch.cat(v) for k, v in self.parts.items()}
+        return Examples(
+            images=cat["images"],
+            masks=cat["masks"],
+            predictions=cat["predictions"],
+            features=cat.get("features"),
+        )
+
+
+def iterate(loader: DataLoader, progress: bool, desc: str) -> Iterator[Any]:
+    """Iterate a loader with an optional tqdm bar."""
+    from tqdm.auto import tqdm
+
+    yield from tqdm(loader, desc=desc, disable=not progress, leave=False)
+
+
+@dataclass
+class TokenSplit:
+    """A whole split in memory for clustering: tokens, GT, grid, figure images, optional noisy masks."""
+
+    tokens: np.ndarray  # (N*h*w, D) float16
+    gt: torch.Tensor  # (N, T, T) int64
+    grid: tuple[int, int]
+    images: torch.Tensor  # (n, 3, S, S) kept for figures
+    noisy: torch.Tensor | None = None  # (N, h, w) bool, from `noisy_fn`
+
+
+def collect_tokens(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, Any]],
+    features: Callable[[torch.Tensor], torch.Tensor],
+    num_images: int,
+    target_size: int,
+    keep: int,
+    noisy_fn: Callable[[torch.Tensor, tuple[int, int]], torch.Tensor] | None = None,
+) -> TokenSplit:
+    """Patch tokens of every image (float16, allocated once), GT at `target_size`, and `noisy_fn(images, grid)`."""
+    tokens: np.ndarray | None = None
+    gts, kept, noisy = [], [], []
+    grid, row = (0, 0), 0
+    for images, masks, _ in batches:
+        grids = features(images).float().cpu()  # (B, D, h, w)
+        grid = (int(grids.shape[-2]), int(grids.shape[-1]))
+        if tokens is None:
+            tokens = np.empty((num_images * grid[0] * grid[1], grids.shape[1]), dtype=np.float16)
+        flat = grids.permute(0, 2, 3, 1).reshape(-1, grids.shape[1])  # (B*h*w, D)
+        tokens[row : row + flat.shape[0]] = flat.numpy()
+        row += flat.shape[0]
+        gts.append(resize_ids(masks, target_size))
+        if noisy_fn is not None:
+            noisy.append(noisy_fn(images, grid))
+        if sum(x.shape[0] for x in kept) < keep:
+            kept.append(images[:keep])
+    if tokens is None:
+        raise ValueError("the split holds no image")
+    images = torch.cat(kept)[:keep] if kept else torch.empty(0)
+    return TokenSplit(tokens, torch.cat(gts), grid, images, torch.cat(noisy) if noisy else None)

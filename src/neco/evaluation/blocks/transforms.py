@@ -1,0 +1,181 @@
+"""Joint (image, mask) transforms of the evaluation protocols, seeded per item.
+
+Every transform maps `(PIL RGB image, int64 mask (H, W), torch.Generator)` to
+`(float image (3, S, S) ImageNet-normalised, int64 mask (S, S))`; images are resized bilinearly
+(PIL, antialiased), masks with nearest neighbour. `PairDataset` draws one generator per
+(seed, epoch, item), so results do not depend on the number of loader workers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torch.utils.data import Dataset
+from torchvision.transforms import InterpolationMode
+
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
+from neco.method.crops import sample_crop_box
+
+__all__ = [
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "EvalResize",
+    "HummingbirdTrainTransform",
+    "LinearTrainTransform",
+    "PairDataset",
+    "resize_ids",
+]
+
+# The public Hummingbird code has 0.255 as the last std (a typo); neco uses the standard 0.225.
+
+
+def _normalise(image: Image.Image) -> torch.Tensor:
+    return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def resize_ids(ids: torch.Tensor | np.ndarray, size: int | tuple[int, int]) -> torch.Tensor:
+    """Nearest-neighbour resize of id maps (..., H, W) (int or bool) to (..., *size), same dtype.
+
+    `nearest-exact` picks the source pixel whose centre is nearest (PIL's NEAREST), so a 2x
+    upsampling repeats every id twice and a downsampling never shifts the map by half a pixel.
+    """
+    ids = torch.as_tensor(ids)
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    if tuple(ids.shape[-2:]) == size:
+        return ids
+    lead = ids.shape[:-2]
+    flat = ids.reshape(-1, 1, *ids.shape[-2:]).float()
+    out = F.interpolate(flat, size=size, mode="nearest-exact")[:, 0]  # (N, *size)
+    return out.round().to(ids.dtype).reshape(*lead, *size)
+
+
+def _uniform(low: float, high: float, generator: torch.Generator) -> float:
+    return low + (high - low) * float(torch.rand(1, generator=generator))
+
+
+def _joint_resized_crop(
+    image: Image.Image, mask: np.ndarray, box: tuple[int, int, int, int], size: int
+) -> tuple[Image.Image, torch.Tensor]:
+    """Crop `box` (x1, y1, x2, y2) from image and mask and resize both to size x size (mask: nearest-exact)."""
+    left, top, right, bottom = box
+    h, w = bottom - top, right - left
+    image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BILINEAR)
+    mask_t = TF.resized_crop(
+        torch.from_numpy(mask)[None], top, left, h, w, [size, size], InterpolationMode.NEAREST_EXACT
+    )[0]  # (size, size)
+    return image, mask_t
+
+
+def _check_size(size: int) -> int:
+    if int(size) < 1:
+        raise ValueError(f"`input_size` must be a positive integer but is {size}")
+    return int(size)
+
+
+class EvalResize:
+    """Resize image and mask to a square `size` (the validation transform of every protocol)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = _check_size(size)
+
+    def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator | None = None):
+        image = image.resize((self.size, self.size), Image.BILINEAR)
+        return _normalise(image), resize_ids(torch.from_numpy(mask), self.size)
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for a result file."""
+        return {"resize": [self.size, self.size], "image": "bilinear", "mask": "nearest"}
+
+
+class HummingbirdTrainTransform:
+    """Memory-bank augmentation: RandomResizedCrop(size, scale, ratio) + per-component colour jitter.
+
+    The crop box is drawn like torchvision's `RandomResizedCrop.get_params` (`sample_crop_box`): ten
+    tries that must fit the image, then a centred fallback. With the published scale (0.5, 2.0) the
+    fractions above ~1 rarely fit, so the effective distribution is the fitting part of U(0.5, 2.0)
+    plus the whole-image fallback; reproducing this, rather than clipping the scale, keeps the
+    numbers comparable (docs/evaluation.md).
+
+    Colour jitter: brightness, contrast, saturation factors ~ U(1 - j, 1 + j) and a hue shift
+    ~ U(-j, j), each applied with probability `jitter_p`, in that fixed order.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float] = (0.5, 2.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        jitter: float = 0.1,
+        jitter_p: float = 0.5,
+    ) -> None:
+        self.size = _check_size(size)
+        if not 0 < scale[0] <= scale[1]:
+            raise ValueError(f"`scale` must be 0 < low <= high but is {scale}")
+        if not 0 <= jitter <= 0.5:
+            raise ValueError(f"`jitter` must be in [0, 0.5] but is {jitter}")
+        self.scale, self.ratio, self.jitter, self.jitter_p = tuple(scale), tuple(ratio), jitter, jitter_p
+
+    def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator):
+        box = sample_crop_box(image.width, image.height, self.scale, self.ratio, generator)
+        image, mask_t = _joint_resized_crop(image, mask, box, self.size)
+        if self.jitter > 0:
+            j = self.jitter
+            if float(torch.rand(1, generator=generator)) < self.jitter_p:
+                image = TF.adjust_brightness(image, _uniform(1 - j, 1 + j, generator))
+            if float(torch.rand(1, generator=generator)) < self.jitter_p:
+                image = TF.adjust_contrast(image, _uniform(1 - j, 1 + j, generator))
+            if float(torch.rand(1, generator=generator)) < self.jitter_p:
+                image = TF.adjust_saturation(image, _uniform(1 - j, 1 + j, generator))
+            if float(torch.rand(1, generator=generator)) < self.jitter_p:
+                image = TF.adjust_hue(image, _uniform(-j, j, generator))
+        return _normalise(image), mask_t
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for a result file."""
+        return {
+            "random_resized_crop": {"size": self.size, "scale": list(self.scale), "ratio": list(self.ratio)},
+            "color_jitter": {"strength": self.jitter, "p_each": self.jitter_p},
+            "normalisation": {"mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)},
+        }
+
+
+class LinearTrainTransform:
+    """Linear-probe augmentation: joint RandomResizedCrop(size, scale (0.8, 1)) and horizontal flip."""
+
+    def __init__(self, size: int, scale: tuple[float, float] = (0.8, 1.0), flip_p: float = 0.5) -> None:
+        self.size = _check_size(size)
+        self.scale, self.flip_p = tuple(scale), flip_p
+
+    def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator):
+        box = sample_crop_box(image.width, image.height, self.scale, (3 / 4, 4 / 3), generator)
+        image, mask_t = _joint_resized_crop(image, mask, box, self.size)
+        if float(torch.rand(1, generator=generator)) < self.flip_p:
+            image, mask_t = TF.hflip(image), mask_t.flip(-1)
+        return _normalise(image), mask_t
+
+    def describe(self) -> dict[str, Any]:
+        """Settings for a result file."""
+        return {"random_resized_crop": {"size": self.size, "scale": list(self.scale)}, "hflip_p": self.flip_p}
+
+
+class PairDataset(Dataset):
+    """Apply a joint transform to a `SegmentationDataset`'s raw items with a per-item seeded generator."""
+
+    def __init__(self, dataset: Any, transform: Any, seed: int = 0, epoch: int = 0) -> None:
+        self.dataset, self.transform, self.seed, self.epoch = dataset, transform, int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        image, mask = self.dataset.load(index) if hasattr(self.dataset, "load") else self.dataset[index]
+        # one generator per (seed, epoch, item): results do not depend on the number of workers
+        state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0]
+        generator = torch.Generator().manual_seed(int(state) & (2**63 - 1))
+        image_t, mask_t = self.transform(image, mask, generator)
+        return image_t, mask_t.to(torch.int64), index

@@ -1,0 +1,165 @@
+"""What every protocol reads from a backbone: patch-feature grids, last-block attention, identity.
+
+`Features` wraps a frozen backbone (or, in tests, any function of images) behind one interface:
+`features(images (B, 3, H, W)) -> (B, D, H/p, W/p)` float32 patch grids (final-LayerNorm patch
+tokens, no CLS or registers), `features.attention(images) -> (B, heads, T, T)` and the shape
+attributes the protocols need. `load_backbone` builds a backbone from a registry name or a
+checkpoint file and `backbone_identity` names it (with a checksum of its weights) in result files.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neco.backbones.grid import patch_grid
+from neco.utils.precision import autocast
+
+__all__ = ["Features", "load_backbone", "backbone_identity", "state_dict_checksum"]
+
+ImagesFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class Features:
+    """Patch grids and attention of a frozen backbone, computed without gradients under `precision` autocast.
+
+    Args:
+        grid_fn: images (B, 3, H, W) on `device` -> patch grids (B, D, H/p, W/p).
+        patch_size: pixels per patch side.
+        attention_fn: images -> last-block attention (B, heads, T, T), or None when not available.
+        num_register_tokens: register tokens between CLS and the patches (excluded from attention masks).
+        device: where the images are sent.
+        precision: fp32, bf16 or fp16 autocast.
+        name: shown in error messages.
+    """
+
+    def __init__(
+        self,
+        grid_fn: ImagesFn,
+        patch_size: int,
+        *,
+        attention_fn: ImagesFn | None = None,
+        num_register_tokens: int = 0,
+        device: torch.device | str = "cpu",
+        precision: str = "fp32",
+        name: str = "features",
+    ) -> None:
+        if int(patch_size) < 1:
+            raise ValueError(f"`patch_size` must be >= 1 but is {patch_size}")
+        if int(num_register_tokens) < 0:
+            raise ValueError(f"`num_register_tokens` must be >= 0 but is {num_register_tokens}")
+        autocast(device, precision)  # validates the precision name
+        self.grid_fn, self.attention_fn = grid_fn, attention_fn
+        self.patch_size, self.num_register_tokens = int(patch_size), int(num_register_tokens)
+        self.device, self.precision, self.name = torch.device(device), precision, name
+
+    @classmethod
+    def of_model(
+        cls, model: torch.nn.Module, device: torch.device | str = "cpu", precision: str = "fp32"
+    ) -> Features:
+        """Features of a neco backbone (anything with `forward_features`, `patch_size`), moved to `device`."""
+        model = model.to(device).eval()
+        attention = getattr(model, "get_last_self_attention", None)
+        return cls(
+            lambda images: patch_grid(model, images),
+            int(model.patch_size),
+            attention_fn=attention,
+            num_register_tokens=int(getattr(model, "num_register_tokens", 0)),
+            device=device,
+            precision=precision,
+            name=str(getattr(getattr(model, "config", None), "name", type(model).__name__)),
+        )
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch grids (B, D, H/p, W/p) float32 of normalised images (B, 3, H, W)."""
+        with autocast(self.device, self.precision):
+            grid = self.grid_fn(images.to(self.device, non_blocking=True))
+        return grid.float()
+
+    def require_attention(self) -> None:
+        """Raise a ValueError naming the backbone when it exposes no last-block attention."""
+        if self.attention_fn is None:
+            raise ValueError(
+                f"backbone {self.name} exposes no last-block attention (get_last_self_attention): "
+                "the attention-based protocols (attention, unsupervised) cannot run on it"
+            )
+
+    @torch.no_grad()
+    def attention(self, images: torch.Tensor) -> torch.Tensor:
+        """Last-block attention probabilities (B, heads, T, T) float32 on the CPU; tokens [CLS, registers, patches]."""
+        self.require_attention()
+        with autocast(self.device, self.precision):
+            attn = self.attention_fn(images.to(self.device, non_blocking=True))
+        return attn.float().cpu()
+
+
+def state_dict_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over the sorted (name, dtype, shape, bytes) of every tensor in the state dict."""
+    state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    digest = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name]
+        if not isinstance(tensor, torch.Tensor):
+            continue
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(name.encode())
+        digest.update(str(tensor.dtype).encode())
+        digest.update(str(tuple(tensor.shape)).encode())
+        # view as bytes so every dtype (bf16 included) hashes its exact bit pattern
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def backbone_identity(model: torch.nn.Module, name: str, weights: str | Path | None) -> dict[str, Any]:
+    """Name, resolved weights file, checksum and shape attributes of a backbone, for a result file."""
+    return {
+        "name": name,
+        "weights": None if weights is None else str(Path(weights).resolve()),
+        "sha256": state_dict_checksum(model),
+        "patch_size": int(getattr(model, "patch_size", 0)) or None,
+        "embed_dim": int(getattr(model, "embed_dim", 0)) or None,
+        "num_register_tokens": int(getattr(model, "num_register_tokens", 0)),
+        "num_parameters": int(sum(p.numel() for p in model.parameters())),
+    }
+
+
+def load_backbone(
+    spec: str, *, weights: str | Path | None = None, pretrained: bool = True, which: str = "teacher"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Build a backbone from a registry name, or from a neco checkpoint file given as `spec`.
+
+    Returns the model in eval mode and its identity (name, weights file, sha256) for result files.
+    With `weights` the file is loaded through `neco.backbones.create(name, weights=...)`, which reads
+    every supported format (a neco checkpoint gives its teacher unless `which="student"`).
+    """
+    from neco import backbones
+
+    name = spec
+    path = Path(spec)
+    if weights is None and path.suffix in {".pt", ".pth", ".ckpt", ".safetensors"}:
+        if not path.is_file():
+            raise FileNotFoundError(f"--backbone {spec}: checkpoint file not found")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        if not (isinstance(checkpoint, dict) and checkpoint.get("format") == "neco-checkpoint"):
+            raise ValueError(
+                f"--backbone {spec}: a file must be a neco checkpoint (format 'neco-checkpoint'); "
+                "for other weight files pass --backbone NAME --weights FILE"
+            )
+        name, weights = str(checkpoint["backbone"]), path
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found")
+    try:
+        model = backbones.create(
+            name, pretrained=pretrained and weights is None, weights=weights, which=which
+        )
+    except ValueError as err:
+        if "has no pretrained weights" not in str(err):
+            raise
+        raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
+    model.eval()
+    return model, {**backbone_identity(model, name, weights), "which": which}

@@ -1,0 +1,169 @@
+"""Typed settings dataclasses that also declare their command-line options.
+
+A settings class is a dataclass whose fields are made with `option(default, help, ...)`. The same
+declaration gives the `neco eval` options (`add_options`), builds the settings from parsed
+arguments (`from_args`) and validates them (`validate`: bounds and choices, with messages that
+name the option). Example:
+
+    @dataclass
+    class ProbeSettings:
+        epochs: int = option(25, "training epochs", minimum=1)
+        mode: str = option("fast", "probe mode", choices=("fast", "exact"))
+
+    add_options(parser.add_argument_group("probe"), ProbeSettings)
+    settings = from_args(ProbeSettings, parser.parse_args())
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+__all__ = ["option", "add_options", "from_args", "validate", "flag_of", "parse_fraction"]
+
+_MISSING = dataclasses.MISSING
+
+
+def option(
+    default: Any = _MISSING,
+    help: str = "",
+    *,
+    choices: tuple[Any, ...] | None = None,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    exclusive_minimum: bool = False,
+    flag: str | None = None,
+    cli: bool = True,
+) -> Any:
+    """A dataclass field carrying its CLI help, bounds and choices (tuple/list defaults are copied)."""
+    metadata = {
+        "help": help,
+        "choices": choices,
+        "minimum": minimum,
+        "maximum": maximum,
+        "exclusive_minimum": exclusive_minimum,
+        "flag": flag,
+        "cli": cli,
+    }
+    if isinstance(default, list):
+        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
+    if default is _MISSING:
+        return dataclasses.field(metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def flag_of(field: dataclasses.Field) -> str:
+    """The command-line flag of a settings field: `--memory-size` for `memory_size`, or its own `flag`."""
+    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+
+
+def parse_fraction(text: str | float) -> float:
+    """A fraction given as `1/128`, `0.5` or `1`; must lie in (0, 1]."""
+    try:
+        value = float(Fraction(str(text)))
+    except (ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"a fraction must look like 1/128, 0.125 or 1 but is {text!r}") from err
+    if not 0.0 < value <= 1.0:
+        raise ValueError(f"a fraction must be in (0, 1] but is {text!r}")
+    return value
+
+
+def _resolve(cls: type) -> dict[str, Any]:
+    module = __import__(cls.__module__, fromlist=["_"])
+    return typing.get_type_hints(cls, vars(module))
+
+
+def _base(annotation: Any) -> tuple[Any, bool]:
+    """(the non-None type of `annotation`, whether None is allowed)."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        return (args[0] if len(args) == 1 else annotation), True
+    return annotation, False
+
+
+def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
+    base, optional = _base(annotation)
+    meta = field.metadata
+    default = field.default if field.default is not _MISSING else field.default_factory()  # type: ignore[misc]
+    shown = (
+        "none"
+        if default is None
+        else (" ".join(map(str, default)) if isinstance(default, tuple | list) else default)
+    )
+    help_text = f"{meta.get('help', '')} (default: {shown})".strip()
+    kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
+    if meta.get("choices"):
+        # shown in the usage, validated by `validate` so that the message names the option like the others
+        kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
+    if base is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+        return kwargs
+    origin = typing.get_origin(base)
+    if origin in (tuple, list):
+        args = typing.get_args(base)
+        item = args[0]
+        kwargs["type"] = item
+        kwargs["nargs"] = "+" if (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else len(args)
+        kwargs["metavar"] = field.name.upper().rstrip("S") if kwargs["nargs"] == "+" else None
+        if kwargs["metavar"] is None:
+            kwargs.pop("metavar")
+        return kwargs
+    kwargs["type"] = base if base in (int, float, str, Path) else str
+    if optional and base in (int, float):
+        kind = base
+        kwargs["type"] = lambda text, kind=kind: None if text.lower() in ("none", "null") else kind(text)
+    return kwargs
+
+
+def add_options(group: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one option per CLI field of the settings dataclass `cls` to an argparse parser or group."""
+    hints = _resolve(cls)
+    for field in dataclasses.fields(cls):
+        if not field.metadata.get("cli", True) or field.name in skip:
+            continue
+        group.add_argument(flag_of(field), **_argparse_kwargs(field, hints[field.name]))
+
+
+def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+    """Build the settings `cls` from parsed arguments (fields absent from `args` keep their defaults)."""
+    values = {}
+    hints = _resolve(cls)
+    for field in dataclasses.fields(cls):
+        if not hasattr(args, field.name):
+            continue
+        value = getattr(args, field.name)
+        base, _ = _base(hints[field.name])
+        if typing.get_origin(base) is tuple and isinstance(value, list):
+            value = tuple(value)
+        values[field.name] = value
+    values.update(overrides)
+    return cls(**values)
+
+
+def validate(settings: Any) -> None:
+    """Check every field's choices and bounds, then the class's own `check()`; ValueError names the option."""
+    for field in dataclasses.fields(settings):
+        meta, value = field.metadata, getattr(settings, field.name)
+        name = flag_of(field)
+        choices = meta.get("choices")
+        if choices and value not in choices:
+            raise ValueError(f"`{name}` must be one of {list(choices)} but is {value!r}")
+        values = value if isinstance(value, tuple | list) else (value,)
+        for item in values:
+            if item is None or isinstance(item, bool) or not isinstance(item, int | float):
+                continue
+            low, high = meta.get("minimum"), meta.get("maximum")
+            if low is not None and (item <= low if meta.get("exclusive_minimum") else item < low):
+                relation = ">" if meta.get("exclusive_minimum") else ">="
+                raise ValueError(f"`{name}` must be {relation} {low} but is {value}")
+            if high is not None and item > high:
+                raise ValueError(f"`{name}` must be <= {high} but is {value}")
+    check = getattr(settings, "check", None)
+    if callable(check):
+        check()

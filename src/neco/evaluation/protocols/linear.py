@@ -1,0 +1,233 @@
+"""Linear segmentation probe on frozen patch features (the Leopart / NeCo recipe).
+
+A 1x1 conv (D -> C) on patch tokens bilinearly upsampled to `target_size`^2, cross-entropy
+against masks nearest-resized to `target_size`^2. The conv is applied before the upsampling: for
+bilinear interpolation (weights summing to 1) and a 1x1 conv the two orders give identical logits,
+and the conv on the small grid is (h*w / target_size^2) times cheaper.
+
+By default (`train_features="augmented"`, the published recipe) the probe trains on joint
+RandomResizedCrop(scale 0.8-1) + flip crops whose features are recomputed every epoch.
+`train_features="cached"` is the fast shortcut: features of un-augmented, square-resized training
+images computed once and held in memory (when they fit in `cache_gb`; else recomputed).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from neco.evaluation.blocks.file_sets import select_subset
+from neco.evaluation.blocks.metrics import ConfusionMatrix
+from neco.evaluation.blocks.transforms import EvalResize, LinearTrainTransform, resize_ids
+from neco.evaluation.features import Features
+from neco.evaluation.options import option, parse_fraction
+from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
+
+__all__ = ["LinearSettings", "Linear", "LinearProbe", "FeatureCache", "cache_features"]
+
+_CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
+
+
+@dataclass
+class LinearSettings:
+    """Settings of the protocol; defaults are the published ones."""
+
+    epochs: int = option(25, "probe training epochs", minimum=1)
+    lr: float = option(0.01, "SGD learning rate", minimum=0, exclusive_minimum=True)
+    momentum: float = option(0.9, "SGD momentum", minimum=0)
+    weight_decay: float = option(1e-4, "SGD weight decay", minimum=0)
+    probe_batch_size: int = option(128, "probe minibatch size", minimum=1)
+    lr_step_epoch: int = option(20, "epoch of the x0.1 learning-rate step", minimum=1)
+    lr_gamma: float = option(0.1, "learning-rate factor at the step", minimum=0)
+    target_size: int = option(100, "logit and mask resolution", minimum=1)
+    train_features: str = option(
+        "augmented",
+        "published augmented crops (recomputed every epoch) or features cached once",
+        choices=("augmented", "cached"),
+    )
+    cache_gb: float = option(16.0, "feature-cache budget in GiB for --train-features cached", minimum=0)
+    cache_dtype: str = option("fp16", "feature-cache storage", choices=tuple(_CACHE_DTYPES))
+    fraction: str = option("1", "seeded random fraction of the training set (1/128 ... 1)")
+    split_seed: int = option(42, "seed of the training subset")
+
+    def check(self) -> None:
+        """Cross-field checks (the fraction's format)."""
+        parse_fraction(self.fraction)
+
+
+class LinearProbe(nn.Module):
+    """1x1 conv D -> C, then bilinear upsampling of the logits to (target, target)."""
+
+    def __init__(self, dim: int, num_classes: int, target_size: int = 100) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
+        self.target_size = target_size
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C, target, target) from features (B, D, h, w)."""
+        logits = self.conv(features)  # (B, C, h, w)
+        return F.interpolate(
+            logits, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False
+        )
+
+
+class FeatureCache:
+    """Features (N, D, h, w) and target-size masks (N, T, T) of a whole split, held in CPU memory."""
+
+    def __init__(self, features: torch.Tensor, masks: torch.Tensor) -> None:
+        self.features, self.masks = features, masks
+
+    def __len__(self) -> int:
+        return self.features.shape[0]
+
+
+@torch.no_grad()
+def cache_features(
+    features_fn: Any,
+    batches: Any,
+    num_images: int,
+    target_size: int,
+    dtype: torch.dtype,
+    budget_bytes: float,
+) -> FeatureCache | None:
+    """Run `features_fn` over (images, masks, _) batches once into a cache; None when it would exceed `budget_bytes`."""
+    cache: FeatureCache | None = None
+    row = 0
+    for images, masks, _ in batches:
+        features = features_fn(images)
+        if cache is None:
+            _, dim, h, w = features.shape
+            need = num_images * dim * h * w * torch.finfo(dtype).bits // 8 + num_images * target_size**2
+            if need > budget_bytes:
+                return None
+            cache = FeatureCache(
+                torch.empty(num_images, dim, h, w, dtype=dtype),
+                torch.empty(num_images, target_size, target_size, dtype=torch.uint8),
+            )
+        n = features.shape[0]
+        cache.features[row : row + n] = features.cpu().to(dtype)
+        # uint8 holds class ids and the ignore label (<= 255)
+        cache.masks[row : row + n] = resize_ids(masks, target_size).clamp(0, 255).to(torch.uint8)
+        row += n
+    return cache
+
+
+def _train_batches(
+    settings: LinearSettings,
+    cache: FeatureCache | None,
+    features: Features,
+    train: Any,
+    epoch: int,
+    ctx: RunContext,
+):
+    """Yield (features, masks at target size) minibatches for one epoch."""
+    if cache is not None:
+        order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(ctx.seed * 1000 + epoch))
+        for start in range(0, len(cache), settings.probe_batch_size):
+            idx = order[start : start + settings.probe_batch_size]
+            yield cache.features[idx].float(), cache.masks[idx].to(torch.int64)
+        return
+    transform = (
+        LinearTrainTransform(ctx.input_size)
+        if settings.train_features == "augmented"
+        else EvalResize(ctx.input_size)
+    )
+    loader = ctx.loader(train, transform, epoch=epoch, shuffle=True, batch_size=settings.probe_batch_size)
+    for images, masks, _ in ctx.iterate(loader, f"linear epoch {epoch + 1}"):
+        yield features(images).cpu(), resize_ids(masks, settings.target_size)
+
+
+@register_protocol
+class Linear(Protocol):
+    """Linear segmentation probe on frozen patch features."""
+
+    name = "linear"
+    summary = "linear segmentation probe on frozen features"
+    settings_class = LinearSettings
+    needs_train = True
+    input_size = 448
+
+    def run(
+        self, features: Features, data: EvalData, settings: LinearSettings, ctx: RunContext
+    ) -> ProtocolOutput:
+        """Train the probe on the training split and report mIoU on the full validation split."""
+        train, subset = select_subset(
+            data.train, parse_fraction(settings.fraction), settings.split_seed, "random"
+        )
+        val = data.val
+        num_classes, ignore = val.num_classes, val.ignore_index
+        cache = None
+        if settings.train_features == "cached":
+            with ctx.timer("cache"):
+                cache = cache_features(
+                    features,
+                    ctx.iterate(ctx.loader(train, EvalResize(ctx.input_size)), "linear: caching features"),
+                    len(train),
+                    settings.target_size,
+                    _CACHE_DTYPES[settings.cache_dtype],
+                    settings.cache_gb * 2**30,
+                )
+            if cache is None:
+                ctx.warn(
+                    f"the feature cache would exceed --cache-gb {settings.cache_gb}: features recomputed every epoch"
+                )
+
+        torch.manual_seed(ctx.seed)
+        probe: LinearProbe | None = None
+        optimizer = scheduler = None
+        losses: list[float] = []
+        with ctx.timer("train"):
+            for epoch in range(settings.epochs):
+                total, count = 0.0, 0
+                for grids, masks in _train_batches(settings, cache, features, train, epoch, ctx):
+                    if probe is None:
+                        probe = LinearProbe(grids.shape[1], num_classes, settings.target_size).to(ctx.device)
+                        optimizer = torch.optim.SGD(
+                            probe.parameters(),
+                            lr=settings.lr,
+                            momentum=settings.momentum,
+                            weight_decay=settings.weight_decay,
+                        )
+                        scheduler = torch.optim.lr_scheduler.StepLR(
+                            optimizer, settings.lr_step_epoch, settings.lr_gamma
+                        )
+                    logits = probe(grids.to(ctx.device))
+                    loss = F.cross_entropy(
+                        logits, masks.to(ctx.device), ignore_index=ignore if ignore is not None else -100
+                    )
+                    if not torch.isfinite(loss):  # a batch with only ignore pixels has no loss to learn from
+                        continue
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    total, count = total + loss.item() * grids.shape[0], count + grids.shape[0]
+                losses.append(total / max(count, 1))
+                scheduler.step()
+        if probe is None:
+            raise ValueError("the training set yielded no images for the linear probe")
+
+        probe.eval()
+        confusion = ConfusionMatrix(num_classes, ignore, device=ctx.device)
+        keeper = ctx.keeper()
+        with ctx.timer("eval"), torch.no_grad():
+            for images, masks, _ in ctx.iterate(
+                ctx.loader(val, EvalResize(ctx.input_size)), "linear: validation"
+            ):
+                grids = features(images)
+                pred = probe(grids.to(ctx.device)).argmax(dim=1)  # (B, T, T)
+                target = resize_ids(masks, settings.target_size).to(ctx.device)
+                confusion.update(pred, target)
+                keeper.offer(images=images, masks=target, predictions=pred, features=grids)
+        resolved = {
+            "subset": subset,
+            "feature_cache": None if cache is None else settings.cache_dtype,
+            "train_augmentation": LinearTrainTransform(ctx.input_size).describe()
+            if settings.train_features == "augmented"
+            else EvalResize(ctx.input_size).describe(),
+        }
+        metrics = {**confusion.summary(val.class_names), "train_loss_per_epoch": losses}
+        return ProtocolOutput(metrics=metrics, settings=resolved, examples=keeper.examples())

@@ -1,0 +1,333 @@
+"""Fully unsupervised segmentation: attention masks -> CBFE -> foreground clustering and community detection.
+
+1. Train and validation splits at `input_size`: patch tokens, and noisy foreground masks from the
+   CLS attention (head mean, blur, mass threshold, components smaller than `min_component` patches
+   removed; register columns excluded). GT resized (nearest) to `target_size`.
+2. CBFE (`neco.evaluation.foreground`) fitted on train (the cut is chosen against GT foreground),
+   applied to validation.
+3. "CBFE" number: validation foreground tokens (standardised, PCA) clustered by k-means into
+   #classes - 1 clusters, background = a further id; Hungarian mIoU against all classes, mean and
+   std over `fg_seeds`.
+4. "CD" number: foreground tokens overclustered and merged by Infomap over the cluster
+   co-occurrence graph (`neco.evaluation.community`); K, threshold and Markov time searched on the
+   train split (its CBFE foreground, its GT for the score); on validation mean and std over `cd.seeds`
+   (each seed re-runs k-means and Infomap).
+Predictions are patch-level maps nearest-upsampled to `target_size`; matching is Hungarian on IoU,
+so the background id is matched like any other segment.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
+from neco.evaluation.blocks.community import CDConfig, search_cd, segment_communities
+from neco.evaluation.blocks.foreground import CBFEConfig, fit_cbfe
+from neco.evaluation.blocks.loading import Examples, TokenSplit, collect_tokens
+from neco.evaluation.blocks.masks import foreground_masks, gt_foreground
+from neco.evaluation.blocks.matching import matched_miou
+from neco.evaluation.blocks.transforms import EvalResize, resize_ids
+from neco.evaluation.features import Features
+from neco.evaluation.options import option
+from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
+from neco.evaluation.protocols.attention import VOC_FORMAT, MaskSettings
+
+__all__ = ["UnsupervisedSettings", "UnsupervisedExamples", "Unsupervised"]
+
+
+@dataclass
+class UnsupervisedSettings(MaskSettings):
+    """Settings of the unsupervised protocol; defaults are the published ones where there are some."""
+
+    min_component: int = option(4, "drop foreground components smaller than this many patches", minimum=0)
+    target_size: int = option(100, "prediction and mask resolution", minimum=1)
+    cbfe_k: int = option(200, "spherical k-means clusters of CBFE", minimum=2)
+    cut_range: tuple[float, float] = option(
+        (0.55, 0.75), "foreground-cluster cut, fractions of K", minimum=0, maximum=1
+    )
+    fg_clusters: int = option(0, "foreground clusters (0 = #classes - 1)", minimum=0)
+    fg_seeds: int = option(5, "k-means seeds of the foreground clustering", minimum=1)
+    cd_ks: tuple[int, ...] = option((50, 100, 200), "overcluster counts searched for CD", minimum=2)
+    threshold_range: tuple[float, float] = option(
+        (0.0, 0.3), "CD edge-weight threshold range", minimum=0, maximum=1
+    )
+    markov_range: tuple[float, float] = option(
+        (0.5, 2.0), "Infomap Markov time range", minimum=0, exclusive_minimum=True
+    )
+    trials: int = option(30, "optuna trials of the CD search (train split)", minimum=1)
+    cd_seeds: int = option(10, "validation seeds of CD", minimum=1)
+    infomap_trials: int = option(5, "Infomap restarts per run", minimum=1)
+    pca_dim: int = option(50, "PCA dimensions of the foreground tokens", minimum=1)
+    niter: int = option(50, "k-means iterations", minimum=1)
+    nredo: int = option(1, "k-means restarts", minimum=1)
+    max_points_per_centroid: int = option(256, "faiss k-means sample cap per centroid", minimum=1, cli=False)
+
+    def check(self) -> None:
+        """Ranges must be ordered."""
+        for name in ("cut_range", "threshold_range", "markov_range"):
+            lo, hi = getattr(self, name)
+            if lo > hi:
+                raise ValueError(
+                    f"`--{name.replace('_', '-')}` must be LOW HIGH with LOW <= HIGH but is {lo} {hi}"
+                )
+
+
+@dataclass
+class UnsupervisedExamples(Examples):
+    """Validation examples: `predictions` is the CD segmentation; the other maps are for more figures."""
+
+    cbfe_predictions: torch.Tensor | None = None  # (n, T, T) matched foreground clustering
+    foreground: torch.Tensor | None = None  # (n, T, T) GT foreground 0/1, 255 = ignore
+    cbfe_foreground: torch.Tensor | None = None  # (n, T, T) CBFE foreground 0/1
+    attention_foreground: torch.Tensor | None = None  # (n, T, T) attention foreground 0/1
+
+
+def _upsample(ids: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
+    return resize_ids(torch.as_tensor(ids), size).long()
+
+
+def _jaccard(pred: torch.Tensor, gt: torch.Tensor, ignore: int | None, size: int) -> dict[str, float]:
+    fg, valid = gt_foreground(gt, ignore)
+    up = _upsample(pred.long(), size).bool() & valid
+    inter = (up & fg).flatten(1).sum(1).double()
+    union = (up | fg).flatten(1).sum(1).double()
+    per_image = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
+    return {
+        "jaccard": 100.0 * float(per_image.mean()),
+        "jaccard_global": 100.0 * float(inter.sum() / union.sum().clamp_min(1)),
+    }
+
+
+def _kmeans_maps(
+    points: np.ndarray, fg: torch.Tensor, k: int, seed: int, config: UnsupervisedSettings
+) -> np.ndarray:
+    """(N, h, w) maps: k-means cluster of each foreground token, -1 on background."""
+    assign = kmeans_assign(
+        points,
+        k,
+        seed=seed,
+        niter=config.niter,
+        nredo=config.nredo,
+        max_points_per_centroid=config.max_points_per_centroid,
+    )
+    maps = np.full(fg.numel(), -1, dtype=np.int64)
+    maps[fg.reshape(-1).numpy()] = assign
+    return maps.reshape(fg.shape)
+
+
+def _matched(pred: torch.Tensor, mapping: np.ndarray) -> torch.Tensor:
+    mapped = torch.from_numpy(mapping)[pred]
+    return torch.where(mapped < 0, torch.full_like(mapped, 255), mapped)
+
+
+def _fg_points(
+    split: TokenSplit, fg: torch.Tensor, pca_dim: int, name: str
+) -> tuple[np.ndarray, dict[str, Any]]:
+    selected = split.tokens[fg.reshape(-1).numpy()]
+    if selected.shape[0] < 2:
+        raise ValueError(
+            f"the CBFE foreground of the {name} split must hold at least 2 patches but holds {selected.shape[0]}"
+        )
+    return standardise_pca(selected, pca_dim)
+
+
+def _library_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for name in ("infomap", "optuna", "faiss-cpu"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            out[name] = "not found"
+    return out
+
+
+@register_protocol
+class Unsupervised(Protocol):
+    """Fully unsupervised segmentation: CBFE foreground clustering and community detection."""
+
+    name = "unsupervised"
+    summary = "fully unsupervised segmentation: CBFE foreground + clustering, community detection"
+    settings_class = UnsupervisedSettings
+    datasets = VOC_FORMAT
+    needs_train = True
+    needs_attention = True
+    input_size = 448
+
+    def default_train_split(self, dataset: str) -> str:
+        """The CBFE cut and the CD search use the train split."""
+        return "train"
+
+    def headline(self, metrics: dict[str, Any]) -> tuple[str, float]:
+        """Community-detection mIoU (mean over seeds)."""
+        return "cd miou_mean", float(metrics["cd"]["miou_mean"])
+
+    def run(
+        self, features: Features, data: EvalData, settings: UnsupervisedSettings, ctx: RunContext
+    ) -> ProtocolOutput:
+        """CBFE fitted on train, applied to val; foreground clustering and CD mIoU on val."""
+        config, train_set, val_set = settings, data.train, data.val
+        num_classes, ignore = val_set.num_classes, val_set.ignore_index
+        size = settings.target_size
+        num_examples = ctx.run.num_figures
+        cbfe_config = CBFEConfig(
+            k=settings.cbfe_k, cut_range=tuple(settings.cut_range), seed=ctx.seed, niter=settings.niter
+        )
+        cd_config = CDConfig(
+            ks=tuple(settings.cd_ks),
+            threshold_range=tuple(settings.threshold_range),
+            markov_range=tuple(settings.markov_range),
+            trials=settings.trials,
+            seeds=tuple(range(ctx.seed, ctx.seed + settings.cd_seeds)),
+            infomap_trials=settings.infomap_trials,
+            search_seed=ctx.seed,
+        )
+        cbfe_config.validate()
+        cd_config.validate()
+        fg_seeds = range(ctx.seed, ctx.seed + settings.fg_seeds)
+
+        def noisy(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+            return foreground_masks(
+                features.attention(images),
+                features.num_register_tokens,
+                grid,
+                mass=settings.mass,
+                sigma=settings.sigma,
+                min_component=settings.min_component,
+            )
+
+        def collect(dataset: Any, desc: str, keep: int) -> TokenSplit:
+            batches = ctx.iterate(ctx.loader(dataset, EvalResize(ctx.input_size)), desc)
+            return collect_tokens(batches, features, len(dataset), size, keep, noisy)
+
+        with ctx.timer("features"):
+            train = collect(train_set, "unsupervised: train", 0)
+            val = collect(val_set, "unsupervised: val", num_examples)
+        grid = val.grid
+
+        with ctx.timer("cbfe"):
+            fg_train, valid_train = gt_foreground(train.gt, train_set.ignore_index)
+            cbfe = fit_cbfe(train.tokens, grid, train.noisy, fg_train, valid_train, cbfe_config)
+            train_fg, _ = cbfe.predict(train.tokens, grid)
+            val_fg, _ = cbfe.predict(val.tokens, grid)
+        foreground = {
+            "attention_val": _jaccard(val.noisy, val.gt, ignore, size),
+            "cbfe_val": _jaccard(val_fg, val.gt, ignore, size),
+            "attention_train": _jaccard(train.noisy, train.gt, train_set.ignore_index, size),
+            "cbfe_train": _jaccard(train_fg, train.gt, train_set.ignore_index, size),
+        }
+
+        val_points, pca_info = _fg_points(val, val_fg, config.pca_dim, "val")
+        k_fg = config.fg_clusters or num_classes - 1
+        if k_fg > val_points.shape[0]:
+            ctx.warn(f"foreground clusters {k_fg} capped to the {val_points.shape[0]} foreground patches")
+            k_fg = val_points.shape[0]
+        cbfe_scores, cbfe_iou, cbfe_example = [], [], None
+        for seed in ctx.iterate(fg_seeds, "foreground clustering"):
+            maps = _kmeans_maps(val_points, val_fg, k_fg, int(seed), config)
+            pred = _upsample(np.where(maps >= 0, maps, k_fg), size)
+            miou, mapping, iou = matched_miou(pred, val.gt, k_fg + 1, num_classes, ignore)
+            cbfe_scores.append(miou)
+            cbfe_iou.append(iou)
+            if cbfe_example is None:
+                cbfe_example = _matched(pred[:num_examples], mapping)
+
+        train_points, _ = _fg_points(train, train_fg, config.pca_dim, "train")
+        ks = sorted({min(int(k), train_points.shape[0], val_points.shape[0]) for k in cd_config.ks})
+        if ks != sorted(int(k) for k in cd_config.ks):
+            ctx.warn(f"CD cluster counts {list(cd_config.ks)} capped to {ks} by the foreground patch counts")
+        maps_by_k = {k: _kmeans_maps(train_points, train_fg, k, cd_config.search_seed, config) for k in ks}
+        best = search_cd(
+            maps_by_k, train.gt, num_classes, train_set.ignore_index, cd_config, lambda m: _upsample(m, size)
+        )
+        cd_scores, cd_iou, cd_counts, cd_example = [], [], [], None
+        for seed in ctx.iterate(cd_config.seeds, "community detection"):
+            maps = _kmeans_maps(val_points, val_fg, best["k"], int(seed), config)
+            communities, num = segment_communities(
+                maps,
+                best["k"],
+                threshold=best["threshold"],
+                markov_time=best["markov_time"],
+                seed=int(seed),
+                distances=cd_config.distances,
+                num_angles=cd_config.num_angles,
+                infomap_trials=cd_config.infomap_trials,
+            )
+            pred = _upsample(np.where(communities >= 0, communities, num), size)
+            miou, mapping, iou = matched_miou(pred, val.gt, num + 1, num_classes, ignore)
+            cd_scores.append(miou)
+            cd_iou.append(iou)
+            cd_counts.append(num)
+            if cd_example is None:
+                cd_example = _matched(pred[:num_examples], mapping)
+
+        def per_class(ious: list[np.ndarray]) -> dict[str, float | None]:
+            mean = np.nanmean(np.stack(ious), 0)
+            return {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(val_set.class_names, mean)}
+
+        resolved = {
+            "grid": list(grid),
+            "num_register_tokens": features.num_register_tokens,
+            "cbfe_fit": cbfe.info,
+            "fg_clusters_resolved": int(k_fg),
+            "cd_ks_resolved": ks,
+            **pca_info,
+            "libraries": _library_versions(),
+        }
+        metrics = {
+            "cbfe": {
+                "miou_mean": float(np.mean(cbfe_scores)),
+                "miou_std": float(np.std(cbfe_scores)),
+                "miou_per_seed": cbfe_scores,
+                "seeds": list(fg_seeds),
+                "k": int(k_fg),
+                "per_class_iou_mean": per_class(cbfe_iou),
+            },
+            "cd": {
+                "miou_mean": float(np.mean(cd_scores)),
+                "miou_std": float(np.std(cd_scores)),
+                "miou_per_seed": cd_scores,
+                "num_communities_per_seed": cd_counts,
+                "seeds": list(cd_config.seeds),
+                "hyper_parameters": best,
+                "per_class_iou_mean": per_class(cd_iou),
+            },
+            "foreground": foreground,
+        }
+        examples = None
+        n = val.images.shape[0]
+        if n:
+            fg_val, valid_val = gt_foreground(val.gt[:n], ignore)
+            examples = UnsupervisedExamples(
+                images=val.images,
+                masks=val.gt[:n],
+                predictions=cd_example[:n],
+                cbfe_predictions=cbfe_example[:n],
+                foreground=torch.where(valid_val, fg_val.long(), 255),
+                cbfe_foreground=_upsample(val_fg[:n].long(), size),
+                attention_foreground=_upsample(val.noisy[:n].long(), size),
+            )
+        return ProtocolOutput(metrics=metrics, settings=resolved, examples=examples)
+
+    def figures(self, output: ProtocolOutput, features: Features, data: EvalData, out_dir: Any) -> list[Any]:
+        """image | GT | prediction panels: foreground masks, CBFE clustering and CD segmentation."""
+        from neco.viz import save_overlay_figure
+
+        ex = output.examples
+        if ex is None:
+            return []
+        panels = [
+            ("unsupervised_attention_fg.png", ex.foreground, ex.attention_foreground, 2),
+            ("unsupervised_cbfe_fg.png", ex.foreground, ex.cbfe_foreground, 2),
+            ("unsupervised_cbfe.png", ex.masks, ex.cbfe_predictions, data.val.num_classes),
+            ("unsupervised_cd.png", ex.masks, ex.predictions, data.val.num_classes),
+        ]
+        return [
+            save_overlay_figure(ex.images, gt, pred, out_dir / name, num_classes=classes, ignore_index=255)
+            for name, gt, pred, classes in panels
+        ]

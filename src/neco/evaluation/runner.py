@@ -1,0 +1,145 @@
+"""Run any registered protocol by name: settings checked, one result dict in the schema, figures.
+
+The CLI (`neco eval`), the demo, the training callbacks and the benchmarks all call `evaluate`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from neco.evaluation.features import Features
+from neco.evaluation.options import validate
+from neco.evaluation.protocol import EvalData, ProtocolOutput, RunContext, RunSettings
+from neco.evaluation.registry import get_protocol
+from neco.evaluation.schema import SCHEMA_VERSION, environment, jsonable, validate_result, write_result
+
+__all__ = ["Evaluation", "evaluate", "resolve_device", "check_divisible"]
+
+
+@dataclass
+class Evaluation:
+    """A finished evaluation: the schema result (not yet written) and the protocol's output."""
+
+    result: dict[str, Any]
+    output: ProtocolOutput
+
+    @property
+    def examples(self) -> Any:
+        """The examples the protocol kept for its figures (or None)."""
+        return self.output.examples
+
+    @property
+    def headline(self) -> float:
+        """The protocol's headline value."""
+        return float(self.result["headline"]["value"])
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """'auto'/None -> cuda when available else cpu; anything else is passed to torch.device."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"`--device` must be an available device but is {device} (no CUDA device found)")
+    return device
+
+
+def check_divisible(input_size: int, patch_size: int) -> None:
+    """Raise unless the square input size is a whole number of patches."""
+    if input_size % patch_size:
+        raise ValueError(
+            f"`--input-size` must be a multiple of the patch size {patch_size} but is {input_size} "
+            f"(e.g. {input_size // patch_size * patch_size} or {(input_size // patch_size + 1) * patch_size})"
+        )
+
+
+def evaluate(
+    name: str,
+    features: Features,
+    data: EvalData,
+    settings: Any = None,
+    run: RunSettings | None = None,
+    *,
+    backbone: dict[str, Any] | None = None,
+    out_dir: str | Path | None = None,
+    command: list[str] | None = None,
+    **run_overrides: Any,
+) -> Evaluation:
+    """Run protocol `name` on `features` and `data`; with `out_dir`, write `<name>.json` and the figures.
+
+    Args:
+        name: a registered protocol (`protocol_names()`).
+        features: the backbone's patch grids (`Features.of_model(model)`).
+        data: the datasets (`Protocol.load_data` or built by hand).
+        settings: the protocol's settings dataclass (None: its published defaults).
+        run: the shared run settings; `run_overrides` replace single fields (e.g. `seed=1`).
+        backbone: identity for the result file (`load_backbone` / `backbone_identity`).
+        out_dir: where to write the result and figures (None: nothing is written).
+        command: argv recorded in the result.
+    """
+    protocol = get_protocol(name)
+    settings = protocol.settings_class() if settings is None else settings
+    if not isinstance(settings, protocol.settings_class):
+        raise TypeError(
+            f"settings of {name} must be {protocol.settings_class.__name__} but are {type(settings).__name__}"
+        )
+    run = dataclasses.replace(run or RunSettings(), **run_overrides)
+    validate(run)
+    validate(settings)  # before any feature is computed
+    if protocol.needs_train and data.train is None:
+        raise ValueError(f"protocol {name} needs a training split but `data.train` is None")
+    if protocol.needs_attention:
+        features.require_attention()
+    input_size = run.input_size or protocol.default_input_size(features.patch_size)
+    check_divisible(input_size, features.patch_size)
+    if run.threads > 0:
+        import faiss
+
+        torch.set_num_threads(run.threads)
+        faiss.omp_set_num_threads(run.threads)
+    ctx = RunContext(run, input_size, features.device)
+    with ctx.timer("total"):
+        output = protocol.run(features, data, settings, ctx)
+    headline_name, headline_value = protocol.headline(output.metrics)
+    result: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "protocol": name,
+        "settings": {
+            **dataclasses.asdict(settings),
+            **output.settings,
+            "input_size": input_size,
+            "seed": run.seed,
+            "precision": features.precision,
+        },
+        "dataset": data.describe(),
+        "backbone": backbone or {"name": features.name, "sha256": None},
+        "metrics": output.metrics,
+        "headline": {"name": headline_name, "value": headline_value},
+        "timings": ctx.timings,
+        "figures": [],
+        "warnings": list(ctx.warnings),
+        "environment": environment(features.device),
+        "command": command,
+    }
+    result = jsonable(result)
+    validate_result(result)
+    evaluation = Evaluation(result=result, output=output)
+    if out_dir is not None:
+        write_evaluation(evaluation, features, data, Path(out_dir))
+    return evaluation
+
+
+def write_evaluation(evaluation: Evaluation, features: Features, data: EvalData, out_dir: Path) -> Path:
+    """Write the figures and `<protocol>.json` into `out_dir`; returns the JSON path."""
+    from neco.utils.io import ensure_writable_dir
+
+    out_dir = ensure_writable_dir(out_dir, "--out")
+    protocol = get_protocol(evaluation.result["protocol"])
+    figures = protocol.figures(evaluation.output, features, data, out_dir)
+    evaluation.result["figures"] = [Path(p).name for p in figures]
+    return write_result(out_dir / f"{protocol.name}.json", evaluation.result)
