@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMatrix", "iou_from_confusion"]
+__all__ = ["ConfusionMatrix", "iou_from_confusion", "per_class_mean"]
 
 
 def iou_from_confusion(matrix: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -132,5 +132,15 @@ class ConfusionMatrix:
             "pixel_accuracy": 100.0 * self.pixel_accuracy(),
             "per_class_iou": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(names, iou)},
             "num_pixels": int(self.numpy().sum()),
-            "miou_averaging": "nanmean over the dataset's classes; classes absent from GT and prediction left out",
+            "miou_average": "present",
         }
+
+
+def per_class_mean(
+    ious: list[np.ndarray], class_names: list[str] | tuple[str, ...]
+) -> dict[str, float | None]:
+    """Per-class IoU (percent) averaged over runs (seeds), None for a class absent from every run."""
+    stacked = np.stack(ious)  # (runs, C)
+    seen = np.isfinite(stacked).any(0)
+    mean = np.where(seen, np.nansum(stacked, 0) / np.maximum(np.isfinite(stacked).sum(0), 1), np.nan)
+    return {n: (100.0 * float(v) if ok else None) for n, v, ok in zip(class_names, mean, seen)}

@@ -19,6 +19,7 @@ import torch
 from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
 from neco.evaluation.blocks.loading import Examples, collect_tokens
 from neco.evaluation.blocks.matching import matched_miou
+from neco.evaluation.blocks.metrics import per_class_mean
 from neco.evaluation.blocks.transforms import EvalResize, resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
@@ -104,10 +105,7 @@ class Overcluster(Protocol):
                     "miou_mean": float(np.mean(scores)),
                     "miou_std": float(np.std(scores)),
                     "miou_per_seed": scores,
-                    "per_class_iou_mean": {
-                        n: (None if np.isnan(v) else 100.0 * float(v))
-                        for n, v in zip(val.class_names, np.nanmean(np.stack(per_class), 0))
-                    },
+                    "per_class_iou_mean": per_class_mean(per_class, val.class_names),
                 }
         resolved = {
             **pca_info,

@@ -30,6 +30,7 @@ from neco.evaluation.blocks.foreground import CBFEConfig, fit_cbfe
 from neco.evaluation.blocks.loading import Examples, TokenSplit, collect_tokens
 from neco.evaluation.blocks.masks import foreground_masks, gt_foreground
 from neco.evaluation.blocks.matching import matched_miou
+from neco.evaluation.blocks.metrics import per_class_mean
 from neco.evaluation.blocks.transforms import EvalResize, resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
@@ -266,10 +267,6 @@ class Unsupervised(Protocol):
             if cd_example is None:
                 cd_example = _matched(pred[:num_examples], mapping)
 
-        def per_class(ious: list[np.ndarray]) -> dict[str, float | None]:
-            mean = np.nanmean(np.stack(ious), 0)
-            return {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(val_set.class_names, mean)}
-
         resolved = {
             "grid": list(grid),
             "num_register_tokens": features.num_register_tokens,
@@ -286,7 +283,7 @@ class Unsupervised(Protocol):
                 "miou_per_seed": cbfe_scores,
                 "seeds": list(fg_seeds),
                 "k": int(k_fg),
-                "per_class_iou_mean": per_class(cbfe_iou),
+                "per_class_iou_mean": per_class_mean(cbfe_iou, val_set.class_names),
             },
             "cd": {
                 "miou_mean": float(np.mean(cd_scores)),
@@ -295,7 +292,7 @@ class Unsupervised(Protocol):
                 "num_communities_per_seed": cd_counts,
                 "seeds": list(cd_config.seeds),
                 "hyper_parameters": best,
-                "per_class_iou_mean": per_class(cd_iou),
+                "per_class_iou_mean": per_class_mean(cd_iou, val_set.class_names),
             },
             "foreground": foreground,
         }
