@@ -1,5 +1,8 @@
 """torch.hub entry points: `torch.hub.load(<this repo>, 'neco_vits14_reg')` (one per registered backbone).
 
+DINOv3 entries (`dinov3_vits16`, ...) need `weights=<Meta or timm file>` (the files are gated), and
+`torch.hub.load(<this repo>, 'timm_vit', 'vit_small_patch16_224', weights=...)` wraps any timm ViT.
+
 Every entry point takes keyword-only `pretrained=True` and `weights=None` (a checkpoint path of any
 format neco reads) plus backbone overrides such as `drop_path_rate`. Works without installing neco:
 the package is imported from `src/` next to this file.
@@ -31,3 +34,9 @@ def _entry_point(name: str):
 
 for _name in _list_backbones():
     globals()[_name] = _entry_point(_name)
+
+
+def timm_vit(model_name: str, *, pretrained: bool = False, weights=None, **kwargs):
+    """Any timm ViT as a neco backbone (`timm:<model_name>`); random init unless `weights` or `pretrained`."""
+    name = model_name if model_name.startswith("timm:") else f"timm:{model_name}"
+    return _create(name, pretrained=pretrained and weights is None, weights=weights, **kwargs)

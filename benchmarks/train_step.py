@@ -8,11 +8,14 @@ Rows:
                        kernel path), teacher forward under torch.no_grad.
   public-code settings fp32, the `diffsort` 0.2.0 sorter (dense per-layer matrix products), teacher
                        forward building an autograd graph (teacher parameters requiring grad).
+  dinov3 ViT-S/16      neco defaults with `model.backbone=dinov3_vits16` (timm's Eva, RoPE, 4 registers;
+                       random init, so no gated weights are needed) on the same crops (`--rows dinov3`).
 
 Examples:
   python benchmarks/train_step.py                                # CPU, configs/tiny_cpu.yaml
   python benchmarks/train_step.py --device cuda --config configs/small/neco_dinov2r.yaml \
       --batch-size 64 model.pretrained=false                     # ViT-S/14 reg, 518/98, batch 64
+  python benchmarks/train_step.py --rows neco,dinov3             # tiny ViT vs DINOv3 ViT-S/16, CPU
 
 On CPU each row runs in its own subprocess so that the peak resident memory (ru_maxrss) of one row
 does not include the other's. On CUDA the peak is `torch.cuda.max_memory_allocated`.
@@ -34,7 +37,8 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-ROWS = {"neco": "neco defaults", "public": "public-code settings"}
+ROWS = {"neco": "neco defaults", "public": "public-code settings", "dinov3": "neco defaults, DINOv3 ViT-S/16"}
+DINOV3_OVERRIDES = ["model.backbone=dinov3_vits16", "model.pretrained=false", "model.weights=null"]
 
 
 class _DiffsortSorter(torch.nn.Module):
@@ -92,6 +96,8 @@ def measure(
 
     torch.manual_seed(0)
     dev = torch.device(device)
+    if row == "dinov3":
+        overrides = [*overrides, *DINOV3_OVERRIDES]
     config = load_config(config_path, [*overrides, f"data.batch_size={batch_size}"])
     module = NeCoModule(config).to(dev)
     module.train()
@@ -185,7 +191,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument("--rows", default="neco,public", help="comma-separated subset of neco,public")
+    parser.add_argument("--rows", default="neco,public", help="comma-separated subset of neco,public,dinov3")
     parser.add_argument("--json", default=None, help="also write the rows to this JSON file")
     parser.add_argument("--_row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -237,14 +243,14 @@ def main(argv: list[str] | None = None) -> int:
             )
     first = results[0]
     print(
-        f"\nTraining step: {first['backbone']}, crops {first['crops']}, ROI {first['roi']}x{first['roi']}, "
+        f"\nTraining step: {', '.join(dict.fromkeys(r['backbone'] for r in results))}, crops {first['crops']}, ROI {first['roi']}x{first['roi']}, "
         f"batch {first['batch_size']}, {first['device']} (median of {args.steps} steps after {args.warmup} warm-up)\n"
     )
-    print("| settings | precision | sorter | teacher | s/step | images/s | peak memory (MB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| settings | backbone | precision | sorter | teacher | s/step | images/s | peak memory (MB) |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['row']} | {r['precision']} | {r['sorter']} | {r['teacher']} | {r['step_s']:.3f} | "
+            f"| {r['row']} | {r['backbone']} | {r['precision']} | {r['sorter']} | {r['teacher']} | {r['step_s']:.3f} | "
             f"{r['images_per_s']:.2f} | {r['peak_memory_mb']:.0f} ({r['memory_kind']}) |"
         )
     if args.json:

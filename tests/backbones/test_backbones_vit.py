@@ -33,6 +33,10 @@ def test_every_registered_backbone_builds_and_runs(name: str) -> None:
     assert out["x_norm_patchtokens"].shape == (1, 6, config.embed_dim)
     assert out["x_prenorm"].shape == (1, 1 + config.num_register_tokens + 6, config.embed_dim)
     assert torch.isfinite(out["x_prenorm"]).all()
+    if config.built_by_timm:  # DINOv3: timm's Eva with RoPE (no position table), no mask token
+        assert getattr(model.model, "pos_embed", None) is None and model.mask_token is None
+        assert model.model.blocks[0].gamma_1 is not None  # LayerScale
+        return
     assert model.pos_embed.shape == (1, 1 + config.pos_grid**2, config.embed_dim)
     assert (model.mask_token is not None) == (config.family == "dinov2")
     assert hasattr(model.blocks[0].ls1, "gamma") == (config.family == "dinov2")

@@ -1,4 +1,4 @@
-"""ViT backbones identical to the official DINOv2 / DINO models, their registry and weight formats."""
+"""ViT backbones: official DINOv2 / DINO models, DINOv3 and any timm ViT (via timm), registry and weight formats."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from neco.backbones.factory import create
 from neco.backbones.formats import FORMATS, convert, detect_format
 from neco.backbones.grid import patch_grid
 from neco.backbones.registry import BackboneConfig, WeightSource, get_config, list_backbones
+from neco.backbones.timm_vit import TimmViT
 from neco.backbones.vit import VisionTransformer
 from neco.backbones.weights import WeightsInfo, load_weights, read_checkpoint, read_state_dict
 
@@ -14,6 +15,7 @@ __all__ = [
     "FORMATS",
     "HUBS",
     "BackboneConfig",
+    "TimmViT",
     "VisionTransformer",
     "WeightSource",
     "WeightsInfo",

@@ -26,7 +26,9 @@ def weight_source(config: BackboneConfig, hub: str = "official") -> WeightSource
     """The weights of `config` from one of `HUBS`; a ValueError when that hub has no copy."""
     if hub not in HUBS:
         raise ValueError(f"`hub` must be one of {sorted(HUBS)} but is {hub!r}")
-    if hub == "official":
+    if config.family == "timm" and hub in ("official", "timm"):
+        source = _timm_hub_source(config)
+    elif hub == "official":
         source = config.weights
     else:
         repo = f"timm/{config.timm_name}" if hub == "timm" and config.timm_name else None
@@ -37,6 +39,20 @@ def weight_source(config: BackboneConfig, hub: str = "official") -> WeightSource
     if source is None:
         raise ValueError(f"backbone {config.name!r} has no pretrained weights on the {hub!r} hub")
     return source
+
+
+def _timm_hub_source(config: BackboneConfig) -> WeightSource | None:
+    """The timm copy on the Hugging Face hub of a `timm:<name>` backbone (timm's pretrained config)."""
+    import timm
+
+    try:
+        pretrained = timm.models.get_pretrained_cfg(str(config.timm_name))
+    except (RuntimeError, ValueError):
+        return None
+    repo = getattr(pretrained, "hf_hub_id", None)
+    if not repo:
+        return None
+    return WeightSource("model.safetensors", hf_repo=repo, hf_filename="model.safetensors")
 
 
 def cache_dir() -> Path:
@@ -87,6 +103,20 @@ def _package_asset(name: str) -> Path:
     return path
 
 
+def _gated_file(source: WeightSource) -> Path:
+    """A gated file (DINOv3) from the cache; never downloaded: the error says where to get it and put it."""
+    folder = cache_dir() / "checkpoints"
+    found = sorted(folder.glob(source.filename)) if folder.is_dir() else []
+    if found:
+        return found[-1]
+    raise FileNotFoundError(
+        f"{source.filename} is not in the cache and neco does not download it: get {source.gated}, then "
+        f"pass the file with --weights PATH (`model.weights=PATH` in a training config, weights=PATH in "
+        f"Python), or place it in {folder}/ (the cache root is $NECO_CACHE or ~/.cache/neco). "
+        "A timm copy of the same weights also loads (pretrained='timm' where its hub is reachable)"
+    )
+
+
 def download_weights(source: WeightSource, *, progress: bool = True) -> Path:
     """Return the cached file of `source`, downloading it first if needed.
 
@@ -96,6 +126,8 @@ def download_weights(source: WeightSource, *, progress: bool = True) -> Path:
     """
     if source.asset is not None:
         return _package_asset(source.asset)
+    if source.gated is not None:
+        return _gated_file(source)
     target = cached_path(source)
     if target.is_file():
         return target

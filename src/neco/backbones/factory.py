@@ -8,6 +8,7 @@ from typing import Any
 
 from neco.backbones.download import download_weights, weight_source
 from neco.backbones.registry import get_config
+from neco.backbones.timm_vit import TimmViT
 from neco.backbones.vit import VisionTransformer
 from neco.backbones.weights import load_weights
 
@@ -22,11 +23,12 @@ def create(
     which: str = "teacher",
     progress: bool = True,
     **overrides: Any,
-) -> VisionTransformer:
+) -> VisionTransformer | TimmViT:
     """Build the backbone registered as `name`; load `weights` (a file or state dict) or its pretrained weights.
 
     Args:
-        name: a registry name (`neco.backbones.list_backbones()`).
+        name: a registry name (`neco.backbones.list_backbones()`), or `timm:<timm model name>[,key=value...]`
+            for any timm vision transformer (random init unless `weights` is given).
         pretrained: download (or read from the cache) the registered weights when `weights` is None;
             True or "official" for the registered source, "timm" / "hf" for those hubs' copies.
         weights: a checkpoint of any supported format; wins over `pretrained`.
@@ -35,7 +37,8 @@ def create(
         **overrides: config fields to change, e.g. `drop_path_rate=0.1`, `num_register_tokens=0`.
     """
     config = get_config(name).with_overrides(**overrides)
-    model = VisionTransformer(config, init=weights is None and not pretrained)
+    model_class = TimmViT if config.built_by_timm else VisionTransformer
+    model = model_class(config, init=weights is None and not pretrained)
     if weights is not None:
         load_weights(model, weights, which=which)
     elif pretrained:

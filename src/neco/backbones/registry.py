@@ -10,6 +10,8 @@ __all__ = [
     "IMAGENET_STD",
     "BackboneConfig",
     "WeightSource",
+    "TIMM_FAMILIES",
+    "TIMM_PREFIX",
     "get_config",
     "list_backbones",
     "register",
@@ -32,11 +34,16 @@ class WeightSource:
     hf_repo: str | None = None
     hf_filename: str | None = None
     asset: str | None = None  # a file shipped inside the package (`neco/assets/<asset>`)
+    # Gated files (DINOv3): never downloaded; `gated` says where a user obtains them, and any cached
+    # file matching `filename` with a glob (`*` stands for the release hash) is used.
+    gated: str | None = None
 
     def download_url(self) -> str:
         """The plain HTTPS address of the file (for `hf_repo` sources, the hub's resolve URL)."""
         if self.asset is not None:
             return f"package file neco/assets/{self.asset}"
+        if self.gated is not None:
+            return self.gated
         if self.url is not None:
             return self.url
         return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.hf_filename}"
@@ -47,7 +54,9 @@ class BackboneConfig:
     """Architecture and weight source of one registered backbone (frozen; use `replace` to change)."""
 
     name: str
-    family: str  # "dinov2" (LayerScale, mask token) or "dino" (DINO v1: neither)
+    # "dinov2" (LayerScale, mask token), "dino" (DINO v1: neither), "dinov3" (timm's Eva with RoPE),
+    # "timm" (any timm ViT, `timm:<model name>`); the last two are built by timm (`neco.backbones.timm_vit`).
+    family: str
     patch_size: int
     embed_dim: int
     depth: int
@@ -70,6 +79,13 @@ class BackboneConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     description: str = ""
+    # Extra keyword arguments of `timm.create_model` (timm families), as sorted (key, value) pairs.
+    timm_kwargs: tuple[tuple[str, Any], ...] = ()
+
+    @property
+    def built_by_timm(self) -> bool:
+        """True for the families whose model is a timm model wrapped by `neco.backbones.timm_vit`."""
+        return self.family in TIMM_FAMILIES
 
     def with_overrides(self, **overrides: Any) -> BackboneConfig:
         """Return a copy with some fields replaced; unknown fields raise a ValueError listing the valid ones."""
@@ -81,6 +97,8 @@ class BackboneConfig:
 
 
 _REGISTRY: dict[str, BackboneConfig] = {}
+TIMM_FAMILIES = ("dinov3", "timm")
+TIMM_PREFIX = "timm:"
 
 
 def register(config: BackboneConfig) -> BackboneConfig:
@@ -92,14 +110,20 @@ def register(config: BackboneConfig) -> BackboneConfig:
 
 
 def list_backbones() -> list[str]:
-    """All registered backbone names, sorted."""
+    """All registered backbone names, sorted (any timm ViT is also accepted as `timm:<model name>`)."""
     return sorted(_REGISTRY)
 
 
 def get_config(name: str) -> BackboneConfig:
-    """The config registered under `name`; a ValueError lists the valid names otherwise."""
+    """The config registered under `name`, or built for `timm:<model name>`; a ValueError otherwise."""
+    if name.startswith(TIMM_PREFIX):
+        from neco.backbones.timm_vit import timm_config
+
+        return timm_config(name)
     if name not in _REGISTRY:
-        raise ValueError(f"backbone `name` must be one of {list_backbones()} but is {name!r}")
+        raise ValueError(
+            f"backbone `name` must be one of {list_backbones()} or `timm:<timm model name>` but is {name!r}"
+        )
     return _REGISTRY[name]
 
 
@@ -250,7 +274,50 @@ def _register_neco() -> None:
         )
 
 
+_DINOV3_LICENSE = "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/"
+_DINOV3 = {
+    # neco name: (timm model, Meta file stem, embed_dim, depth, heads, label)
+    "dinov3_vits16": ("vit_small_patch16_dinov3", "dinov3_vits16", 384, 12, 6, "ViT-S/16"),
+    "dinov3_vits16plus": ("vit_small_plus_patch16_dinov3", "dinov3_vits16plus", 384, 12, 6, "ViT-S+/16"),
+    "dinov3_vitb16": ("vit_base_patch16_dinov3", "dinov3_vitb16", 768, 12, 12, "ViT-B/16"),
+    "dinov3_vitl16": ("vit_large_patch16_dinov3", "dinov3_vitl16", 1024, 24, 16, "ViT-L/16"),
+    "dinov3_vith16plus": ("vit_huge_plus_patch16_dinov3", "dinov3_vith16plus", 1280, 32, 20, "ViT-H+/16"),
+    "dinov3_vit7b16": ("vit_7b_patch16_dinov3", "dinov3_vit7b16", 4096, 40, 32, "ViT-7B/16"),
+}
+
+
+def _register_dinov3() -> None:
+    # Built by timm's Eva (RoPE, 4 registers = Meta's `storage_tokens`). The weights are gated: the
+    # user accepts the DINOv3 license, downloads the file and passes it (or puts it in the cache).
+    for name, (timm_name, stem, dim, depth, heads, label) in _DINOV3.items():
+        filename = f"{stem}_pretrain_lvd1689m*.pth"
+        register(
+            BackboneConfig(
+                name=name,
+                family="dinov3",
+                patch_size=16,
+                embed_dim=dim,
+                depth=depth,
+                num_heads=heads,
+                num_register_tokens=4,
+                pos_grid=0,  # RoPE: no position-embedding table
+                img_size=256,
+                weights=WeightSource(
+                    filename=filename,
+                    gated=(
+                        f"the official DINOv3 file {filename} (gated: accept the DINOv3 license at "
+                        f"{_DINOV3_LICENSE} to receive the download URL; weights under Meta's DINOv3 license)"
+                    ),
+                ),
+                timm_name=f"{timm_name}.lvd1689m",
+                hf_name=None,  # transformers' DINOv3 files (`facebook/dinov3-*`) are not read: Meta or timm files
+                description=f"DINOv3 {label} (LVD-1689M, 4 registers, RoPE; via timm)",
+            )
+        )
+
+
 _register_dinov2()
 _register_dino()
+_register_dinov3()
 _register_tiny()
 _register_neco()

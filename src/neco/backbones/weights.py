@@ -25,6 +25,7 @@ __all__ = [
     "WeightsInfo",
     "extract_state_dict",
     "load_weights",
+    "read_backbone_tensors",
     "read_checkpoint",
     "read_state_dict",
 ]
@@ -158,10 +159,13 @@ def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dic
     return tensors, meta
 
 
-def read_state_dict(
+def read_backbone_tensors(
     source: str | Path | Mapping[str, Any], *, which: str = "teacher"
 ) -> tuple[StateDict, WeightsInfo]:
-    """Read any supported checkpoint and return its backbone in official DINOv2 names, heads dropped."""
+    """Read any checkpoint and return its backbone tensors in their own key names (prefixes, heads dropped).
+
+    `info.format` is "unknown" until a converter names it.
+    """
     if isinstance(source, Mapping):
         obj, name = source, "state dict"
     else:
@@ -170,18 +174,25 @@ def read_state_dict(
     tensors = strip_prefixes(tensors)
     heads = sorted(k for k in tensors if is_head_key(k))
     backbone = {k: v for k, v in tensors.items() if not is_head_key(k)}
-    fmt = detect_format(backbone)
-    official = convert(backbone, to="official", source=fmt)
     info = WeightsInfo(
         source=name,
         container=meta["container"],
         which=meta["which"],
-        format=fmt,
+        format="unknown",
         dropped_head_keys=heads,
         backbone=meta.get("backbone"),
         num_register_tokens=meta.get("num_register_tokens"),
     )
-    return official, info
+    return backbone, info
+
+
+def read_state_dict(
+    source: str | Path | Mapping[str, Any], *, which: str = "teacher"
+) -> tuple[StateDict, WeightsInfo]:
+    """Read any supported checkpoint and return its backbone in official DINOv2 names, heads dropped."""
+    backbone, info = read_backbone_tensors(source, which=which)
+    info.format = detect_format(backbone)
+    return convert(backbone, to="official", source=info.format), info
 
 
 def _listing(keys: list[str]) -> str:
@@ -203,6 +214,8 @@ def load_weights(
         ValueError: when keys are missing (other than `mask_token`), unexpected (other than head
             keys) or of the wrong shape; the message names them and the guessed format.
     """
+    if getattr(getattr(model, "config", None), "built_by_timm", False):
+        return _load_timm_weights(model, source, which)
     state, info = read_state_dict(source, which=which)
     guessed = f"{info.container}, {info.format} keys"
     name = getattr(getattr(model, "config", None), "name", type(model).__name__)
@@ -221,7 +234,23 @@ def load_weights(
             # The model interpolates at run time from whatever grid it was trained with.
             model.set_pos_grid(side)
             info.notes.append(f"position-embedding grid {side}x{side}")
-    expected = model.state_dict()
+    missing = _check_keys(
+        model.state_dict(), state, _TOLERATED_MISSING, f"{info.source} (guessed: {guessed})", name
+    )
+    model.load_state_dict(state, strict=False)
+    info.missing_tolerated = [k for k in missing if k in _TOLERATED_MISSING]
+    get_logger("neco.backbones").info(f"loaded {name} from {info.describe()}")
+    return info
+
+
+def _check_keys(
+    expected: Mapping[str, torch.Tensor],
+    state: Mapping[str, torch.Tensor],
+    tolerated_missing: set[str],
+    what: str,
+    name: str,
+) -> list[str]:
+    """Refuse missing (beyond `tolerated_missing`), unexpected and misshaped keys; return the missing ones."""
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
     wrong_shape = sorted(
@@ -229,7 +258,7 @@ def load_weights(
         for k in set(state) & set(expected)
         if state[k].shape != expected[k].shape
     )
-    bad_missing = [k for k in missing if k not in _TOLERATED_MISSING]
+    bad_missing = [k for k in missing if k not in tolerated_missing]
     if bad_missing or unexpected or wrong_shape:
         problems = []
         if bad_missing:
@@ -238,12 +267,33 @@ def load_weights(
             problems.append(f"unexpected keys {_listing(unexpected)}")
         if wrong_shape:
             problems.append(f"shape mismatches {_listing(wrong_shape)}")
+        allowed = (
+            f"`{'`, `'.join(sorted(tolerated_missing))}` may be missing and " if tolerated_missing else ""
+        )
         raise ValueError(
-            f"cannot load {info.source} (guessed: {guessed}) into {name}: " + "; ".join(problems) + ". "
-            "Only `mask_token` may be missing and only head keys may be unexpected; "
+            f"cannot load {what} into {name}: " + "; ".join(problems) + ". "
+            f"Only {allowed}head keys may be unexpected{'' if tolerated_missing else ' (nothing may be missing)'}; "
             "check the backbone name (registers, size, patch) matches the checkpoint"
         )
-    model.load_state_dict(state, strict=False)
-    info.missing_tolerated = [k for k in missing if k in _TOLERATED_MISSING]
+    return missing
+
+
+def _load_timm_weights(model: nn.Module, source: str | Path | Mapping[str, Any], which: str) -> WeightsInfo:
+    """Strict load into a timm-built backbone (DINOv3, `timm:<name>`): timm or Meta DINOv3 key names."""
+    from neco.backbones.timm_weights import to_timm_state
+
+    backbone, info = read_backbone_tensors(source, which=which)
+    name = model.config.name
+    if info.backbone is not None and info.backbone != name:
+        info.notes.append(f"checkpoint trained as {info.backbone!r}")
+    state, info.format = to_timm_state(backbone, model.model, name)
+    _check_keys(
+        model.model.state_dict(),
+        state,
+        set(),
+        f"{info.source} (guessed: {info.container}, {info.format} keys)",
+        name,
+    )
+    model.model.load_state_dict(state, strict=True)
     get_logger("neco.backbones").info(f"loaded {name} from {info.describe()}")
     return info

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="starting backbone: a registry name (`neco backbones` lists them); default: the shipped tiny ViT",
     )
     parser.add_argument("--weights", default=None, help="weights file for --backbone (any supported format)")
+    parser.add_argument(
+        "--random-init", action="store_true",
+        help="start from a randomly initialised --backbone (no weights; e.g. a timm:<name> or DINOv3 smoke run)",
+    )
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: what fits in --minutes)")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate of the post-training")
     parser.add_argument(
@@ -37,8 +41,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     from neco.demo.run import DemoConfig, run_demo
 
+    if args.random_init and args.weights is not None:
+        raise ValueError("--random-init and --weights exclude each other")
     options = dict(
-        out=args.out, backbone=args.backbone, weights=args.weights, progress=not args.no_progress
+        out=args.out, backbone=args.backbone, weights=args.weights, progress=not args.no_progress,
+        random_init=args.random_init,
     )
     if args.steps is not None:
         options["train_steps"] = args.steps

@@ -1,4 +1,9 @@
-"""`neco export CKPT --format official|timm|hf -o OUT`: export a trained backbone (the teacher by default)."""
+"""`neco export CKPT --format official|timm|hf -o OUT`: export a trained backbone (the teacher by default).
+
+For timm-built backbones (DINOv3, `timm:<name>`) `timm` writes the timm model's own state dict
+(loads strictly into `timm.create_model(name, num_classes=0)`), and `official` writes Meta's DINOv3
+key names (DINOv3 only).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Export the backbone of any checkpoint neco reads (neco, NeCo Lightning, DINO, official, timm, "
             "Hugging Face) as a plain state dict. The default is the EMA teacher: it is the better model. "
-            "The official format drops into torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14[_reg]')."
+            "The official format drops into torch.hub.load('facebookresearch/dinov2', 'dinov2_vits14[_reg]'); "
+            "for DINOv3 backbones it is Meta's DINOv3 key names. timm-built backbones (DINOv3, timm:<name>) "
+            "export as timm (their own timm state dict) or, for DINOv3, official."
         ),
     )
     parser.add_argument("checkpoint", help="checkpoint file")
@@ -56,12 +63,50 @@ def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_torch_save({k: v.detach().clone() for k, v in state.items()}, path)
 
 
+def _export_timm_built(args: argparse.Namespace, name: str, checkpoint: Any) -> int:
+    """Export a DINOv3 / `timm:` backbone: timm's own keys, or Meta's DINOv3 names for DINOv3."""
+    from neco.backbones import create, get_config
+    from neco.backbones.timm_weights import meta_state_dict
+    from neco.backbones.weights import load_weights
+
+    config = get_config(name)
+    if args.format == "hf" or (args.format == "official" and config.family != "dinov3"):
+        raise ValueError(
+            f"--format {args.format} is not available for {name} (family {config.family}); "
+            f"use --format timm{' or official (Meta DINOv3 names)' if config.family == 'dinov3' else ''}"
+        )
+    model = create(name)
+    info = load_weights(model, checkpoint, which=args.which)
+    info.source = str(args.checkpoint)
+    print(f"read {info.describe()}")
+    if info.which is None and args.which == "student":
+        raise ValueError(f"{args.checkpoint} holds a single network; --which student does not apply")
+    print(f"verified: the weights load strictly into {name}")
+    state = model.model.state_dict() if args.format == "timm" else meta_state_dict(model.model)
+    out = save_state_dict(state, args.out)
+    which = info.which or "single network"
+    note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
+    names = f"timm keys of {config.timm_name}" if args.format == "timm" else "Meta DINOv3 keys"
+    print(f"wrote {which}{note} as {names} to {out}")
+    if config.family == "dinov3":
+        print(
+            "the weights stay under Meta's DINOv3 license (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
+        )
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from neco.backbones import create, get_config
     from neco.backbones.formats import convert
-    from neco.backbones.weights import load_weights, read_state_dict
+    from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
 
-    official, info = read_state_dict(args.checkpoint, which=args.which)
+    checkpoint = read_checkpoint(args.checkpoint)
+    _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
+    stored = args.backbone or raw_info.backbone
+    if stored is not None and get_config(stored).built_by_timm:
+        return _export_timm_built(args, stored, checkpoint)
+    official, info = read_state_dict(checkpoint, which=args.which)
+    info.source = str(args.checkpoint)
     print(f"read {info.describe()}")
     if info.which is None and args.which == "student":
         raise ValueError(f"{args.checkpoint} holds a single network; --which student does not apply")

@@ -33,6 +33,7 @@ class DemoConfig:
     out: str = "demo_out"
     backbone: str = "vit_tiny_scenes"
     weights: str | None = None
+    random_init: bool = False  # start from a random init of `backbone` (saved, so NeCo trains that same model)
     minutes: float = 5.0  # NeCo post-training budget (wall clock)
     num_train: int = 200
     num_val: int = 60
@@ -241,15 +242,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     train_set = build_segmentation_dataset("scenes", scenes, "train")
     val_set = build_segmentation_dataset("scenes", scenes, "val")
 
-    before_model = create(cfg.backbone, pretrained=cfg.weights is None, weights=cfg.weights).eval()
-    identity = backbone_identity(before_model, cfg.backbone, cfg.weights)
+    start_weights = cfg.weights
+    torch.manual_seed(0)  # a --random-init start is reproducible
+    before_model = create(cfg.backbone, pretrained=start_weights is None and not cfg.random_init, weights=start_weights)
+    before_model = before_model.eval()
+    if cfg.random_init:  # NeCo must post-train the very model evaluated "before"
+        start_weights = str(out / "random_init.pth")
+        torch.save(before_model.state_dict(), start_weights)
+    identity = backbone_identity(before_model, cfg.backbone, start_weights)
     log.info(f"evaluating the starting backbone {cfg.backbone} ({config.description})")
     before = evaluate_backbone(before_model, train_set, val_set, cfg, "before")
 
-    steps = cfg.train_steps or _estimate_steps(cfg, scenes)
+    steps = cfg.train_steps or _estimate_steps(cfg, scenes, start_weights)
     run_dir = out / "neco_run"
     log.info(f"NeCo post-training for {steps} steps (about {cfg.minutes:g} min)")
-    train_cfg = train_config(cfg, scenes, run_dir, steps, cfg.weights)
+    train_cfg = train_config(cfg, scenes, run_dir, steps, start_weights)
     t0 = time.perf_counter()
     result = train(train_cfg, resume="auto", progress=cfg.progress)
     train_seconds = time.perf_counter() - t0
@@ -357,13 +364,13 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     return results
 
 
-def _estimate_steps(cfg: DemoConfig, scenes: Path) -> int:
+def _estimate_steps(cfg: DemoConfig, scenes: Path, start_weights: str | None) -> int:
     """Steps that fit in `cfg.minutes`, from the logged images/s of a few probe steps (start-up excluded)."""
     from neco.training.run import train
 
     probe_dir = Path(cfg.out) / "neco_probe"
     t0 = time.perf_counter()
-    train(train_config(cfg, scenes, probe_dir, 4, cfg.weights), progress=False)
+    train(train_config(cfg, scenes, probe_dir, 4, start_weights), progress=False)
     rates = [r for r in _read_metrics(probe_dir)["images_per_s"][1:] if math.isfinite(r) and r > 0]
     per_step = cfg.batch_size / float(np.median(rates)) if rates else (time.perf_counter() - t0) / 4
     return max(1, int(0.95 * cfg.minutes * 60 / per_step))

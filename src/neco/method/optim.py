@@ -1,4 +1,10 @@
-"""AdamW parameter groups (backbone / head x decay / no-decay) and the `trainable_blocks` option."""
+"""AdamW parameter groups (backbone / head x decay / no-decay) and the `trainable_blocks` option.
+
+neco's own ViT uses the name rules below. A timm model (DINOv3, `timm:<name>`, or a raw timm ViT)
+declares them itself, and is asked: no weight decay through timm's `no_weight_decay()` (with timm's
+`param_groups_weight_decay`, which also exempts biases and 1-D tensors), blocks through its
+`group_matcher()` (timm's `group_parameters`).
+"""
 
 from __future__ import annotations
 
@@ -21,6 +27,31 @@ def is_no_decay(name: str, ndim: int) -> bool:
     return name.endswith(".bias") or leaf == "bias" or ndim <= 1 or leaf in NO_DECAY_NAMES
 
 
+def timm_model_of(backbone: nn.Module) -> nn.Module | None:
+    """The timm model that declares `backbone`'s layer-wise options: its wrapped `model`, itself, or None."""
+    config = getattr(backbone, "config", None)
+    candidates = [backbone.model] if getattr(config, "built_by_timm", False) else []
+    candidates.append(backbone)
+    for candidate in candidates:
+        if callable(getattr(candidate, "no_weight_decay", None)) and callable(
+            getattr(candidate, "group_matcher", None)
+        ):
+            return candidate
+    return None
+
+
+def _no_decay_ids(backbone: nn.Module) -> set[int] | None:
+    """Ids of the parameters timm exempts from weight decay (None when `backbone` is not a timm model)."""
+    model = timm_model_of(backbone)
+    if model is None:
+        return None
+    from timm.optim import param_groups_weight_decay
+
+    # A dummy positive decay: with 0 timm puts everything in one group, and only the split is wanted.
+    groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=model.no_weight_decay())
+    return {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+
+
 def build_param_groups(
     backbone: nn.Module,
     head: nn.Module,
@@ -40,10 +71,15 @@ def build_param_groups(
     groups = []
     for part, module, lr in (("backbone", backbone, lr_backbone), ("head", head, lr_head)):
         decay, no_decay = [], []
+        timm_no_decay = _no_decay_ids(module) if part == "backbone" else None
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
-            (no_decay if is_no_decay(name, param.ndim) else decay).append(param)
+            if timm_no_decay is not None:
+                exempt = id(param) in timm_no_decay
+            else:
+                exempt = is_no_decay(name, param.ndim)
+            (no_decay if exempt else decay).append(param)
         groups.append(
             {
                 "name": f"{part}_decay",
@@ -66,7 +102,8 @@ def apply_trainable_blocks(backbone: nn.Module, trainable_blocks: None | int | S
     None (train everything) changes nothing, so parameters frozen on purpose before (e.g. an unused
     `mask_token`) stay frozen.
     """
-    blocks = getattr(backbone, "blocks", None)
+    timm_model = timm_model_of(backbone)
+    blocks = getattr(timm_model if timm_model is not None else backbone, "blocks", None)
     if blocks is None:
         raise ValueError(
             f"`trainable_blocks` needs a backbone with a `blocks` list but {type(backbone).__name__} has none"
@@ -92,6 +129,29 @@ def apply_trainable_blocks(backbone: nn.Module, trainable_blocks: None | int | S
                     f"`trainable_blocks` entries must be block indices in [-{depth}, {depth}) but include {index!r}"
                 )
             chosen.add(index % depth)
+    if timm_model is not None:
+        _apply_timm_blocks(timm_model, chosen)
+        return
     for name, param in backbone.named_parameters():
         match = _BLOCK.search(name)
         param.requires_grad_(match is not None and int(match.group(1)) in chosen)
+
+
+def _apply_timm_blocks(model: nn.Module, chosen: set[int]) -> None:
+    """Train only the `group_matcher()` groups of the chosen blocks of a timm model; freeze the rest."""
+    from timm.models import group_parameters
+
+    layer_of = group_parameters(model, model.group_matcher(coarse=False), reverse=True)  # name -> group
+    name_of = {id(p): n for n, p in model.named_parameters()}
+    block_groups = []
+    for block in model.blocks:
+        params = list(block.parameters())
+        block_groups.append({layer_of[name_of[id(p)]] for p in params})
+    if any(len(g) != 1 for g in block_groups) or len({min(g) for g in block_groups}) != len(block_groups):
+        raise ValueError(
+            f"`trainable_blocks` needs one group_matcher() group per block, but {type(model).__name__}'s "
+            f"groups its {len(block_groups)} blocks as {[sorted(g) for g in block_groups]}"
+        )
+    trainable = {min(block_groups[i]) for i in chosen}
+    for name, param in model.named_parameters():
+        param.requires_grad_(layer_of[name] in trainable)
