@@ -161,3 +161,31 @@ def test_cli_errors_name_the_option(tmp_path, capsys, extra, message):
     argv = ["explore", "--backbone", "vit_tiny", "--random-init", "--out", str(tmp_path / "e.html")]
     assert main(argv + [str(image) if x == "IMG" else x for x in extra]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_demo_path_writes_a_page_with_masks_and_the_report_links_it(tmp_path):
+    from neco.backbones import create
+    from neco.data import build_segmentation_dataset
+    from neco.data.synthetic import write_scenes
+    from neco.demo.report import render_html, render_markdown
+    from neco.explore import dataset_images, write_explore
+
+    scenes = write_scenes(tmp_path / "scenes", 2, 3, 32, seed=0, progress=False)
+    val_set = build_segmentation_dataset("scenes", scenes, "val")
+    views = dataset_images(val_set, 32)
+    assert views.images.shape == (3, 32, 32, 3) and views.masks.shape == (3, 32, 32)
+    torch.manual_seed(0)
+    pair = [("start", create("vit_tiny")), ("NeCo teacher", create("vit_tiny"))]
+    page = write_explore(tmp_path / "explore.html", pair, views, title="neco demo")
+    data = _page_data(page)
+    assert [b["name"] for b in data["backbones"]] == ["start", "NeCo teacher"]
+    assert data["labels"]["names"] == list(val_set.class_names)
+    assert data["labels"]["values"] == patch_labels(views.masks, 8, val_set.ignore_index).reshape(-1).tolist()
+    results = {
+        "settings": {},
+        "backbone": {"name": "vit_tiny"},
+        "evaluations": {},
+        "explore": "explore.html",
+    }
+    assert "[explore.html](explore.html)" in render_markdown(results)
+    assert '<a href="explore.html">' in render_html(results)
