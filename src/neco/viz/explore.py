@@ -75,14 +75,14 @@ def reduce_features(features: torch.Tensor | np.ndarray, dims: int = 64) -> Redu
         raise ValueError(f"`dims` must be >= 1 but is {dims}")
     array = _as_array(features)
     n, d_in, h, w = array.shape
-    x = array.transpose(0, 2, 3, 1).reshape(n * h * w, d_in).astype(np.float64)  # (N*P, D)
-    x /= np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    x = torch.from_numpy(array.transpose(0, 2, 3, 1).reshape(n * h * w, d_in)).double()  # (N*P, D)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-12)
     # Uncentred: the top eigenvectors of X^T X give the best rank-d approximation of all pairwise dots.
-    eigenvalues, eigenvectors = np.linalg.eigh(x.T @ x)  # ascending
+    eigenvalues, eigenvectors = torch.linalg.eigh(x.T @ x)  # ascending
     keep = min(dims, d_in)
-    axes = eigenvectors[:, ::-1][:, :keep]  # (D, d)
-    energy = float(eigenvalues[::-1][:keep].sum() / max(eigenvalues.sum(), 1e-12))
-    reduced = x @ axes  # (N*P, d)
+    axes = eigenvectors.flip(1)[:, :keep]  # (D, d)
+    energy = float(eigenvalues.flip(0)[:keep].sum() / eigenvalues.sum().clamp_min(1e-12))
+    reduced = (x @ axes).numpy()  # (N*P, d)
     scales = np.abs(reduced).max(axis=0) / 127.0
     scales[scales == 0] = 1.0
     codes = np.clip(np.rint(reduced / scales), -127, 127).astype(np.int8)
