@@ -26,7 +26,9 @@ import torch
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--size", type=int, default=448, help="input size in pixels (a multiple of 14)")
     parser.add_argument("--backbone", default="dinov2_vits14", help="architecture, built with random weights")
@@ -122,10 +124,19 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             columns = [ExploreBackbone(f"random {i}", features[i]) for i in range(count)]
             write_explore_html(
-                path, images, columns, patch_size=patch, k=args.k, dims=args.dims, masks=labels.astype("int64")
+                path,
+                images,
+                columns,
+                patch_size=patch,
+                k=args.k,
+                dims=args.dims,
+                masks=labels.astype("int64"),
             )
             pages[label] = {"write_s": time.perf_counter() - t0, "mb": path.stat().st_size / 2**20}
-            print(f"{label}: {pages[label]['mb']:.2f} MB, written in {pages[label]['write_s']:.1f} s", flush=True)
+            print(
+                f"{label}: {pages[label]['mb']:.2f} MB, written in {pages[label]['write_s']:.1f} s",
+                flush=True,
+            )
             if label == "compare" and not args.quick:
                 timing = _browser_timing(path, args.clicks)
                 if timing is None:
