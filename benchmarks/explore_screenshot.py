@@ -1,12 +1,14 @@
 """Screenshot of an explorer page after picking one patch (the README's docs/images/explore.png).
 
 Example (the README's picture, from a `neco demo` output):
-  python benchmarks/explore_screenshot.py demo_out/explore.html docs/images/explore.png --image 3 --row 6 --col 5
+  python benchmarks/explore_screenshot.py demo_out/explore.html docs/images/explore.png \
+      --image 8 --row 3 --col 5 --width 1440 --height 960 --tile 128
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import shutil
 import sys
 from pathlib import Path
@@ -26,7 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tile", type=int, default=176, help="tile size in CSS pixels")
     args = parser.parse_args(argv)
 
+    from PIL import Image
     from playwright.sync_api import sync_playwright
+
+    args.out.parent.mkdir(parents=True, exist_ok=True)
 
     chromium = shutil.which("chromium") or "/usr/bin/chromium"
     with sync_playwright() as playwright:
@@ -46,9 +51,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         page.mouse.move(0, 0)
         page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(args.out))
+        shot = page.screenshot()
         browser.close()
+    # A 256-colour palette keeps the README's PNG at a third of the size; the page has few colours.
+    image = Image.open(io.BytesIO(shot)).convert("RGB")
+    image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
+        args.out, optimize=True
+    )
     print(f"wrote {args.out}")
     return 0
 
