@@ -1,7 +1,8 @@
 """The import graph of `src/neco` runs downward only: no package imports one above it, and no cycle.
 
-Layers, bottom to top (DESIGN.md, docs/architecture.md): utils; backbones and data; viz and method;
-evaluation; training; demo; the command line (commands, cli) and the package's front door. Inside
+Layers, bottom to top (DESIGN.md, docs/architecture.md): utils; backbones and data; viz, method and
+features (patch grids of images); evaluation; training and explore (the explorer page's
+orchestration); demo; the command line (commands, cli) and the package's front door. Inside
 evaluation: blocks < (features, options, schema) < protocol < protocols < runner. Function-local
 imports count too: hiding a crossing inside a function does not remove it.
 """
@@ -26,7 +27,8 @@ LAYERS = {
     "demo": 5,
     "commands": 6,
     "cli": 6,
-    "features": 6,
+    "features": 2,
+    "explore": 4,
     "weights": 6,
     "__init__": 7,
 }

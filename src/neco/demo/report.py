@@ -72,6 +72,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     out += [f"| {a} | {b} | {c} | {d} | {e} |" for a, b, c, d, e in _rows(results)]
     figures = results.get("figures", {})
     captions = results.get("figure_captions", {})
+    if results.get("explore"):
+        link = results["explore"]
+        out += ["", f"Interactive nearest patches, start vs NeCo: [{link}]({link})"]
     if figures:
         out += ["", "## Figures", ""]
         for key, path in figures.items():
@@ -116,6 +119,7 @@ mIoU in %, mean ± std over {len(s.get('eval_seeds', []))} evaluation seeds.</p>
 <table><tr><th>evaluation</th><th>before</th><th>after</th><th>gain</th><th>gain / spread</th></tr>
 {rows}
 </table>
+{f'<p>Interactive nearest patches, start vs NeCo: <a href="{e(results["explore"])}">{e(results["explore"])}</a></p>' if results.get("explore") else ''}
 {''.join(figs)}
 {'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
 <h2>Settings</h2><table>{settings}</table>

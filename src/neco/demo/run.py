@@ -265,6 +265,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     after_model = create(cfg.backbone, weights=result.last_checkpoint).eval()
     after = evaluate_backbone(after_model, train_set, val_set, cfg, "after")
 
+    from neco.explore import dataset_images, write_explore
+
+    pair = [(f"{cfg.backbone} (start)", before_model), ("NeCo teacher", after_model)]
+    views = dataset_images(val_set, cfg.image_size)
+    write_explore(out / "explore.html", pair, views, title="neco demo: validation scenes")
     curves = _read_metrics(run_dir)
     figures: dict[str, str] = {}
     if curves["loss"]:
@@ -339,6 +344,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "loss_last": curves["loss"][-1] if curves["loss"] else None,
         },
         "figures": figures,
+        "explore": "explore.html",
         "figure_captions": {
             "curves": "NeCo loss and throughput per training step",
             "pca": "first three principal components of the patch features as RGB, before and after",

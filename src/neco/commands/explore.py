@@ -1,0 +1,130 @@
+"""`neco explore IMAGES... --backbone A [--compare B]`: an interactive nearest-patch page (one HTML file)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the `explore` subcommand."""
+    parser = subparsers.add_parser(
+        "explore",
+        help="write an interactive page: click a patch, see its nearest patches (one or two backbones)",
+        description=(
+            "Compute patch features of images once and write ONE self-contained HTML file (no server, no "
+            "network): hover or click a patch to see, in every image, its cosine-similarity heat map and "
+            "top-k nearest patches; --compare shows a second backbone side by side; PCA colour maps. With "
+            "--dataset the masks of a segmentation split colour the retrieved patches by label agreement "
+            "and give the retrieval precision of the picked patch. Features are stored PCA-reduced to "
+            "--dims dimensions as int8, and the page computes cosines on those."
+        ),
+    )
+    parser.add_argument("inputs", nargs="*", metavar="IMAGES", help="image files and/or folders (recursive)")
+    data = parser.add_argument_group("dataset split (instead of IMAGES)")
+    data.add_argument("--dataset", default=None, help="segmentation dataset name (voc, ade20k, scenes, ...)")
+    data.add_argument("--data-root", type=Path, default=None, help="dataset root folder")
+    data.add_argument("--split", default="val", help="dataset split (default: val)")
+    model = parser.add_argument_group("backbones")
+    model.add_argument("--backbone", required=True, help="registry name or neco checkpoint file")
+    model.add_argument("--weights", default=None, help="weights file of any supported format for --backbone")
+    model.add_argument("--compare", default=None, help="a second backbone shown side by side (name or file)")
+    model.add_argument("--compare-weights", default=None, help="weights file for --compare")
+    model.add_argument(
+        "--which", default="teacher", choices=["teacher", "student"], help="network of a NeCo checkpoint"
+    )
+    model.add_argument(
+        "--random-init", action="store_true", help="do not load pretrained weights (tests, baselines)"
+    )
+    run = parser.add_argument_group("page")
+    run.add_argument(
+        "--input-size", type=int, default=None, help="square input size (default: 448, a patch multiple)"
+    )
+    run.add_argument(
+        "--k", type=int, default=10, help="nearest patches marked (the page can change it; default 10)"
+    )
+    run.add_argument("--dims", type=int, default=64, help="PCA dimensions stored per patch (default 64)")
+    run.add_argument("--max-images", type=int, default=64, help="at most this many images (default 64)")
+    run.add_argument("--title", default=None, help="page title")
+    run.add_argument("--batch-size", type=int, default=16, help="images per backbone forward (default 16)")
+    run.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
+    run.add_argument("--seed", type=int, default=0, help="seed of --random-init weights (default 0)")
+    run.add_argument("--out", type=Path, default=Path("explore.html"), help="output HTML file")
+    parser.set_defaults(func=_run)
+
+
+def _check(args: argparse.Namespace) -> None:
+    if args.dataset is None and not args.inputs:
+        raise ValueError("give IMAGES (files or folders) or --dataset NAME --data-root ROOT")
+    if args.dataset is not None and args.inputs:
+        raise ValueError(f"give IMAGES or --dataset, not both (got {len(args.inputs)} IMAGES and --dataset)")
+    if args.dataset is not None and args.data_root is None:
+        raise ValueError(f"--dataset {args.dataset} needs --data-root ROOT")
+    for option in ("k", "dims", "max_images", "batch_size"):
+        if getattr(args, option) < 1:
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1 but is {getattr(args, option)}")
+    if args.input_size is not None and args.input_size < 1:
+        raise ValueError(f"--input-size must be >= 1 but is {args.input_size}")
+    if args.out.suffix.lower() not in {".html", ".htm"}:
+        raise ValueError(f"--out must name an .html file but is {args.out}")
+
+
+def _run(args: argparse.Namespace) -> int:
+    import torch
+
+    from neco.commands.features import collect_images
+    from neco.explore import dataset_images, load_image_files, load_named_backbone, write_explore
+
+    _check(args)
+    started = time.perf_counter()
+    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
+    device = "cpu" if device == "auto" else device
+    backbones = []
+    for offset, (spec, weights) in enumerate(
+        [(args.backbone, args.weights), (args.compare, args.compare_weights)]
+    ):
+        if spec is None:
+            continue
+        torch.manual_seed(args.seed + offset)  # two --random-init backbones differ, each reproducibly
+        backbones.append(
+            load_named_backbone(spec, weights=weights, pretrained=not args.random_init, which=args.which)
+        )
+    patch = int(backbones[0][0].patch_size)
+    size = args.input_size or max(1, round(448 / patch)) * patch
+    if size % patch:
+        raise ValueError(
+            f"--input-size must be a multiple of the patch size {patch} but is {size} "
+            f"(e.g. {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})"
+        )
+    if args.dataset is not None:
+        from neco.data import build_segmentation_dataset
+
+        dataset = build_segmentation_dataset(args.dataset, args.data_root, args.split)
+        views = dataset_images(dataset, size, args.max_images)
+        source = f"{args.dataset} {args.split}"
+    else:
+        files = collect_images(args.inputs)
+        if len(files) > args.max_images:
+            print(f"explore: showing the first {args.max_images} of {len(files)} images (--max-images)")
+            files = files[: args.max_images]
+        views = load_image_files(files, size)
+        source = f"{len(files)} images"
+    out = write_explore(
+        args.out,
+        [(name, model) for model, name in backbones],
+        views,
+        k=args.k,
+        dims=args.dims,
+        batch_size=args.batch_size,
+        device=device,
+        title=args.title or f"neco explore: {source}",
+    )
+    megabytes = out.stat().st_size / 2**20
+    print(
+        f"wrote {out} ({megabytes:.1f} MB, {len(views.names)} images, {size} px, "
+        f"{time.perf_counter() - started:.0f} s); open it in a browser"
+    )
+    return 0

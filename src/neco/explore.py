@@ -1,0 +1,170 @@
+"""Feed the nearest-patch explorer page: load images (or a segmentation split) and backbones, compute features.
+
+`neco.viz.explore` writes the page from arrays; this module produces those arrays and is what
+`neco explore` and `neco demo` call. Backbones load through `neco.evaluation.load_backbone` (the
+loading rule of every command) and features come from `neco.features.extract_features`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from neco.evaluation import load_backbone
+from neco.features import extract_features
+
+__all__ = [
+    "ExploreImages",
+    "load_image_files",
+    "dataset_images",
+    "backbone_features",
+    "load_named_backbone",
+    "write_explore",
+]
+
+
+@dataclass
+class ExploreImages:
+    """Square images as the backbones see them (N, S, S, 3) uint8, their names and optional masks (N, S, S)."""
+
+    images: np.ndarray
+    names: list[str]
+    masks: np.ndarray | None = None
+    class_names: list[str] | None = None
+    ignore_index: int = 255
+
+
+def _square(image: Image.Image, size: int) -> np.ndarray:
+    return np.asarray(image.convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
+def _check_size(size: int) -> None:
+    if size < 1:
+        raise ValueError(f"--input-size must be >= 1 but is {size}")
+
+
+def load_image_files(files: Sequence[str | Path], size: int) -> ExploreImages:
+    """Read image files as RGB and resize them to `size` x `size` (bilinear, like `neco features`)."""
+    from neco.data.base import load_rgb
+
+    _check_size(size)
+    if not files:
+        raise ValueError("no image files given")
+    images = np.stack([_square(load_rgb(path), size) for path in files])  # (N, S, S, 3)
+    return ExploreImages(images=images, names=[Path(f).name for f in files])
+
+
+def dataset_images(dataset: Any, size: int, max_images: int | None = None) -> ExploreImages:
+    """The first `max_images` items of a `SegmentationDataset`: images resized bilinearly, masks nearest."""
+    _check_size(size)
+    count = len(dataset) if max_images is None else min(max_images, len(dataset))
+    if count < 1:
+        raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no images to show")
+    images, masks, names = [], [], []
+    for index in range(count):
+        image, mask = dataset.load(index)
+        images.append(_square(image, size))
+        label = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]  # (1, 1, H, W)
+        resized = torch.nn.functional.interpolate(label, size=(size, size), mode="nearest-exact")
+        masks.append(resized[0, 0].long().numpy())
+        pairs = getattr(dataset, "pairs", None)
+        names.append(Path(pairs[index][0]).name if pairs else f"image {index}")
+    return ExploreImages(
+        images=np.stack(images),
+        names=names,
+        masks=np.stack(masks),
+        class_names=list(getattr(dataset, "class_names", []) or []) or None,
+        ignore_index=int(getattr(dataset, "ignore_index", 255)),
+    )
+
+
+def backbone_features(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    *,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+) -> torch.Tensor:
+    """Patch features (N, D, S / p, S / p) of uint8 images (N, S, S, 3), normalised with the backbone's mean/std."""
+    config = getattr(model, "config", None)
+    mean = torch.tensor(getattr(config, "mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
+    std = torch.tensor(getattr(config, "std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
+
+    class _Batches:
+        def __len__(self) -> int:
+            return (len(pixels) + batch_size - 1) // batch_size
+
+        def __iter__(self):
+            for start in range(0, len(pixels), batch_size):
+                yield (pixels[start : start + batch_size].float() / 255 - mean) / std  # (B, 3, S, S)
+
+    return extract_features(model, _Batches(), device=device, progress=False)
+
+
+def load_named_backbone(
+    spec: str, *, weights: str | None = None, pretrained: bool = True, which: str = "teacher"
+) -> tuple[torch.nn.Module, str]:
+    """A backbone from a registry name or neco checkpoint, with a display name (the weights file when given)."""
+    model, identity = load_backbone(spec, weights=weights, pretrained=pretrained, which=which)
+    name = str(identity["name"])
+    source = weights or (spec if spec != name else None)
+    if source is not None:
+        name += f" ({Path(source).name}, {which})"
+    elif not pretrained:
+        name += " (random init)"
+    return model, name
+
+
+def write_explore(
+    path: str | Path,
+    backbones: Sequence[tuple[str, torch.nn.Module]],
+    views: ExploreImages,
+    *,
+    k: int = 10,
+    dims: int = 64,
+    batch_size: int = 16,
+    device: str | torch.device | None = None,
+    title: str = "neco explore",
+) -> Path:
+    """Compute each backbone's patch features of `views` and write the explorer page to `path`.
+
+    Args:
+        backbones: one or two (display name, model) pairs; with two, the page shows them side by side.
+        views: the images (and masks) to show, e.g. from `load_image_files` or `dataset_images`.
+    """
+    from neco.viz.explore import ExploreBackbone, write_explore_html
+
+    patches = {int(model.patch_size) for _, model in backbones}
+    if len(patches) != 1:
+        raise ValueError(f"the backbones must share one patch size but have {sorted(patches)}")
+    patch = patches.pop()
+    size = views.images.shape[1]
+    if size % patch:
+        raise ValueError(
+            f"--input-size must be a multiple of the patch size {patch} but is {size} "
+            f"(e.g. {max(patch, size // patch * patch)})"
+        )
+    columns = [
+        ExploreBackbone(name, backbone_features(model, views.images, batch_size=batch_size, device=device))
+        for name, model in backbones
+    ]
+    return write_explore_html(
+        path,
+        views.images,
+        columns,
+        patch_size=patch,
+        k=k,
+        dims=dims,
+        image_names=views.names,
+        masks=views.masks,
+        class_names=views.class_names,
+        ignore_index=views.ignore_index,
+        title=title,
+    )
