@@ -1,9 +1,11 @@
-"""Triton forward kernel for CUDA: one program per row, the row's P tile and values held in registers.
+"""Triton kernels for CUDA: one program per row, the row's P tile and values held in registers.
 
 Each layer is described per wire (partner wire, whether the wire is the comparator's `a` input, whether it
 receives the minimum); a layer is two register gathers and a few elementwise ops. Only the input rows are kept
-for backward; the backward recomputes the sort with the PyTorch reference path under autograd (same numbers,
-the reference's speed). Runs on the CPU under `TRITON_INTERPRET=1` for tests.
+for backward. The backward kernel walks the layers in reverse, one program per row; before layer `l` it
+recomputes the row's values and P tile from the input row through layers `0..l-1` (registers cannot hold a
+stack of L tiles, and the 2x2 mixes are not stably invertible), so it costs about L/2 forward passes and no
+memory beyond its output. Runs on the CPU under `TRITON_INTERPRET=1` for tests.
 """
 
 from __future__ import annotations
@@ -13,8 +15,6 @@ import os
 
 import torch
 from torch import Tensor
-
-from neco.method.sorting.reference import sort_reference
 
 __all__ = ["sort_triton", "layer_tables"]
 
@@ -129,6 +129,146 @@ if triton is not None:
         mask2 = (items[:, None] < n) & valid[None, :]
         tl.store(perm_ptr + row * n * n + items[:, None] * n + wires[None, :], tile, mask=mask2)
 
+    @triton.jit
+    def _dalpha(d, s, lam, KIND: tl.constexpr):
+        # d alpha / d d (d = b - a), the derivative of `_alpha` (and of the reference's autograd graph).
+        if KIND == 0:
+            v = s * d
+            g = 0.3183098861837907 * s / (1.0 + v * v)
+        elif KIND == 1:
+            e = 1.0 / (1.0 + tl.exp(-(d * s)))
+            g = e * (1.0 - e) * s
+        elif KIND == 2:
+            ad = tl.abs(d) + 1e-10
+            q = tl.exp(lam * tl.log(ad))
+            u = d * s / q
+            sign = (d > 0).to(tl.float32) - (d < 0).to(tl.float32)
+            du = s / q - d * s / (q * q) * lam * (q / ad) * sign
+            e = 1.0 / (1.0 + tl.exp(-u))
+            g = e * (1.0 - e) * du
+        elif KIND == 3:
+            z = d * s
+            g = s * tl.exp(-0.5 * z * z) / 2.5066282746310002
+        elif KIND == 4:
+            den = 2.0 + tl.abs(s * d)
+            g = s / (den * den)
+        else:
+            av = tl.abs(s * d)
+            den = av + 1e-10
+            g = tl.where(av <= 0.25, s, s * 0.0625 / (den * den))
+        return g
+
+    @triton.jit
+    def _mix_layer(
+        xs,
+        tile,
+        partner_ptr,
+        flags_ptr,
+        layer,
+        s,
+        lam,
+        wires,
+        WIDTH: tl.constexpr,
+        KIND: tl.constexpr,
+        LIBDEVICE: tl.constexpr,
+        WITH_TILE: tl.constexpr,
+    ):
+        # One forward layer on the row's values and (if WITH_TILE) its (item, wire) tile.
+        partner = tl.load(partner_ptr + layer * WIDTH + wires)
+        flags = tl.load(flags_ptr + layer * WIDTH + wires)
+        active = (flags & 1) != 0
+        is_a = (flags & 2) != 0
+        is_lo = (flags & 4) != 0
+        other = tl.gather(xs, partner, 0)
+        va = tl.where(is_a, xs, other)
+        vb = tl.where(is_a, other, xs)
+        alpha = _alpha(vb - va, s, lam, KIND, LIBDEVICE)
+        beta = 1.0 - alpha
+        xs_new = tl.where(active, tl.where(is_lo, alpha * va + beta * vb, beta * va + alpha * vb), xs)
+        if WITH_TILE:
+            other_cols = tl.gather(tile, tl.broadcast_to(partner[None, :], (WIDTH, WIDTH)), 1)
+            ta = tl.where(is_a[None, :], tile, other_cols)
+            tb = tl.where(is_a[None, :], other_cols, tile)
+            a2, b2 = alpha[None, :], beta[None, :]
+            new_tile = tl.where(is_lo[None, :], a2 * ta + b2 * tb, b2 * ta + a2 * tb)
+            tile = tl.where(active[None, :], new_tile, tile)
+        return xs_new, tile
+
+    @triton.jit
+    def _sort_backward_kernel(
+        x_ptr,
+        grad_values_ptr,
+        grad_perm_ptr,
+        grad_x_ptr,
+        partner_ptr,
+        flags_ptr,
+        n,
+        num_layers,
+        s,
+        lam,
+        WIDTH: tl.constexpr,
+        KIND: tl.constexpr,
+        LIBDEVICE: tl.constexpr,
+        HAS_VALUES: tl.constexpr,
+        HAS_PERM: tl.constexpr,
+    ):
+        row = tl.program_id(0)
+        wires = tl.arange(0, WIDTH)
+        items = tl.arange(0, WIDTH)
+        valid = wires < n
+        mask2 = (items[:, None] < n) & valid[None, :]
+        x0 = tl.load(x_ptr + row * n + wires, mask=valid, other=0.0).to(tl.float32)
+        eye = (items[:, None] == wires[None, :]).to(tl.float32)
+        if HAS_VALUES:
+            gx = tl.load(grad_values_ptr + row * n + wires, mask=valid, other=0.0).to(tl.float32)
+        else:
+            gx = tl.zeros((WIDTH,), dtype=tl.float32)
+        if HAS_PERM:  # gradient of the (item, wire) tile after the current layer
+            gt = tl.load(
+                grad_perm_ptr + row * n * n + items[:, None] * n + wires[None, :], mask=mask2, other=0.0
+            ).to(tl.float32)
+        else:
+            gt = tl.zeros((WIDTH, WIDTH), dtype=tl.float32)
+        for step in range(num_layers):
+            layer = num_layers - 1 - step
+            # Recompute the state before `layer` from the input row.
+            xs = x0
+            tile = eye
+            for before in range(layer):
+                xs, tile = _mix_layer(xs, tile, partner_ptr, flags_ptr, before, s, lam, wires,
+                                      WIDTH, KIND, LIBDEVICE, HAS_PERM)  # fmt: skip
+            partner = tl.load(partner_ptr + layer * WIDTH + wires)
+            flags = tl.load(flags_ptr + layer * WIDTH + wires)
+            active = (flags & 1) != 0
+            is_a = (flags & 2) != 0
+            is_lo = (flags & 4) != 0
+            other = tl.gather(xs, partner, 0)
+            va = tl.where(is_a, xs, other)
+            vb = tl.where(is_a, other, xs)
+            alpha = _alpha(vb - va, s, lam, KIND, LIBDEVICE)
+            beta = 1.0 - alpha
+            g_other = tl.gather(gx, partner, 0)
+            g_lo = tl.where(is_lo, gx, g_other)
+            g_hi = tl.where(is_lo, g_other, gx)
+            # dL/dalpha: both wires of a comparator compute the same value.
+            galpha = (va - vb) * (g_lo - g_hi)
+            if HAS_PERM:
+                cols = tl.broadcast_to(partner[None, :], (WIDTH, WIDTH))
+                t_other = tl.gather(tile, cols, 1)
+                ta = tl.where(is_a[None, :], tile, t_other)
+                tb = tl.where(is_a[None, :], t_other, tile)
+                gt_other = tl.gather(gt, cols, 1)
+                gt_lo = tl.where(is_lo[None, :], gt, gt_other)
+                gt_hi = tl.where(is_lo[None, :], gt_other, gt)
+                galpha += tl.sum((ta - tb) * (gt_lo - gt_hi), axis=0)
+                a2, b2 = alpha[None, :], beta[None, :]
+                gt_new = tl.where(is_a[None, :], a2 * gt_lo + b2 * gt_hi, b2 * gt_lo + a2 * gt_hi)
+                gt = tl.where(active[None, :], gt_new, gt)
+            gd = galpha * _dalpha(vb - va, s, lam, KIND)
+            gx_new = tl.where(is_a, alpha * g_lo + beta * g_hi - gd, beta * g_lo + alpha * g_hi + gd)
+            gx = tl.where(active, gx_new, gx)
+        tl.store(grad_x_ptr + row * n + wires, gx, mask=valid)
+
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
@@ -150,32 +290,52 @@ def _forward(
     return values.to(x.dtype), perm.to(x.dtype)
 
 
+def _backward(
+    x: Tensor,
+    grad_values: Tensor | None,
+    grad_perm: Tensor | None,
+    partner: Tensor,
+    flags: Tensor,
+    num_layers: int,
+    steepness: float,
+    kind: int,
+    lam: float,
+) -> Tensor:
+    batch, n = x.shape
+    width = max(triton.next_power_of_2(n), 2)
+    grad_x = torch.zeros(batch, n, dtype=torch.float32, device=x.device)
+    if batch > 0 and (grad_values is not None or grad_perm is not None):
+        empty = grad_x.new_empty(0)
+        _sort_backward_kernel[(batch,)](
+            x.contiguous(),
+            empty if grad_values is None else grad_values.float().contiguous(),
+            empty if grad_perm is None else grad_perm.float().contiguous(),
+            grad_x, partner, flags, n, num_layers, float(steepness), float(lam),
+            WIDTH=width, KIND=kind, LIBDEVICE=x.is_cuda and not _interpreting(),
+            HAS_VALUES=grad_values is not None, HAS_PERM=grad_perm is not None,
+            num_warps=4 if width <= 64 else 8,
+        )  # fmt: skip
+    return grad_x.to(x.dtype)
+
+
 class _SortTriton(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, comparators, layer_offsets, steepness, distribution, art_lambda):  # noqa: D102
         n = x.shape[1]
         width = max(triton.next_power_of_2(n), 2)
         partner, flags = layer_tables(comparators.cpu(), layer_offsets, width)
-        values, perm = _forward(
-            x, partner.to(x.device), flags.to(x.device), len(layer_offsets) - 1, steepness,
-            _KINDS[distribution], art_lambda,
-        )  # fmt: skip
-        ctx.save_for_backward(x, comparators)
-        ctx.params = (layer_offsets, steepness, distribution, art_lambda)
+        partner, flags = partner.to(x.device), flags.to(x.device)
+        num_layers, kind = len(layer_offsets) - 1, _KINDS[distribution]
+        values, perm = _forward(x, partner, flags, num_layers, steepness, kind, art_lambda)
+        ctx.save_for_backward(x, partner, flags)
+        ctx.params = (num_layers, steepness, kind, art_lambda)
         return values, perm
 
     @staticmethod
     def backward(ctx, grad_values, grad_perm):  # noqa: D102
-        x, comparators = ctx.saved_tensors
-        layer_offsets, steepness, distribution, art_lambda = ctx.params
-        with torch.enable_grad():
-            leaf = x.detach().requires_grad_()
-            values, perm = sort_reference(
-                leaf, comparators.long(), layer_offsets, steepness, distribution, art_lambda
-            )
-            outputs = [t for t, g in ((values, grad_values), (perm, grad_perm)) if g is not None]
-            grads = [g for g in (grad_values, grad_perm) if g is not None]
-            (grad_x,) = torch.autograd.grad(outputs, leaf, grads)
+        x, partner, flags = ctx.saved_tensors
+        num_layers, steepness, kind, art_lambda = ctx.params
+        grad_x = _backward(x, grad_values, grad_perm, partner, flags, num_layers, steepness, kind, art_lambda)
         return grad_x, None, None, None, None, None
 
 
@@ -187,7 +347,7 @@ def sort_triton(
     distribution: str,
     art_lambda: float,
 ) -> tuple[Tensor, Tensor]:
-    """Sort rows of `x` with the Triton forward kernel (float32 mixing) and a recomputing backward."""
+    """Sort rows of `x` with the Triton kernels (float32 mixing; the backward recomputes layer states per row)."""
     if triton is None:
         raise RuntimeError("triton is not importable")
     if not math.isfinite(steepness):
