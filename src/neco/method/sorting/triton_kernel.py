@@ -2,10 +2,11 @@
 
 Each layer is described per wire (partner wire, whether the wire is the comparator's `a` input, whether it
 receives the minimum); a layer is two register gathers and a few elementwise ops. Only the input rows are kept
-for backward. The backward kernel walks the layers in reverse, one program per row; before layer `l` it
-recomputes the row's values and P tile from the input row through layers `0..l-1` (registers cannot hold a
-stack of L tiles, and the 2x2 mixes are not stably invertible), so it costs about L/2 forward passes and no
-memory beyond its output. Runs on the CPU under `TRITON_INTERPRET=1` for tests.
+for backward. The backward kernel, one program per row, recomputes the row's values and P tile layer by
+layer from the input row into a workspace slot (registers cannot hold a stack of L tiles, and the 2x2 mixes
+are not stably invertible), then walks the layers in reverse propagating the gradients of P and of the sorted
+values. The workspace lives only during the backward call and is bounded (`WORKSPACE_BYTES`): rows go
+through in launches of as many as fit. Runs on the CPU under `TRITON_INTERPRET=1` for tests.
 """
 
 from __future__ import annotations
@@ -46,19 +47,22 @@ if triton is not None:
 
     @triton.jit
     def _atan_portable(v):
-        # atan from elementary ops for the Triton interpreter, which has no libdevice (about 1e-7 accurate).
-        t = tl.abs(v)
+        # atan from elementary ops for the Triton interpreter, which has no libdevice. Evaluated in float64 and
+        # rounded once, so it matches torch's (correctly rounded) float32 atan: at steepness 100 a 1-ulp alpha
+        # difference grows through the layers to ~1e-5 in P.
+        t = tl.abs(v.to(tl.float64))
         big = t > 1.0
-        t = tl.where(big, 1.0 / tl.maximum(t, 1e-30), t)
+        t = tl.where(big, 1.0 / tl.maximum(t, 1e-300), t)
         mid = t > 0.41421356237309503
         u = tl.where(mid, (t - 1.0) / (t + 1.0), t)
         u2 = u * u
-        poly = 1.0 / 23.0
-        for k in tl.static_range(10, -1, -1):
+        poly = tl.zeros_like(u) + 1.0 / 41.0
+        for k in tl.static_range(19, -1, -1):
             poly = (1.0 / (2 * k + 1)) - u2 * poly
-        r = u * poly + tl.where(mid, 0.7853981633974483, 0.0)
+        r = u * poly
+        r = tl.where(mid, r + 0.7853981633974483, r)  # (a literal inside tl.where would be float32)
         r = tl.where(big, 1.5707963267948966 - r, r)
-        return tl.where(v < 0, -r, r)
+        return tl.where(v < 0, -r, r).to(v.dtype)
 
     @triton.jit
     def _alpha(d, s, lam, KIND: tl.constexpr, LIBDEVICE: tl.constexpr):
@@ -70,16 +74,21 @@ if triton is not None:
         elif KIND == 1:
             alpha = 1.0 / (1.0 + tl.exp(-(d * s)))
         elif KIND == 2:
-            u = d * s / tl.exp(lam * tl.log(tl.abs(d) + 1e-10))
-            alpha = 1.0 / (1.0 + tl.exp(-u))
+            ad = tl.abs(d) + 1e-10
+            if LIBDEVICE:
+                q = libdevice.pow(ad, lam)
+            else:  # rounded once, like torch's pow
+                q = tl.exp(lam * tl.log(ad.to(tl.float64))).to(ad.dtype)
+            alpha = 1.0 / (1.0 + tl.exp(-(d * s / q)))
         elif KIND == 3:
-            alpha = 0.5 + 0.5 * tl.math.erf(d * s / 1.4142135623730951)
+            # the reference's order: diff / (1 / steepness) / sqrt(2)
+            alpha = 0.5 + 0.5 * tl.math.erf(d / (1.0 / s) / 1.4142135623730951)
         elif KIND == 4:
             v = s * d
             alpha = 0.5 * (v / (2.0 + tl.abs(v)) + 1.0)
         else:
             v = s * d
-            tails = (v > 0.25).to(tl.float32) - (v < -0.25).to(tl.float32)
+            tails = (v > 0.25).to(v.dtype) - (v < -0.25).to(v.dtype)
             alpha = (
                 tl.minimum(tl.maximum(v, -0.25), 0.25) + 0.5 + tails * (0.25 - 0.0625 / (tl.abs(v) + 1e-10))
             )
@@ -99,13 +108,18 @@ if triton is not None:
         WIDTH: tl.constexpr,
         KIND: tl.constexpr,
         LIBDEVICE: tl.constexpr,
+        F64: tl.constexpr,
     ):
-        row = tl.program_id(0)
+        row = tl.program_id(0).to(tl.int64)  # row * n * n overflows int32 beyond ~890k rows at n = 49
         wires = tl.arange(0, WIDTH)
         items = tl.arange(0, WIDTH)
         valid = wires < n
-        xs = tl.load(x_ptr + row * n + wires, mask=valid, other=0.0).to(tl.float32)
-        tile = (items[:, None] == wires[None, :]).to(tl.float32)  # (item, wire), identity
+        xs = tl.load(x_ptr + row * n + wires, mask=valid, other=0.0)
+        if F64:  # float64 rows mix in float64, everything else in float32
+            xs = xs.to(tl.float64)
+        else:
+            xs = xs.to(tl.float32)
+        tile = (items[:, None] == wires[None, :]).to(xs.dtype)  # (item, wire), identity
         for layer in range(num_layers):
             partner = tl.load(partner_ptr + layer * WIDTH + wires)
             flags = tl.load(flags_ptr + layer * WIDTH + wires)
@@ -142,7 +156,7 @@ if triton is not None:
             ad = tl.abs(d) + 1e-10
             q = tl.exp(lam * tl.log(ad))
             u = d * s / q
-            sign = (d > 0).to(tl.float32) - (d < 0).to(tl.float32)
+            sign = (d > 0).to(d.dtype) - (d < 0).to(d.dtype)
             du = s / q - d * s / (q * q) * lam * (q / ad) * sign
             e = 1.0 / (1.0 + tl.exp(-u))
             g = e * (1.0 - e) * du
@@ -202,6 +216,9 @@ if triton is not None:
         grad_x_ptr,
         partner_ptr,
         flags_ptr,
+        ws_values_ptr,
+        ws_tile_ptr,
+        row_start,
         n,
         num_layers,
         s,
@@ -211,32 +228,44 @@ if triton is not None:
         LIBDEVICE: tl.constexpr,
         HAS_VALUES: tl.constexpr,
         HAS_PERM: tl.constexpr,
+        F64: tl.constexpr,
     ):
-        row = tl.program_id(0)
+        local = tl.program_id(0).to(tl.int64)  # slot in the workspace
+        row = row_start + local
         wires = tl.arange(0, WIDTH)
         items = tl.arange(0, WIDTH)
         valid = wires < n
         mask2 = (items[:, None] < n) & valid[None, :]
-        x0 = tl.load(x_ptr + row * n + wires, mask=valid, other=0.0).to(tl.float32)
-        eye = (items[:, None] == wires[None, :]).to(tl.float32)
-        if HAS_VALUES:
-            gx = tl.load(grad_values_ptr + row * n + wires, mask=valid, other=0.0).to(tl.float32)
+        square = items[:, None] * WIDTH + wires[None, :]
+        ws_values = ws_values_ptr + local * num_layers * WIDTH
+        ws_tile = ws_tile_ptr + local * num_layers * WIDTH * WIDTH
+        # Recompute pass: the row's values and tile before each layer, from the input row.
+        xs = tl.load(x_ptr + row * n + wires, mask=valid, other=0.0)
+        if F64:  # float64 rows mix in float64, everything else in float32
+            xs = xs.to(tl.float64)
         else:
-            gx = tl.zeros((WIDTH,), dtype=tl.float32)
+            xs = xs.to(tl.float32)
+        tile = (items[:, None] == wires[None, :]).to(xs.dtype)  # (item, wire), identity
+        for layer in range(num_layers):
+            tl.store(ws_values + layer * WIDTH + wires, xs)
+            if HAS_PERM:
+                tl.store(ws_tile + layer * WIDTH * WIDTH + square, tile)
+            xs, tile = _mix_layer(xs, tile, partner_ptr, flags_ptr, layer, s, lam, wires,
+                                  WIDTH, KIND, LIBDEVICE, HAS_PERM)  # fmt: skip
+        if HAS_VALUES:
+            gx = tl.load(grad_values_ptr + row * n + wires, mask=valid, other=0.0).to(xs.dtype)
+        else:
+            gx = tl.zeros((WIDTH,), dtype=xs.dtype)
         if HAS_PERM:  # gradient of the (item, wire) tile after the current layer
             gt = tl.load(
                 grad_perm_ptr + row * n * n + items[:, None] * n + wires[None, :], mask=mask2, other=0.0
-            ).to(tl.float32)
+            ).to(xs.dtype)
         else:
-            gt = tl.zeros((WIDTH, WIDTH), dtype=tl.float32)
+            gt = tl.zeros((WIDTH, WIDTH), dtype=xs.dtype)
+        # Reverse pass through the layers.
         for step in range(num_layers):
             layer = num_layers - 1 - step
-            # Recompute the state before `layer` from the input row.
-            xs = x0
-            tile = eye
-            for before in range(layer):
-                xs, tile = _mix_layer(xs, tile, partner_ptr, flags_ptr, before, s, lam, wires,
-                                      WIDTH, KIND, LIBDEVICE, HAS_PERM)  # fmt: skip
+            xs = tl.load(ws_values + layer * WIDTH + wires)
             partner = tl.load(partner_ptr + layer * WIDTH + wires)
             flags = tl.load(flags_ptr + layer * WIDTH + wires)
             active = (flags & 1) != 0
@@ -253,6 +282,7 @@ if triton is not None:
             # dL/dalpha: both wires of a comparator compute the same value.
             galpha = (va - vb) * (g_lo - g_hi)
             if HAS_PERM:
+                tile = tl.load(ws_tile + layer * WIDTH * WIDTH + square)
                 cols = tl.broadcast_to(partner[None, :], (WIDTH, WIDTH))
                 t_other = tl.gather(tile, cols, 1)
                 ta = tl.where(is_a[None, :], tile, t_other)
@@ -270,6 +300,10 @@ if triton is not None:
         tl.store(grad_x_ptr + row * n + wires, gx, mask=valid)
 
 
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
@@ -279,15 +313,28 @@ def _forward(
 ):
     batch, n = x.shape
     width = max(triton.next_power_of_2(n), 2)
-    values = torch.empty(batch, n, dtype=torch.float32, device=x.device)
-    perm = torch.empty(batch, n, n, dtype=torch.float32, device=x.device)
+    dtype = _compute_dtype(x)
+    values = torch.empty(batch, n, dtype=dtype, device=x.device)
+    perm = torch.empty(batch, n, n, dtype=dtype, device=x.device)
     if batch > 0:
         _sort_kernel[(batch,)](
             x.contiguous(), values, perm, partner, flags, n, num_layers, float(steepness), float(lam),
-            WIDTH=width, KIND=kind, LIBDEVICE=x.is_cuda and not _interpreting(),
+            WIDTH=width, KIND=kind, LIBDEVICE=x.is_cuda and not _interpreting(), F64=dtype == torch.float64,
             num_warps=4 if width <= 64 else 8,
         )  # fmt: skip
     return values.to(x.dtype), perm.to(x.dtype)
+
+
+# Bytes of backward workspace (values and tiles of every layer, per row in flight): rows are processed in
+# launches of as many rows as fit, but never fewer than `_MIN_CHUNK_ROWS` (a smaller grid would idle the GPU).
+WORKSPACE_BYTES = 1 << 30
+_MIN_CHUNK_ROWS = 512
+
+
+def backward_chunk_rows(batch: int, width: int, num_layers: int, with_tile: bool, itemsize: int = 4) -> int:
+    """Rows per backward launch: as many as fit in `WORKSPACE_BYTES` (at least `_MIN_CHUNK_ROWS`)."""
+    per_row = itemsize * max(num_layers, 1) * width * (1 + (width if with_tile else 0))
+    return max(1, min(batch, max(_MIN_CHUNK_ROWS, WORKSPACE_BYTES // per_row)))
 
 
 def _backward(
@@ -303,16 +350,27 @@ def _backward(
 ) -> Tensor:
     batch, n = x.shape
     width = max(triton.next_power_of_2(n), 2)
-    grad_x = torch.zeros(batch, n, dtype=torch.float32, device=x.device)
-    if batch > 0 and (grad_values is not None or grad_perm is not None):
-        empty = grad_x.new_empty(0)
-        _sort_backward_kernel[(batch,)](
-            x.contiguous(),
-            empty if grad_values is None else grad_values.float().contiguous(),
-            empty if grad_perm is None else grad_perm.float().contiguous(),
-            grad_x, partner, flags, n, num_layers, float(steepness), float(lam),
+    dtype = _compute_dtype(x)
+    grad_x = torch.zeros(batch, n, dtype=dtype, device=x.device)
+    if batch == 0 or num_layers == 0 or (grad_values is None and grad_perm is None):
+        if grad_values is not None:
+            grad_x += grad_values.to(dtype)
+        return grad_x.to(x.dtype)
+    has_perm = grad_perm is not None
+    chunk = backward_chunk_rows(batch, width, num_layers, has_perm, torch.finfo(dtype).bits // 8)
+    ws_values = torch.empty(chunk, num_layers, width, dtype=dtype, device=x.device)
+    ws_tile = torch.empty(chunk if has_perm else 0, num_layers, width, width, dtype=dtype, device=x.device)
+    empty = grad_x.new_empty(0)
+    x = x.contiguous()
+    gv = empty if grad_values is None else grad_values.to(dtype).contiguous()
+    gp = empty if grad_perm is None else grad_perm.to(dtype).contiguous()
+    for start in range(0, batch, chunk):
+        rows = min(chunk, batch - start)
+        _sort_backward_kernel[(rows,)](
+            x, gv, gp, grad_x, partner, flags, ws_values, ws_tile, start, n, num_layers,
+            float(steepness), float(lam),
             WIDTH=width, KIND=kind, LIBDEVICE=x.is_cuda and not _interpreting(),
-            HAS_VALUES=grad_values is not None, HAS_PERM=grad_perm is not None,
+            HAS_VALUES=grad_values is not None, HAS_PERM=has_perm, F64=dtype == torch.float64,
             num_warps=4 if width <= 64 else 8,
         )  # fmt: skip
     return grad_x.to(x.dtype)
@@ -347,7 +405,7 @@ def sort_triton(
     distribution: str,
     art_lambda: float,
 ) -> tuple[Tensor, Tensor]:
-    """Sort rows of `x` with the Triton kernels (float32 mixing; the backward recomputes layer states per row)."""
+    """Sort rows of `x` with the Triton kernels (float32 mixing, float64 for float64 rows)."""
     if triton is None:
         raise RuntimeError("triton is not importable")
     if not math.isfinite(steepness):
