@@ -192,15 +192,19 @@ def section_sorting(ctx: dict[str, Any]) -> list[Row]:
                     "seconds": _median_time(fwd_bwd, ctx["reps"], device),
                     "peak_mb": _peak_mb(fwd_bwd, device),
                 }
-            leaf64 = x.double().requires_grad_()
+            # float64 reference gradient of the first rows (rows are independent; the reference path's
+            # float64 graph of 12544 rows would need tens of GB)
+            sub = min(batch, 2048)
+            leaf64 = x[:sub].double().requires_grad_()
             _, perm64 = DiffSort(network, n, steepness, "cauchy", backend="reference").to(device)(leaf64)
-            (perm64 * weight.double()).sum().backward()
+            (perm64 * weight[:sub].double()).sum().backward()
 
             def rel(a: torch.Tensor, b: torch.Tensor) -> float:
                 return ((a.double() - b.double()).abs().max() / b.double().abs().max()).item()
 
             error = rel(grads["neco"], grads["diffsort"])
-            neco64, diffsort64 = rel(grads["neco"], leaf64.grad), rel(grads["diffsort"], leaf64.grad)
+            neco64 = rel(grads["neco"][:sub], leaf64.grad)
+            diffsort64 = rel(grads["diffsort"][:sub], leaf64.grad)
             del leaf64, perm64
             ours, ref = timings["neco"], timings["diffsort"]
 
@@ -211,7 +215,7 @@ def section_sorting(ctx: dict[str, Any]) -> list[Row]:
             value = (
                 f"neco {fmt(ours)}; diffsort {fmt(ref)}; "
                 f"{ref['seconds'] / ours['seconds']:.1f}x faster; grad rel. error vs diffsort {error:.1e}, "
-                f"vs float64 reference: neco {neco64:.1e}, diffsort {diffsort64:.1e}"
+                f"vs float64 reference (first {sub} rows): neco {neco64:.1e}, diffsort {diffsort64:.1e}"
             )
             row = _row(
                 "sorting",

@@ -76,7 +76,7 @@ if triton is not None:
         elif KIND == 2:
             ad = tl.abs(d) + 1e-10
             if LIBDEVICE:
-                q = libdevice.pow(ad, lam)
+                q = libdevice.pow(ad, lam + tl.zeros_like(ad))  # both operands in the row dtype
             else:  # rounded once, like torch's pow
                 q = tl.exp(lam * tl.log(ad.to(tl.float64))).to(ad.dtype)
             alpha = 1.0 / (1.0 + tl.exp(-(d * s / q)))
@@ -327,7 +327,7 @@ def _forward(
 
 # Bytes of backward workspace (values and tiles of every layer, per row in flight): rows are processed in
 # launches of as many rows as fit, but never fewer than `_MIN_CHUNK_ROWS` (a smaller grid would idle the GPU).
-WORKSPACE_BYTES = 1 << 30
+WORKSPACE_BYTES = 256 << 20
 _MIN_CHUNK_ROWS = 512
 
 
