@@ -288,53 +288,63 @@ class NeCoLoss(nn.Module):
                 for g in range(num_global):
                     mask = teacher_masks[g] if teacher_masks is not None else None
                     self.queue.push_grid(g, teacher_grids[g], mask, self.queue_push_per_image, generator)
-            fill = int(self.queue.fill.min())
+            fills = self.queue.fill.tolist()  # one host read per step; `sample` then needs none
+            fill = min(fills)
             queue_ready = fill >= self.num_references
             diagnostics["queue_fill"] = float(fill)
             diagnostics["queue_batch_fallback"] = float(not queue_ready)
 
+        # Which query rows of each pair count, read to the host once for all pairs (no sync per pair).
+        pairs = [(g, v) for g in range(num_global) for v in range(num_views) if v != g]
+        keeps = []
+        for g, v in pairs:
+            weight = valid[:, g, v, None].expand(batch, self.num_references)  # (B, Q)
+            if teacher_masks is not None:
+                aligned = roi_align_mask(teacher_masks[g], boxes[:, g, v, 0], patch_size, self.roi_size)
+                weight = weight & aligned.flatten(1)  # (B, Q)
+            keeps.append(weight.reshape(-1))
+        keep_all = (
+            torch.stack(keeps) if keeps else torch.zeros(0, batch * self.num_references, dtype=torch.bool)
+        )
+        keep_host = keep_all.cpu()  # (pairs, B*Q)
+        any_valid = valid.any(dim=0).tolist()  # (G, V) nested lists
+
         student_scores, teacher_scores, weights, pair_ids = [], [], [], []
         pair_of: list[tuple[int, int]] = []
-        for g in range(num_global):
-            for v in range(num_views):
-                if v == g:
-                    continue
-                pair_valid = valid[:, g, v]  # (B,)
-                if not bool(pair_valid.any()):
-                    continue
-                teacher = roi_align_grid(teacher_grids[g], boxes[:, g, v, 0], patch_size, self.roi_size)
-                student = roi_align_grid(student_grids[v], boxes[:, g, v, 1], patch_size, self.roi_size)
-                teacher = teacher.flatten(2).transpose(1, 2)  # (B, Q, C)
-                student = student.flatten(2).transpose(1, 2).float()  # (B, Q, C)
-                weight = pair_valid[:, None].expand(batch, self.num_references)  # (B, Q)
-                if teacher_masks is not None:
-                    aligned = roi_align_mask(teacher_masks[g], boxes[:, g, v, 0], patch_size, self.roi_size)
-                    weight = weight & aligned.flatten(1)  # (B, Q)
-                references = None
-                if queue_ready:
-                    references = self.queue.sample(g, batch, self.num_references, generator)
-                if references is None:
-                    references = batch_references(
-                        teacher,
-                        self.num_references,
-                        sample_valid=pair_valid,
-                        query_mask=weight if teacher_masks is not None else None,
-                        generator=generator,
-                    )
-                keep = weight.reshape(-1)  # (B*Q,): only rows that count are sorted
-                if not bool(keep.any()):
-                    continue
-                references = references.detach().float()
-                with _full_precision(device):
-                    scores_s = _similarity.similarity(student, references, self.similarity)  # (B, Q, K)
-                    with torch.no_grad():
-                        scores_t = _similarity.similarity(teacher, references, self.similarity)  # (B, Q, K)
-                scores_s, scores_t = scores_s.flatten(0, 1), scores_t.flatten(0, 1)  # (B*Q, K)
-                student_scores.append(scores_s[keep])
-                teacher_scores.append(scores_t[keep])
-                weights.append(torch.ones(int(keep.sum()), device=device))
-                pair_ids.append(torch.full((int(keep.sum()),), len(pair_of), device=device, dtype=torch.long))
-                pair_of.append((g, v))
+        for (g, v), keep, keep_rows in zip(pairs, keeps, keep_host):
+            if not any_valid[g][v]:
+                continue
+            pair_valid = valid[:, g, v]  # (B,)
+            teacher = roi_align_grid(teacher_grids[g], boxes[:, g, v, 0], patch_size, self.roi_size)
+            student = roi_align_grid(student_grids[v], boxes[:, g, v, 1], patch_size, self.roi_size)
+            teacher = teacher.flatten(2).transpose(1, 2)  # (B, Q, C)
+            student = student.flatten(2).transpose(1, 2).float()  # (B, Q, C)
+            references = None
+            if queue_ready:
+                references = self.queue.sample(g, batch, self.num_references, generator, filled=fills[g])
+            if references is None:
+                references = batch_references(
+                    teacher,
+                    self.num_references,
+                    sample_valid=pair_valid,
+                    query_mask=keep.reshape(batch, -1) if teacher_masks is not None else None,
+                    generator=generator,
+                )
+            rows = keep_rows.nonzero().squeeze(1)  # only rows that count are sorted
+            if rows.numel() == 0:
+                continue
+            rows = rows.to(device, non_blocking=True)
+            references = references.detach().float()
+            with _full_precision(device):
+                scores_s = _similarity.similarity(student, references, self.similarity)  # (B, Q, K)
+                with torch.no_grad():
+                    scores_t = _similarity.similarity(teacher, references, self.similarity)  # (B, Q, K)
+            scores_s, scores_t = scores_s.flatten(0, 1), scores_t.flatten(0, 1)  # (B*Q, K)
+            student_scores.append(scores_s.index_select(0, rows))
+            teacher_scores.append(scores_t.index_select(0, rows))
+            weights.append(torch.ones(rows.numel(), device=device))
+            pair_ids.append(torch.full((rows.numel(),), len(pair_of), device=device, dtype=torch.long))
+            pair_of.append((g, v))
 
         if not pair_of:
             # Nothing to compare: a zero that still reaches every student grid, so backward() works.
@@ -365,17 +375,21 @@ class NeCoLoss(nn.Module):
 
         with torch.no_grad():
             off_diagonal = ~torch.eye(num_global, num_views, dtype=torch.bool, device=device)
-            diagnostics["loss"] = float(loss.detach())
             diagnostics["pairs"] = float(num_pairs)
             diagnostics["rows"] = float(rows.shape[0])
-            diagnostics["valid_fraction"] = (
-                float(valid[:, off_diagonal].float().mean()) if off_diagonal.any() else 0.0
-            )
-            # How hard the teacher's soft ranks are (1 = a permutation): watch it next to the loss.
-            diagnostics["teacher_perm_max"] = float(teacher_perm.amax(dim=2).mean())
-            diagnostics["student_perm_max"] = float(student_perm.detach().amax(dim=2).mean())
+            on_device = {
+                "loss": loss.detach(),
+                # How hard the teacher's soft ranks are (1 = a permutation): watch it next to the loss.
+                "teacher_perm_max": teacher_perm.amax(dim=2).mean(),
+                "student_perm_max": student_perm.detach().amax(dim=2).mean(),
+            }
+            if num_global * num_views > num_global:  # any off-diagonal (g, v)
+                on_device["valid_fraction"] = valid[:, off_diagonal].float().mean()
+            else:
+                diagnostics["valid_fraction"] = 0.0
             if teacher_masks is not None:
-                diagnostics["mask_fraction"] = float(
-                    torch.stack([m.float().mean() for m in teacher_masks]).mean()
-                )
+                on_device["mask_fraction"] = torch.stack([m.float().mean() for m in teacher_masks]).mean()
+            # One device-to-host read for all of them.
+            values = torch.stack([t.float() for t in on_device.values()]).tolist()
+            diagnostics.update(zip(on_device, values))
         return NeCoOutput(loss=loss, diagnostics=diagnostics)

@@ -172,12 +172,20 @@ class ReferenceQueue(nn.Module):
 
     @torch.no_grad()
     def sample(
-        self, index: int, batch: int, num_references: int, generator: torch.Generator | None = None
+        self,
+        index: int,
+        batch: int,
+        num_references: int,
+        generator: torch.Generator | None = None,
+        filled: int | None = None,
     ) -> Tensor | None:
-        """K distinct filled rows per image -> (B, K, C), or None while fewer than K rows are filled."""
+        """K distinct filled rows per image -> (B, K, C), or None while fewer than K rows are filled.
+
+        `filled` is `fill[index]` when the caller already read it (saves a device-to-host sync).
+        """
         if not self.initialised:
             return None
-        filled = int(self.fill[index])
+        filled = int(self.fill[index]) if filled is None else int(filled)
         if filled < num_references:
             return None
         device = generator.device if generator is not None else self.queue.device

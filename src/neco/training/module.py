@@ -117,7 +117,7 @@ class NeCoModule(L.LightningModule):
         self._schedules: dict[str, Any] = {}
         self.data_position: tuple[int, int] = (0, 0)
         self._resume_position: tuple[int, int] | None = None
-        self._loss_window: list[float] = []
+        self._loss_window: list[Tensor] = []
 
     # ------------------------------------------------------------------------------------------
     # modes and setup
@@ -286,7 +286,7 @@ class NeCoModule(L.LightningModule):
                 self.log(f"train/{key}", float(value), batch_size=batch_size)
         if self.global_step % self.config.run.diagnostics_every == 0:
             self._log_collapse(teacher_tokens[0])
-        self._log_window_mean(float(loss.detach()))
+        self._log_window_mean(loss.detach())
         return loss
 
     def _check_finite(self, loss: Tensor, diagnostics: dict[str, float], batch: dict[str, Any]) -> None:
@@ -315,11 +315,11 @@ class NeCoModule(L.LightningModule):
                 self.log("train/lr_head", group["lr"])
         self.log("train/momentum", self.current_momentum(self._schedule_step))
 
-    def _log_window_mean(self, loss: float) -> None:
+    def _log_window_mean(self, loss: Tensor) -> None:
         """Every `run.log_every` steps write the mean loss of those steps (`train/loss_avg`, smoother)."""
-        self._loss_window.append(loss)
+        self._loss_window.append(loss)  # kept on the device: read to the host once per window
         if len(self._loss_window) >= self.config.run.log_every:
-            mean = sum(self._loss_window) / len(self._loss_window)
+            mean = float(torch.stack([t.float() for t in self._loss_window]).mean())
             self._loss_window = []
             if self.trainer is not None and self.trainer.is_global_zero:
                 for logger in self.loggers:
