@@ -121,8 +121,17 @@ def test_resume_auto_skips_a_dangling_link_and_a_corrupt_newest_file(
     newest = ckpts / "step_00000002.ckpt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # truncated
     result = train(_config(out, scenes, "optim.max_steps=3", "run.ckpt_every_steps=1"), resume="auto")
-    assert result.global_step == 3  # continued from step 1, not a new run
-    assert _load(ckpts / "step_00000003.ckpt")["step"] == 3
+    assert result.global_step == 3 and _load(ckpts / "step_00000003.ckpt")["step"] == 3
+    assert _logged_steps(out) == 2  # continued from step 1 (a new run would log 3 steps)
+
+
+def _logged_steps(out: Path) -> int:
+    """Training steps logged by the newest CSV log of a run."""
+    import csv
+
+    newest = max((out / "csv").glob("version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    with open(newest) as handle:
+        return sum(1 for row in csv.DictReader(handle) if row.get("train/loss"))
 
 
 # -- 8. garbage inside a checkpoint --------------------------------------------------------------

@@ -19,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "section.key=value, e.g. data.root=/data/coco loss.steepness_student=50."
         ),
     )
-    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/small/neco_dinov2r.yaml")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML file, or the name of a preset installed with neco (tiny_cpu, small/neco_dinov2r, ...)",
+    )
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides section.key=value (values parsed as YAML)"
     )
@@ -73,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    config = load_config(args.config, overrides)
+    config = load_config(_config_file(args.config), overrides)
     print(f"neco train: writing to {config.run.out_dir}", file=sys.stderr)
     try:
         result = train(
@@ -112,3 +116,17 @@ def _newest(out_dir: str) -> str | None:
 
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     return str(last.resolve()) if last.exists() else None
+
+
+def _config_file(value: str) -> str:
+    """`--config` as given when it is a file, else the installed preset of that name (if there is one)."""
+    from pathlib import Path
+
+    from neco.training.presets import preset_path
+
+    if Path(value).is_file():
+        return value
+    try:
+        return str(preset_path(value))
+    except FileNotFoundError:
+        return value  # load_config names the missing file
