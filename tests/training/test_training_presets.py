@@ -81,7 +81,14 @@ def test_train_accepts_a_preset_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     """`neco train --config small/neco_dino` reads the installed preset (it then fails on its data root)."""
     from neco.cli import main
 
-    common = ["model.pretrained=false", "--out", str(tmp_path / "run"), "--no-progress", "--accelerator", "cpu"]
+    common = [
+        "model.pretrained=false",
+        "--out",
+        str(tmp_path / "run"),
+        "--no-progress",
+        "--accelerator",
+        "cpu",
+    ]
     assert main(["train", "--config", "small/neco_dino", *common]) == 2
     assert "`data.root` must be set to the coco image folder" in capsys.readouterr().err
     assert main(["train", "--config", "small/no_such", *common]) == 2
