@@ -53,6 +53,10 @@ class TrainingAborted(BaseException):
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (full disk, size limit, permissions); names the file and its size."""
 
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)  # one argument: str() is the message alone, without "[Errno N]"
+        self.errno = code
+
 
 def _mb(size: float) -> str:
     return f"{size / 2**20:.1f} MB"
