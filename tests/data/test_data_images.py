@@ -130,3 +130,18 @@ def test_coco_imagenet_voc_kinds(tmp_path):
     (voc / "sets").mkdir()
     (voc / "sets" / "trainaug.txt").write_text("2007_000032\n2008_000001\n")
     assert [p.stem for p in build_image_source("voc", voc).files] == ["2007_000032", "2008_000001"]
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits(tmp_path):
+    """A 16-bit grayscale PNG keeps its contrast: values are scaled by 255/65535, not clipped to white."""
+    ramp = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)  # 0 .. 65520
+    path = tmp_path / "deep.png"
+    Image.fromarray(ramp).save(path)
+    with Image.open(path) as check:
+        assert check.mode in ("I;16", "I")
+    source = build_image_source("folder", tmp_path)
+    rgb = np.asarray(source.load(0))
+    assert rgb.shape == (64, 64, 3) and (rgb[..., 0] == rgb[..., 2]).all()
+    expected = np.round(ramp.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    assert np.abs(rgb[..., 0].astype(int) - expected).max() <= 1
+    assert (rgb == 255).mean() < 0.01  # was 99.6% white

@@ -124,3 +124,55 @@ def test_stripe_classes_have_their_orientation():
             dy = np.abs(np.diff(gray, axis=0))[:, 1:][inside].mean()
             dx = np.abs(np.diff(gray, axis=1))[1:, :][inside].mean()
             assert (dy > 1.5 * dx) if along_y else (dx > 1.5 * dy), (class_id, seed, dx, dy)
+
+
+def test_killed_generation_leaves_no_partial_folder(tmp_path, monkeypatch):
+    """A generation stopped midway (kill, Ctrl-C) leaves no half-written output: a rerun just works."""
+    import neco.data.synthetic as synthetic
+
+    original = synthetic._save_image
+    calls = []
+
+    def dying(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt  # stands in for the kill
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(synthetic, "_save_image", dying)
+    out = tmp_path / "scenes"
+    with pytest.raises(KeyboardInterrupt):
+        write_scenes(out, num_train=4, num_val=1, size=32, progress=False)
+    assert not out.exists()  # nothing was renamed into place
+    assert list(tmp_path.iterdir()) == []  # and the temporary folder is gone
+    monkeypatch.setattr(synthetic, "_save_image", original)
+    write_scenes(out, num_train=4, num_val=1, size=32, progress=False)
+    assert (out / "scenes.json").is_file() and len(list((out / "images").iterdir())) == 5
+
+
+def test_sigkilled_generation_is_not_refused_afterwards(tmp_path):
+    """A SIGKILL mid-generation leaves only a hidden temporary folder, removed by the next run."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "scenes"
+    code = (
+        "import neco.data.synthetic as s, os, signal\n"
+        "orig = s._save_image\n"
+        "n = [0]\n"
+        "def save(*a, **k):\n"
+        "    n[0] += 1\n"
+        "    if n[0] == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return orig(*a, **k)\n"
+        "s._save_image = save\n"
+        f"s.write_scenes({str(out)!r}, num_train=4, num_val=1, size=32, progress=False)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    assert not out.exists()
+    time.sleep(0.1)
+    write_scenes(out, num_train=4, num_val=1, size=32, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes"]  # the orphan was cleaned up

@@ -113,13 +113,15 @@ def test_ctrl_c_then_resume_is_exact(
             assert torch.equal(state_a[index][name], state_b[index][name])
 
 
-def test_second_ctrl_c_aborts_but_saves(
+def test_second_ctrl_c_aborts_without_a_mid_step_save(
     tmp_path: Path, scenes: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A second Ctrl-C aborts the step at once; a checkpoint of the last finished step is still written."""
+    """A second Ctrl-C aborts the step at once and saves nothing (a mid-step state would not resume
+    exactly); the last saved step stays `last.ckpt`."""
     import signal
 
     from neco.training import module as module_mod
+    from neco.training.checkpoint import TrainingAborted
 
     original = module_mod.NeCoModule.training_step
 
@@ -130,11 +132,12 @@ def test_second_ctrl_c_aborts_but_saves(
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(module_mod.NeCoModule, "training_step", interrupting)
-    with pytest.raises(SystemExit):
-        train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=3"))
-    signal.signal(signal.SIGINT, signal.default_int_handler)  # Lightning ignores SIGINT after an interrupt
-    checkpoint = _load(tmp_path / "checkpoints" / "last.ckpt")
-    assert checkpoint["step"] == 1 and checkpoint["format"] == "neco-checkpoint"
+    with pytest.raises(TrainingAborted) as aborted:
+        train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=1"))
+    assert aborted.value.signum == signal.SIGINT
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler was removed
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.ckpt")) == ["step_00000001.ckpt"]
+    assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 1
 
 
 def test_stop_at_step_keeps_schedules(tmp_path: Path, scenes: Path, full_run) -> None:

@@ -13,8 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Generate synthetic texture scenes, evaluate the starting backbone (Hummingbird retrieval, linear "
             "segmentation, overclustering; several seeds), post-train it with NeCo, evaluate again, and write "
-            "DIR/report.html, DIR/report.md and DIR/results.json. Rerunning into the same DIR reuses the scenes "
-            "and the training checkpoints."
+            "DIR/report.html, DIR/report.md and DIR/results.json. Rerunning into the same DIR reuses a part "
+            "(scenes, training) only when its settings are unchanged and redoes the others, saying which."
         ),
     )
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 __all__ = ["register"]
@@ -18,7 +19,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "section.key=value, e.g. data.root=/data/coco loss.steepness_student=50."
         ),
     )
-    parser.add_argument("--config", required=True, help="YAML preset, e.g. configs/small/neco_dinov2r.yaml")
+    parser.add_argument(
+        "--config",
+        required=True,
+        help="YAML file, or the name of a preset installed with neco (tiny_cpu, small/neco_dinov2r, ...)",
+    )
     parser.add_argument(
         "overrides", nargs="*", help="dotted overrides section.key=value (values parsed as YAML)"
     )
@@ -37,6 +42,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a new run even where the output folder holds checkpoints (deletes them)",
+    )
+    parser.add_argument(
+        "--allow-config-change",
+        action="store_true",
+        help="on --resume, accept changed model / crops / loss / data settings (recorded in the run)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     parser.set_defaults(func=run)
 
@@ -44,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler of `neco train`."""
     from neco.data.images import UnreadableImagesError
+    from neco.training.checkpoint import CheckpointWriteError, TrainingAborted
     from neco.training.config import load_config
     from neco.training.module import NonFiniteLossError
     from neco.training.run import train
@@ -61,19 +77,56 @@ def run(args: argparse.Namespace) -> int:
         value = getattr(args, flag)
         if value is not None:
             overrides.append(f"{key}={value}")
-    config = load_config(args.config, overrides)
+    config = load_config(_config_file(args.config), overrides)
     print(f"neco train: writing to {config.run.out_dir}", file=sys.stderr)
     try:
-        result = train(config, resume=args.resume, progress=False if args.no_progress else None)
-    except (NonFiniteLossError, UnreadableImagesError) as err:
+        result = train(
+            config,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            allow_config_change=args.allow_config_change,
+            progress=False if args.no_progress else None,
+        )
+    except (NonFiniteLossError, UnreadableImagesError, CheckpointWriteError, MemoryError) as err:
         print(f"neco train: error: {err}", file=sys.stderr)
         return 1
-    last = result.last_checkpoint or "none"
-    if result.interrupted:
+    except TrainingAborted as aborted:
+        last = aborted.last_saved or _newest(config.run.out_dir)
         print(
-            f"neco train: interrupted at step {result.global_step}; resume with --resume {last}",
+            f"neco train: {aborted.args[0].split(';')[0]} (nothing saved mid-step); "
+            + (f"resume from the last saved step with --resume {last}" if last else "no checkpoint yet"),
             file=sys.stderr,
         )
-        return 130
+        return 128 + aborted.signum
+    last = result.last_checkpoint or "none"
+    if result.interrupted:
+        name = signal.Signals(result.stop_signal or signal.SIGINT).name
+        print(
+            f"neco train: stopped by {name} at step {result.global_step}; resume with --resume {last}",
+            file=sys.stderr,
+        )
+        return 128 + int(result.stop_signal or signal.SIGINT)
     print(f"neco train: done, {result.global_step} steps; last checkpoint {last}", file=sys.stderr)
     return 0
+
+
+def _newest(out_dir: str) -> str | None:
+    """`last.ckpt` of `out_dir` when there is one (a run aborted before its first save in this process)."""
+    from pathlib import Path
+
+    last = Path(out_dir) / "checkpoints" / "last.ckpt"
+    return str(last.resolve()) if last.exists() else None
+
+
+def _config_file(value: str) -> str:
+    """`--config` as given when it is a file, else the installed preset of that name (if there is one)."""
+    from pathlib import Path
+
+    from neco.training.presets import preset_path
+
+    if Path(value).is_file():
+        return value
+    try:
+        return str(preset_path(value))
+    except FileNotFoundError:
+        return value  # load_config names the missing file

@@ -23,13 +23,17 @@ JointTransform = Callable[[Image.Image, np.ndarray], Any]
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """Read an image file as RGB (grayscale, palette, RGBA and CMYK are converted)."""
+    """Read an image file as RGB (grayscale incl. 16-bit, palette, RGBA and CMYK are converted)."""
     with Image.open(path) as image:
         image.load()
         if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
             image = image.convert("RGBA")
             background = Image.new("RGBA", image.size, (255, 255, 255, 255))
             return Image.alpha_composite(background, image).convert("RGB")
+        if image.mode.startswith("I;16") or image.mode == "I":
+            # 16-bit grayscale: PIL's RGB conversion clips values above 255 (a 16-bit image turns white).
+            deep = np.clip(np.asarray(image, dtype=np.float64), 0, 65535)
+            image = Image.fromarray(np.round(deep * (255 / 65535)).astype(np.uint8), mode="L")
         return image.convert("RGB")
 
 

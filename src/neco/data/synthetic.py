@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -375,6 +377,7 @@ def write_scenes(
     manifest = out_dir / "scenes.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"scenes output {out_dir}: exists and is not a directory")
+    advice = "choose another folder, delete it, or replace it with `neco make-scenes DIR --overwrite`"
     if manifest.is_file() and not overwrite:
         try:
             previous = json.loads(manifest.read_text())
@@ -384,26 +387,59 @@ def write_scenes(
             return out_dir
         if previous != settings:
             raise FileExistsError(
-                f"scenes output {out_dir}: holds scenes made with other settings ({manifest}); "
-                "choose another folder or pass --overwrite (overwrite=True)"
+                f"scenes output {out_dir}: holds scenes made with other settings ({manifest}); {advice} "
+                "(overwrite=True)"
             )
     elif out_dir.is_dir() and any(out_dir.iterdir()) and not manifest.is_file() and not overwrite:
         raise FileExistsError(
-            f"scenes output {out_dir}: the folder is not empty and has no scenes.json; "
-            "choose another folder or pass --overwrite (overwrite=True)"
+            f"scenes output {out_dir}: the folder is not empty and has no scenes.json; {advice} (overwrite=True)"
         )
-    if overwrite:
-        for name in _OWNED:
-            target = out_dir / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
-    _generate_all(out_dir, settings, progress)
-    from neco.utils.io import write_json  # light import; written last: marks the output complete
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    _remove_orphans(out_dir)
+    # Generated beside the target and renamed into place: a kill midway never leaves a partial output.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
+    try:
+        _generate_all(staging, settings, progress)
+        from neco.utils.io import write_json  # light import; written last: marks the output complete
 
-    write_json(settings, manifest)
+        write_json(settings, staging / "scenes.json")
+        _move_into_place(staging, out_dir)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
     return out_dir
+
+
+def _remove_orphans(out_dir: Path) -> None:
+    """Delete staging folders of `out_dir` left by generations that were killed (their process is gone)."""
+    for orphan in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
+        try:
+            pid = int(orphan.name.split(".partial-", 1)[1].split("-", 1)[0])
+            os.kill(pid, 0)
+            alive = pid != os.getpid()
+        except (ValueError, IndexError, ProcessLookupError):
+            alive = False
+        except PermissionError:
+            alive = True
+        if not alive and orphan.is_dir():
+            shutil.rmtree(orphan, ignore_errors=True)
+
+
+def _move_into_place(staging: Path, out_dir: Path) -> None:
+    """Rename the finished `staging` folder to `out_dir`; into an existing folder, swap only our entries."""
+    if out_dir.is_dir() and not any(out_dir.iterdir()):
+        out_dir.rmdir()
+    if not out_dir.exists():
+        os.replace(staging, out_dir)
+        return
+    for name in reversed(_OWNED):  # scenes.json goes first and comes back last: it marks a complete output
+        target = out_dir / name
+        if target.is_dir():
+            shutil.rmtree(target)
+        elif target.exists():
+            target.unlink()
+    for name in _OWNED:
+        os.replace(staging / name, out_dir / name)
 
 
 def _generate_all(out_dir: Path, settings: dict[str, Any], progress: bool) -> None:

@@ -2,8 +2,9 @@
 
 Everything runs on the CPU in minutes with no download: the scenes are generated, and the default
 backbone (`vit_tiny_scenes`) is a tiny ViT shipped in the package, pretrained at image level by
-`neco pretrain-tiny`. Outputs are reused when the demo is rerun into the same folder (scenes,
-trained checkpoint), so an interrupted demo picks up where it stopped.
+`neco pretrain-tiny`. Rerun into the same folder, each part (scenes, training, evaluations) is reused
+only when its settings fingerprint is unchanged (`neco.demo.parts`), so an interrupted demo picks up
+where it stopped and a demo with other settings redoes what they change, and says so.
 """
 
 from __future__ import annotations
@@ -192,10 +193,20 @@ def train_config(
     return load_config(_tiny_preset(), [*settings, *overrides])
 
 
-def _tiny_preset() -> Path | None:
-    """configs/tiny_cpu.yaml of a source checkout, or None (the built-in defaults plus overrides)."""
-    candidate = Path(__file__).resolve().parents[3] / "configs" / "tiny_cpu.yaml"
-    return candidate if candidate.is_file() else None
+def _tiny_preset() -> Path:
+    """The installed `tiny_cpu` preset (package data); a missing preset is an error, not the defaults."""
+    from neco.training.presets import preset_path
+
+    return preset_path("tiny_cpu")
+
+
+def _file_identity(path: str | None) -> dict[str, Any] | None:
+    """Path, size and modification time of a weights file: a changed file changes the fingerprint."""
+    if path is None:
+        return None
+    file = Path(path).expanduser()
+    stat = file.stat() if file.is_file() else None
+    return {"path": str(file.resolve()), "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
 
 
 def _read_metrics(run_dir: Path) -> dict[str, list[float]]:
@@ -229,6 +240,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         save_retrieval_figure,
         save_segmentation_comparison,
     )
+    from neco.demo.parts import Parts, fingerprint
     from neco.demo.report import summary_lines, write_reports
     from neco.evaluation import Features, backbone_identity
     from neco.training.run import train
@@ -236,9 +248,11 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     out = ensure_writable_dir(cfg.out, "--out")
     config = get_config(cfg.backbone)  # ValueError listing the known names
-    scenes = write_scenes(
-        out / "scenes", cfg.num_train, cfg.num_val, cfg.image_size, seed=0, progress=cfg.progress
-    )
+    parts = Parts(out)
+    scene_settings = {"num_train": cfg.num_train, "num_val": cfg.num_val, "image_size": cfg.image_size, "seed": 0}
+    parts.prepare("scenes", scene_settings, ("scenes",))
+    scenes = write_scenes(out / "scenes", cfg.num_train, cfg.num_val, cfg.image_size, seed=0, progress=cfg.progress)
+    parts.record("scenes", scene_settings)
     train_set = build_segmentation_dataset("scenes", scenes, "train")
     val_set = build_segmentation_dataset("scenes", scenes, "val")
 
@@ -253,7 +267,21 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     log.info(f"evaluating the starting backbone {cfg.backbone} ({config.description})")
     before = evaluate_backbone(before_model, train_set, val_set, cfg, "before")
 
-    steps = cfg.train_steps or _estimate_steps(cfg, scenes, start_weights)
+    training_settings = {
+        "scenes": fingerprint(scene_settings),
+        "backbone": cfg.backbone,
+        "weights": _file_identity(cfg.weights),
+        "random_init": cfg.random_init,
+        "steps": cfg.train_steps,
+        "minutes": cfg.minutes if cfg.train_steps is None else None,
+        **{k: getattr(cfg, k) for k in ("batch_size", "lr_backbone", "ema_momentum", "teacher_steepness", "image_size")},
+        "preset": fingerprint({"text": _tiny_preset().read_text()}),
+    }
+    _, reuse_training = parts.prepare("training", training_settings, ("neco_run", "neco_probe"))
+    previous_steps = parts.previous.get("training", {}).get("resolved_steps") if reuse_training else None
+    # A reused run keeps its step count: re-estimating from this machine's speed would change the run.
+    steps = previous_steps or cfg.train_steps or _estimate_steps(cfg, scenes, start_weights)
+    parts.record("training", training_settings, resolved_steps=steps)
     run_dir = out / "neco_run"
     log.info(f"NeCo post-training for {steps} steps (about {cfg.minutes:g} min)")
     train_cfg = train_config(cfg, scenes, run_dir, steps, start_weights)
@@ -308,6 +336,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         figures["retrieval"] = "retrieval.png"
 
     rates = [r for r in curves["images_per_s"] if math.isfinite(r)]
+    evaluation_settings = {
+        "scenes": fingerprint(scene_settings),
+        "training": fingerprint(training_settings),
+        "backbone": cfg.backbone,
+        "weights": _file_identity(cfg.weights),
+        **{k: getattr(cfg, k) for k in ("eval_seeds", "hummingbird_memory", "linear_epochs", "overcluster_k")},
+    }
+    parts.status["evaluations"] = "run"  # evaluations are not cached: always computed
+    parts.record("evaluations", evaluation_settings)
+    log.info(f"demo parts: {parts.summary()}")
     results = {
         "settings": {
             **{
@@ -343,6 +381,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "loss_first": curves["loss"][0] if curves["loss"] else None,
             "loss_last": curves["loss"][-1] if curves["loss"] else None,
         },
+        "parts": dict(parts.status),
         "figures": figures,
         "explore": "explore.html",
         "figure_captions": {
@@ -366,6 +405,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     write_reports(results, out)
     for line in summary_lines(results):
         print(line)
+    print(f"parts: {parts.summary()}")
     print(f"report: {out / 'report.html'} ({results['seconds_total']:.0f} s)")
     return results
 

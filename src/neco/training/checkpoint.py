@@ -1,9 +1,12 @@
-"""Checkpoints: atomic writes, periodic saves with a `last.ckpt` link, Ctrl-C saves, resume checks."""
+"""Checkpoints: atomic writes, periodic saves with a `last.ckpt` link, signal saves, resume checks."""
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import signal
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +19,74 @@ from neco.utils.logging import get_logger
 
 __all__ = [
     "AtomicCheckpointIO",
+    "CheckpointWriteError",
     "PeriodicCheckpoint",
-    "resolve_resume",
+    "TrainingAborted",
+    "check_fresh_start",
+    "check_free_space",
     "check_resume_compatible",
+    "check_tensors_finite",
+    "estimate_checkpoint_bytes",
+    "read_checkpoint",
+    "remove_orphan_temporaries",
+    "resolve_resume",
     "LAST_NAME",
 ]
 
 LAST_NAME = "last.ckpt"
+STEP_GLOB = "step_*.ckpt"
+
+
+class TrainingAborted(BaseException):
+    """A second Ctrl-C / SIGTERM: the run stops at once without saving (the last saved step is kept).
+
+    A BaseException like KeyboardInterrupt, so no `except Exception` on the way swallows it, but not a
+    KeyboardInterrupt, which Lightning turns into `sys.exit(1)`.
+    """
+
+    def __init__(self, signum: int, last_saved: Path | None) -> None:
+        super().__init__(f"aborted by {signal.Signals(signum).name}; last checkpoint: {last_saved or 'none'}")
+        self.signum = signum
+        self.last_saved = last_saved
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, size limit, permissions); names the file and its size."""
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message)  # one argument: str() is the message alone, without "[Errno N]"
+        self.errno = code
+
+
+def _mb(size: float) -> str:
+    return f"{size / 2**20:.1f} MB"
+
+
+def _write_error(path: Path, err: BaseException, needed: int | None) -> CheckpointWriteError:
+    """A one-line error naming the checkpoint, the cause (ENOSPC / EFBIG found in the chain) and the space."""
+    cause, seen = None, err
+    while seen is not None and cause is None:
+        if isinstance(seen, OSError) and seen.errno is not None:
+            cause = seen
+        seen = seen.__cause__ or seen.__context__
+    text = f"{err}"
+    if cause is not None:
+        reason = os.strerror(cause.errno)
+    elif "write failed" in text or "No space" in text:
+        reason = "the file write failed (full disk or file size limit)"
+    else:
+        reason = f"{type(err).__name__}: {text.splitlines()[0] if text else ''}"
+    try:
+        free = f"{_mb(shutil.disk_usage(path.parent).free)} free there"
+    except OSError:
+        free = "free space unknown"
+    size = f"needs about {_mb(needed)}" if needed else "size unknown"
+    code = cause.errno if cause is not None else errno.EIO
+    return CheckpointWriteError(code, f"could not write checkpoint {path}: {reason} ({size}; {free})")
+
+
+def _checkpoint_bytes(checkpoint: dict[str, Any]) -> int:
+    return sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,8 +95,11 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
-        """Save `checkpoint` to `path` atomically."""
-        atomic_torch_save(checkpoint, path)
+        """Save `checkpoint` to `path` atomically; a failed write names the file and the space it needs."""
+        try:
+            atomic_torch_save(checkpoint, path)
+        except (OSError, RuntimeError) as err:
+            raise _write_error(Path(path), err, _checkpoint_bytes(checkpoint)) from err
 
     def load_checkpoint(
         self, path: Any, map_location: Any | None = None, weights_only: bool | None = None
@@ -68,9 +135,13 @@ class PeriodicCheckpoint(L.Callback):
     had been interrupted there; `--resume` continues it.
 
     `last.ckpt` always names the newest complete checkpoint. A NaN loss raises before the step's save,
-    so the last good checkpoint stays. The first Ctrl-C asks the run to stop after the current step and
-    save a resumable checkpoint; a second Ctrl-C interrupts at once (a checkpoint is still attempted).
+    so the last good checkpoint stays. The first Ctrl-C or SIGTERM (SLURM preemption, `docker stop`)
+    asks the run to stop after the current step and save a resumable checkpoint (`stop_signal` says
+    which); a second one raises `TrainingAborted` at once and saves nothing, because a state taken
+    mid-step would not resume exactly: the last saved step is kept.
     """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(
         self, directory: str | Path, every_steps: int, keep: int = 3, stop_at_step: int | None = None
@@ -83,36 +154,50 @@ class PeriodicCheckpoint(L.Callback):
         self.keep = keep
         self.stop_at_step = stop_at_step
         self.last_saved_step: int | None = None
+        self.last_saved: Path | None = None
         self.stop_requested = False
+        self.stop_signal: int | None = None
         self.interrupted = False
-        self._previous_handler: Any = None
+        # Settings changed on resume, carried in every checkpoint.
+        self.config_changes: list[dict[str, Any]] = []
+        self._previous_handlers: dict[int, Any] = {}
 
-    # -- Ctrl-C ---------------------------------------------------------------------------------
+    # -- signals --------------------------------------------------------------------------------
 
-    def _on_sigint(self, signum: int, frame: Any) -> None:
+    def _on_signal(self, signum: int, frame: Any) -> None:
         if self.stop_requested:
-            raise KeyboardInterrupt
+            raise TrainingAborted(signum, self.last_saved)
         self.stop_requested = True
+        self.stop_signal = signum
+        name = signal.Signals(signum).name
         get_logger("neco.training").warning(
-            "Ctrl-C: stopping after this step and saving a resumable checkpoint (press again to abort now)"
+            f"{name}: stopping after this step and saving a resumable checkpoint "
+            "(a second signal aborts at once and keeps the last saved step)"
         )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        """Install the Ctrl-C handler (main thread only)."""
+        """Install the SIGINT / SIGTERM handlers (main thread only; replaces Lightning's SIGTERM exit)."""
         import threading
 
         if threading.current_thread() is threading.main_thread():
-            self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
+            for signum in self.SIGNALS:
+                self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_handler(self) -> None:
-        if self._previous_handler is not None:
-            import threading
+        import threading
 
-            if threading.current_thread() is threading.main_thread():
-                signal.signal(signal.SIGINT, self._previous_handler)
-            self._previous_handler = None
+        if self._previous_handlers and threading.current_thread() is threading.main_thread():
+            for signum, handler in self._previous_handlers.items():
+                signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+        self._previous_handlers = {}
 
     # -- saving ---------------------------------------------------------------------------------
+
+    def on_save_checkpoint(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
+    ) -> None:
+        """Carry the history of settings changed on resume (step, {key: [old, new]})."""
+        checkpoint["config_changes"] = list(self.config_changes)
 
     def save(self, trainer: L.Trainer) -> Path:
         """Write the checkpoint of the current step (every rank calls this; rank 0 writes)."""
@@ -124,10 +209,11 @@ class PeriodicCheckpoint(L.Callback):
             self._prune()
         trainer.strategy.barrier("neco-checkpoint")
         self.last_saved_step = step
+        self.last_saved = path
         return path
 
     def _prune(self) -> None:
-        steps = sorted(self.directory.glob("step_*.ckpt"))
+        steps = sorted(self.directory.glob(STEP_GLOB))
         newest = (
             os.readlink(self.directory / LAST_NAME) if (self.directory / LAST_NAME).is_symlink() else None
         )
@@ -144,13 +230,15 @@ class PeriodicCheckpoint(L.Callback):
     def on_train_batch_end(
         self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        """Save on schedule, or now when a Ctrl-C asked to stop."""
+        """Save on schedule, or now when a signal asked to stop."""
         stop = self._sync_stop(trainer)
         planned_stop = self.stop_at_step is not None and trainer.global_step >= self.stop_at_step
         if stop or planned_stop or trainer.global_step % self.every_steps == 0:
             self.save(trainer)
         if stop:
             self.interrupted = True
+            if self.stop_signal is None:  # another rank received it
+                self.stop_signal = signal.SIGTERM
         if stop or planned_stop:
             trainer.should_stop = True
 
@@ -163,31 +251,148 @@ class PeriodicCheckpoint(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        """A second Ctrl-C: try to save; any other error keeps the last good checkpoint untouched."""
+        """Any error or abort keeps the last saved checkpoint untouched (nothing is saved mid-step)."""
         self._restore_handler()
-        if isinstance(exception, KeyboardInterrupt) and self.last_saved_step != trainer.global_step:
+        if isinstance(exception, TrainingAborted | KeyboardInterrupt):
             self.interrupted = True
-            if not trainer.is_global_zero:
-                return
-            try:
-                path = self.directory / f"step_{trainer.global_step:08d}.ckpt"
-                # Single-process write: other ranks may be gone after an interrupt.
-                pl_module.single_process_save = True
-                trainer.strategy.checkpoint_io.save_checkpoint(
-                    trainer._checkpoint_connector.dump_checkpoint(), path
-                )
-                _point_last(self.directory, path)
-            except Exception as err:  # noqa: BLE001 - best effort on the way out
-                get_logger("neco.training").warning(f"could not save a checkpoint after Ctrl-C: {err}")
+
+
+def _tensors(value: Any, prefix: str = "") -> Iterator[torch.Tensor]:
+    for _, tensor in _named_tensors(value, prefix):
+        yield tensor
+
+
+def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts / lists, with a dotted name."""
+    if torch.is_tensor(value):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _named_tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from _named_tensors(item, f"{prefix}[{index}]")
+
+
+def check_tensors_finite(checkpoint: dict[str, Any], path: str | Path) -> None:
+    """Raise ValueError naming the first tensors of `checkpoint` holding NaN or infinity (corrupt file)."""
+    bad = [
+        name
+        for name, tensor in _named_tensors(checkpoint)
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"checkpoint {path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}; "
+            "the file is corrupt (or was saved from a diverged run)"
+        )
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a neco training checkpoint (weights_only) and check it: format keys present, all tensors finite."""
+    path = Path(path)
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any load failure means an unusable file
+        raise ValueError(
+            f"checkpoint {path}: not a readable checkpoint ({type(err).__name__}: {err})"
+        ) from err
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "neco-checkpoint":
+        raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no `format: neco-checkpoint`)")
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no state_dict)")
+    check_tensors_finite(checkpoint, path)
+    return checkpoint
+
+
+def step_checkpoints(checkpoint_dir: Path) -> list[Path]:
+    """The `step_*.ckpt` files of a run, newest first."""
+    return sorted(Path(checkpoint_dir).glob(STEP_GLOB), reverse=True)
+
+
+def check_fresh_start(checkpoint_dir: Path, overwrite: bool) -> None:
+    """Refuse a new run where checkpoints exist (a forgotten `--resume`); `overwrite` deletes them instead."""
+    existing = step_checkpoints(checkpoint_dir)
+    last = Path(checkpoint_dir) / LAST_NAME
+    if not existing and not last.is_symlink() and not last.exists():
+        return
+    if not overwrite:
+        names = ", ".join(p.name for p in existing[:3]) or LAST_NAME
+        raise FileExistsError(
+            f"{checkpoint_dir} already holds checkpoints of a run ({names}); pass --resume auto to continue "
+            "it, --overwrite to delete them and start again, or choose another --out"
+        )
+    for old in [*existing, last]:
+        old.unlink(missing_ok=True)
+    get_logger("neco.training").warning(
+        f"--overwrite: deleted {len(existing)} old checkpoint(s) in {checkpoint_dir}"
+    )
+
+
+def remove_orphan_temporaries(checkpoint_dir: Path) -> list[Path]:
+    """Delete the `.*.tmp` files that killed checkpoint writes leave behind; return them."""
+    orphans = [p for p in Path(checkpoint_dir).glob(".*.tmp") if p.is_file() or p.is_symlink()]
+    for orphan in orphans:
+        orphan.unlink(missing_ok=True)
+    if orphans:
+        get_logger("neco.training").info(
+            f"removed {len(orphans)} unfinished checkpoint write(s) in {checkpoint_dir}"
+        )
+    return orphans
+
+
+def estimate_checkpoint_bytes(module: L.LightningModule) -> int:
+    """Size of one full checkpoint: the state dict, the separate backbone / head copies, AdamW's 2 moments."""
+    state = sum(t.numel() * t.element_size() for t in module.state_dict().values())
+    trainable = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
+    return 2 * state + 2 * trainable
+
+
+def check_free_space(checkpoint_dir: Path, needed: int) -> None:
+    """Refuse to start when the checkpoint folder's disk cannot hold one more checkpoint."""
+    free = shutil.disk_usage(checkpoint_dir).free
+    if free < needed:
+        raise CheckpointWriteError(
+            errno.ENOSPC,
+            f"checkpoint folder {checkpoint_dir}: one checkpoint needs about {_mb(needed)} but only "
+            f"{_mb(free)} are free there; free some space or choose another --out",
+        )
+
+
+def _newest_readable(checkpoint_dir: Path) -> Path | None:
+    """`last.ckpt`'s target, else the newest `step_*` file that reads back whole; None when there is none."""
+    last = checkpoint_dir / LAST_NAME
+    candidates: list[Path] = []
+    if last.exists():
+        candidates.append(last.resolve())
+    elif last.is_symlink():
+        get_logger("neco.training").warning(f"--resume auto: {last} points to a missing file; ignoring it")
+    candidates += [p.resolve() for p in step_checkpoints(checkpoint_dir) if p.resolve() not in candidates]
+    problems = []
+    for candidate in candidates:
+        try:
+            read_checkpoint(candidate)
+        except ValueError as err:
+            problems.append(str(err))
+            get_logger("neco.training").warning(f"--resume auto: skipping {candidate}: {err}")
+            continue
+        if problems:
+            get_logger("neco.training").warning(f"--resume auto: using the previous checkpoint {candidate}")
+        return candidate
+    if problems:
+        raise ValueError(
+            f"--resume auto: none of the {len(problems)} checkpoint(s) in {checkpoint_dir} is readable: "
+            + "; ".join(problems[:3])
+        )
+    return None
 
 
 def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
-    """`--resume` value -> checkpoint path: None, 'auto' (last.ckpt if present) or an existing file."""
+    """`--resume` value -> checkpoint path: None, 'auto' (newest readable checkpoint, if any) or a file."""
     if resume is None:
         return None
     if resume == "auto":
-        last = checkpoint_dir / LAST_NAME
-        return last.resolve() if last.exists() else None
+        return _newest_readable(Path(checkpoint_dir))
     path = Path(resume).expanduser()
     if path.is_dir():
         path = path / LAST_NAME if (path / LAST_NAME).exists() else path / "checkpoints" / LAST_NAME
@@ -196,16 +401,15 @@ def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
     return path.resolve()
 
 
-def check_resume_compatible(path: Path, module: L.LightningModule) -> None:
-    """Fail with a clear message when `path` is not a neco training checkpoint of this architecture."""
+def check_resume_compatible(path: Path, module: L.LightningModule) -> dict[str, Any]:
+    """Fail with a clear message when `path` is not a sound neco checkpoint of this architecture.
+
+    Returns the loaded checkpoint (every tensor checked finite).
+    """
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as err:  # noqa: BLE001 - any load failure means an unusable file
-        raise ValueError(f"--resume {path}: not a readable checkpoint ({type(err).__name__}: {err})") from err
-    if checkpoint.get("format") != "neco-checkpoint" or "state_dict" not in checkpoint:
-        raise ValueError(
-            f"--resume {path}: not a neco training checkpoint (no `format: neco-checkpoint` / state_dict)"
-        )
+        checkpoint = read_checkpoint(path)
+    except ValueError as err:
+        raise ValueError(f"--resume {err}") from err
     config = module.config
     mine = {"backbone": config.model.backbone, "num_register_tokens": int(module.student.num_register_tokens)}
     theirs = {
@@ -238,3 +442,4 @@ def check_resume_compatible(path: Path, module: L.LightningModule) -> None:
         raise ValueError(
             f"--resume {path}: checkpoint does not match the configured architecture: {'; '.join(details)}"
         )
+    return checkpoint

@@ -184,6 +184,8 @@ class NeCoModule(L.LightningModule):
         wd = float(self._schedule("wd", oc.weight_decay, oc.weight_decay_end)(step))
         for optimizer in self.trainer.optimizers:
             for group in optimizer.param_groups:
+                # From the config, not the restored optimizer state: a resume may change the learning rate.
+                group["base_lr"] = oc.lr_head if group.get("name", "").startswith("head") else oc.lr_backbone
                 group["lr"] = float(
                     self._schedule(f"lr-{group['base_lr']}", group["base_lr"], oc.lr_end)(step)
                 )

@@ -28,6 +28,8 @@ class TrainResult:
     global_step: int
     interrupted: bool
     metrics: dict[str, float]
+    stop_signal: int | None = None
+    config_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
 
 
 def _accelerator(config: TrainConfig) -> str:
@@ -68,9 +70,23 @@ def _loggers(config: TrainConfig, out_dir: Path) -> list[Any]:
     return loggers
 
 
+def _device_count(config: TrainConfig, accelerator: str) -> int:
+    """Processes the run spans: devices per node (auto: every visible GPU, one CPU process) times nodes."""
+    devices = config.run.devices
+    if devices == "auto":
+        devices = max(1, torch.cuda.device_count()) if accelerator == "gpu" else 1
+    return int(devices) * config.run.num_nodes
+
+
 def _strategy(config: TrainConfig, accelerator: str) -> Any:
     strategy = config.run.strategy
-    if strategy == "ddp":
+    multi = _device_count(config, accelerator) > 1
+    if multi and strategy not in ("auto", "ddp"):
+        raise ValueError(
+            f"`run.strategy` must be 'auto' or 'ddp' for a multi-device run (neco's DDP keeps each rank's "
+            f"reference queue) but is {strategy!r}"
+        )
+    if strategy == "ddp" or multi:
         from lightning.pytorch.strategies import DDPStrategy
 
         # Per-rank reference queues are the method's design: do not overwrite them with rank 0's.
@@ -124,29 +140,50 @@ def build_trainer(config: TrainConfig, out_dir: Path, callbacks: list[Any]) -> A
     )
 
 
+def _is_launching_rank() -> bool:
+    """True in the process that starts the run (Lightning launches the other ranks later with RANK set)."""
+    import os
+
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0
+
+
 def train(
     config: TrainConfig,
     *,
     resume: str | None = None,
+    overwrite: bool = False,
+    allow_config_change: bool = False,
     progress: bool | None = None,
     callbacks: Sequence[Any] = (),
 ) -> TrainResult:
     """Train NeCo as `config` says; `resume` is None, 'auto' or a checkpoint path. Returns a summary.
 
-    `callbacks` are extra Lightning callbacks (e.g. `neco.training.attention_callback.AttentionValidation`).
+    A new run refuses a folder that already holds checkpoints unless `overwrite` (which deletes them).
+    On resume, settings that may change (see `neco.training.resume`) are applied from the resume step
+    and recorded; others are refused unless `allow_config_change`. `callbacks` are extra Lightning
+    callbacks (e.g. `neco.training.attention_callback.AttentionValidation`).
     """
     import lightning as L
 
-    from neco.training.checkpoint import PeriodicCheckpoint, check_resume_compatible, resolve_resume
+    from neco.training import checkpoint as ckpt
     from neco.training.datamodule import NeCoDataModule
     from neco.training.module import NeCoModule
+    from neco.training.preflight import check_crop_sizes, check_sort_memory
+    from neco.training.resume import check_config_change, record_changes
     from neco.utils.io import ensure_writable_dir
 
     if progress is not None:
         config = dataclasses.replace(config, run=dataclasses.replace(config.run, progress=progress))
     out_dir = ensure_writable_dir(config.run.out_dir, "run.out_dir").resolve()
-    checkpoint_dir = out_dir / "checkpoints"
-    ckpt_path = resolve_resume(resume, checkpoint_dir)
+    checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "run.out_dir (its checkpoints folder)")
+    accelerator = _accelerator(config)
+    _strategy(config, accelerator)  # a bad strategy fails before anything is built
+    launching = _is_launching_rank()
+    if launching:
+        ckpt.remove_orphan_temporaries(checkpoint_dir)
+    ckpt_path = ckpt.resolve_resume(resume, checkpoint_dir)
+    if ckpt_path is None and launching:
+        ckpt.check_fresh_start(checkpoint_dir, overwrite)
     L.seed_everything(config.run.seed, workers=True, verbose=False)
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
@@ -154,11 +191,26 @@ def train(
     if config.data.kind != "synthetic":
         datamodule.setup()  # fail on a missing / empty data folder before building the model
     module = NeCoModule(config)
+    check_crop_sizes(config, module.patch_size)
+    check_sort_memory(config, "cuda" if accelerator == "gpu" else "cpu")
+    changes: dict[str, tuple[Any, Any]] = {}
+    resume_step = 0
     if ckpt_path is not None:
-        check_resume_compatible(ckpt_path, module)
-    checkpointer = PeriodicCheckpoint(
+        stored = ckpt.check_resume_compatible(ckpt_path, module)
+        changes = check_config_change(stored.get("config"), config, ckpt_path, allow=allow_config_change)
+        resume_step = int(stored.get("step", 0))
+        history = list(stored.get("config_changes", []))
+        del stored
+    else:
+        history = []
+    ckpt.check_free_space(checkpoint_dir, ckpt.estimate_checkpoint_bytes(module))
+    checkpointer = ckpt.PeriodicCheckpoint(
         checkpoint_dir, config.run.ckpt_every_steps, config.run.keep_checkpoints, config.run.stop_at_step
     )
+    significant = {k: v for k, v in changes.items() if k not in ("run.out_dir", "run.progress")}
+    if significant:
+        history.append({"step": resume_step, "changes": {k: list(v) for k, v in significant.items()}})
+    checkpointer.config_changes = history
     all_callbacks: list[Any] = [checkpointer, *callbacks]
     if config.run.validation.enabled:
         from neco.training.validation import KMeansValidation
@@ -174,10 +226,13 @@ def train(
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     if trainer.is_global_zero:
         save_config(config, out_dir / "config.yaml")
+        log = get_logger("neco.training")
+        if significant:
+            record_changes(out_dir, resume_step, significant)
+            listed = ", ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in significant.items())
+            log.warning(f"settings changed on resume at step {resume_step} (applied from here on): {listed}")
         where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
-        get_logger("neco.training").info(
-            f"training into {out_dir} ({where}); checkpoints in {checkpoint_dir}"
-        )
+        log.info(f"training into {out_dir} ({where}); checkpoints in {checkpoint_dir}")
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / "last.ckpt"
     metrics = {
@@ -190,4 +245,6 @@ def train(
         global_step=int(trainer.global_step),
         interrupted=checkpointer.interrupted,
         metrics=metrics,
+        stop_signal=checkpointer.stop_signal,
+        config_changes=significant,
     )

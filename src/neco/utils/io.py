@@ -61,6 +61,8 @@ def write_json(obj: Any, path: str | os.PathLike) -> Path:
 def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
     """Create `path` if needed and check that it is a writable directory, naming `option` on failure."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{option} {path}: exists and is not a directory")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as err:

@@ -1,0 +1,98 @@
+"""What may change when a run is resumed: compare the checkpoint's configuration with the new one.
+
+Settings that only steer the optimisation from here on (learning rates, weight decay, EMA momentum,
+the step to stop at, gradient clipping) and bookkeeping (logging, checkpoint cadence, output folder,
+progress bar, validation) may change on resume: they are applied from the resume step and recorded
+in the run (`config_changes.yaml` and the checkpoint). Everything else (model, crops, loss, data,
+seed, devices, precision) defines what the checkpoint is; changing it is refused with the list of
+differences unless explicitly allowed (`--allow-config-change`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from neco.training.config import TrainConfig, config_to_dict
+
+__all__ = ["RESUMABLE", "ConfigChangeError", "config_differences", "check_config_change", "record_changes"]
+
+# Dotted prefixes of the settings that may change on resume.
+RESUMABLE = (
+    "optim.",
+    "run.out_dir",
+    "run.log_every",
+    "run.diagnostics_every",
+    "run.ckpt_every_steps",
+    "run.keep_checkpoints",
+    "run.stop_at_step",
+    "run.loggers",
+    "run.progress",
+    "run.compile",
+    "run.validation.",
+    "data.num_workers",
+)
+CHANGES_FILE = "config_changes.yaml"
+
+
+class ConfigChangeError(ValueError):
+    """Resuming with settings that cannot change on resume (model, crops, loss, data, ...)."""
+
+
+def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(values, dict):
+        flat: dict[str, Any] = {}
+        for key, value in values.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): values}
+
+
+def config_differences(stored: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
+    """`{dotted key: (stored value, new value)}` for every setting that differs (new keys count as changed)."""
+    old, new = _flatten(stored), _flatten(config_to_dict(config))
+    return {
+        key: (old.get(key), new.get(key))
+        for key in sorted(set(old) | set(new))
+        if old.get(key) != new.get(key)
+    }
+
+
+def _resumable(key: str) -> bool:
+    return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE)
+
+
+def check_config_change(
+    stored: dict[str, Any] | None, config: TrainConfig, path: Path, *, allow: bool = False
+) -> dict[str, tuple[Any, Any]]:
+    """The differences between the checkpoint's config and `config`; raise on a fixed setting unless `allow`."""
+    if not stored:
+        return {}
+    differences = config_differences(stored, config)
+    fixed = {k: v for k, v in differences.items() if not _resumable(k)}
+    if fixed and not allow:
+        listed = "; ".join(f"`{k}`: {old!r} -> {new!r}" for k, (old, new) in fixed.items())
+        raise ConfigChangeError(
+            f"--resume {path}: the checkpoint was trained with other settings that cannot change on resume: "
+            f"{listed}. Use the checkpoint's settings (its config is stored in it and in config.yaml), start "
+            "a new run, or pass --allow-config-change to continue anyway (recorded in the run)"
+        )
+    return differences
+
+
+def record_changes(out_dir: Path, step: int, differences: dict[str, tuple[Any, Any]]) -> Path:
+    """Append the changes made at `step` to `<out_dir>/config_changes.yaml` (atomic rewrite)."""
+    from neco.utils.io import atomic_write
+
+    path = Path(out_dir) / CHANGES_FILE
+    history: list[Any] = []
+    if path.is_file():
+        loaded = yaml.safe_load(path.read_text())
+        history = loaded if isinstance(loaded, list) else []
+    history.append(
+        {"step": int(step), "changes": {k: {"from": old, "to": new} for k, (old, new) in differences.items()}}
+    )
+    text = yaml.safe_dump(history, sort_keys=False)
+    return atomic_write(path, lambda handle: handle.write(text), mode="w")
