@@ -87,38 +87,39 @@ def _base(annotation: Any) -> tuple[Any, bool]:
     return annotation, False
 
 
+def _shown(default: Any) -> str:
+    if default is None:
+        return "none"
+    return " ".join(map(str, default)) if isinstance(default, tuple | list) else str(default)
+
+
 def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     base, optional = _base(annotation)
     meta = field.metadata
     default = field.default if field.default is not _MISSING else field.default_factory()  # type: ignore[misc]
-    shown = (
-        "none"
-        if default is None
-        else (" ".join(map(str, default)) if isinstance(default, tuple | list) else default)
-    )
-    help_text = f"{meta.get('help', '')} (default: {shown})".strip()
-    kwargs: dict[str, Any] = {"dest": field.name, "default": default, "help": help_text}
+    kwargs: dict[str, Any] = {
+        "dest": field.name,
+        "default": default,
+        "help": f"{meta.get('help', '')} (default: {_shown(default)})".strip(),
+    }
     if meta.get("choices"):
         # shown in the usage, validated by `validate` so that the message names the option like the others
         kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
     if base is bool:
-        kwargs["action"] = argparse.BooleanOptionalAction
-        return kwargs
-    origin = typing.get_origin(base)
-    if origin in (tuple, list):
+        return {**kwargs, "action": argparse.BooleanOptionalAction}
+    if typing.get_origin(base) in (tuple, list):
         args = typing.get_args(base)
-        item = args[0]
-        kwargs["type"] = item
-        kwargs["nargs"] = "+" if (origin is list or (len(args) == 2 and args[1] is Ellipsis)) else len(args)
-        kwargs["metavar"] = field.name.upper().rstrip("S") if kwargs["nargs"] == "+" else None
-        if kwargs["metavar"] is None:
-            kwargs.pop("metavar")
-        return kwargs
-    kwargs["type"] = base if base in (int, float, str, Path) else str
+        variadic = typing.get_origin(base) is list or (len(args) == 2 and args[1] is Ellipsis)
+        if variadic:
+            name = field.name.upper()
+            kwargs.setdefault("metavar", name[:-3] + "Y" if name.endswith("IES") else name.removesuffix("S"))
+        return {**kwargs, "type": args[0], "nargs": "+" if variadic else len(args)}
     if optional and base in (int, float):
-        kind = base
-        kwargs["type"] = lambda text, kind=kind: None if text.lower() in ("none", "null") else kind(text)
-    return kwargs
+        return {
+            **kwargs,
+            "type": lambda text, kind=base: None if text.lower() in ("none", "null") else kind(text),
+        }
+    return {**kwargs, "type": base if base in (int, float, str, Path) else str}
 
 
 def add_options(group: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
