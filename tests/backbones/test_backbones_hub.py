@@ -35,10 +35,12 @@ def test_every_registered_name_is_an_entry_point() -> None:
 
 
 def test_hubconf_works_without_neco_installed(tmp_path) -> None:
-    # A fresh interpreter with the installed (editable) neco hidden from sys.path: hubconf must put
+    # A fresh interpreter with the installed (editable) neco hidden: hubconf must put
     # the repository's own src/ first.
     code = (
         "import sys; sys.path[:] = [p for p in sys.path if not p.rstrip('/').endswith('/src')]\n"
+        # an editable install may also find neco through a meta-path finder (setuptools' __editable__ hook)
+        "sys.meta_path[:] = [f for f in sys.meta_path if not getattr(f, '__module__', '').startswith('__editable__')]\n"
         "import importlib.util\n"
         "assert importlib.util.find_spec('neco') is None, 'neco still importable'\n"
         "import torch\n"
