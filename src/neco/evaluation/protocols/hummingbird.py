@@ -34,6 +34,7 @@ __all__ = [
     "build_memory_bank",
     "predict_soft_labels",
     "evaluate_queries",
+    "predict_masks",
     "scored_miou",
 ]
 
@@ -161,6 +162,20 @@ def predict_soft_labels(
 
 
 @torch.no_grad()
+def predict_masks(
+    features: torch.Tensor,
+    bank: MemoryBank,
+    searcher: Any,
+    size: tuple[int, int],
+    k: int = 30,
+    temperature: float = 0.02,
+) -> torch.Tensor:
+    """Class maps (B, *size): soft labels of the k nearest memory patches, bilinearly upsampled, argmax."""
+    scores = predict_soft_labels(features, bank, searcher, k, temperature)
+    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
+
+
+@torch.no_grad()
 def evaluate_queries(
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     bank: MemoryBank,
@@ -169,18 +184,12 @@ def evaluate_queries(
     *,
     k: int = 30,
     temperature: float = 0.02,
-    keeper: Any = None,
-    images: Iterable[torch.Tensor] | None = None,
 ) -> ConfusionMatrix:
-    """Predict every (features, masks) batch, upsample bilinearly to the mask size, argmax, count."""
-    image_iter = iter(images) if images is not None else None
+    """Predict every (features, masks) batch at the mask size and count it in `confusion`."""
     for features, masks in batches:
-        scores = predict_soft_labels(features, bank, searcher, k, temperature)
-        scores = F.interpolate(scores, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-        pred = scores.argmax(dim=1)  # (B, H, W)
-        confusion.update(pred, masks)
-        if keeper is not None and image_iter is not None:
-            keeper.offer(images=next(image_iter), masks=masks, predictions=pred, features=features)
+        confusion.update(
+            predict_masks(features, bank, searcher, tuple(masks.shape[-2:]), k, temperature), masks
+        )
     return confusion
 
 
@@ -258,17 +267,11 @@ class Hummingbird(Protocol):
             for images, masks, _ in ctx.iterate(
                 ctx.loader(val, EvalResize(ctx.input_size)), "hummingbird queries"
             ):
-                grids = features(images)
-                evaluate_queries(
-                    [(grids, masks.to(ctx.device))],
-                    bank,
-                    searcher,
-                    confusion,
-                    k=settings.k,
-                    temperature=settings.temperature,
-                    keeper=keeper,
-                    images=[images],
-                )
+                grids, masks = features(images), masks.to(ctx.device)
+                size = (masks.shape[-2], masks.shape[-1])
+                pred = predict_masks(grids, bank, searcher, size, settings.k, settings.temperature)
+                confusion.update(pred, masks)
+                keeper.offer(images=images, masks=masks, predictions=pred, features=grids)
         iou, mapping = scored_miou(confusion, settings.matching, settings.miou_average)
         metrics = {
             "miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
