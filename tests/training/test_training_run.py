@@ -11,37 +11,18 @@ from pathlib import Path
 import lightning as L
 import pytest
 import torch
+from tiny_runs import FAST, PRESET, write_small_scenes
 
 from neco.training.config import load_config
 from neco.training.run import train
 
-ROOT = Path(__file__).resolve().parents[2]
-PRESET = ROOT / "configs" / "tiny_cpu.yaml"
-# Smallest settings that still exercise every part: 4x4 / 2x2 token grids, 3x3 ROI grids, 2 images.
-FAST = [
-    "data.batch_size=2",
-    "data.crops.global_size=32",
-    "data.crops.local_size=16",
-    "data.crops.num_local=2",
-    "loss.roi_size=3",
-    "loss.queue_size=32",
-    "model.head_hidden_dim=64",
-    "model.head_out_dim=32",
-    "data.synthetic_images=8",
-    "data.synthetic_size=48",
-    "run.loggers=[csv]",
-    "run.progress=false",
-    "run.log_every=1",
-    "run.diagnostics_every=2",
-]
+FAST = [*FAST, "run.diagnostics_every=2"]
 
 
 @pytest.fixture(scope="module")
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Generated scenes shared by the runs of this module."""
-    from neco.data.synthetic import write_scenes
-
-    return write_scenes(tmp_path_factory.mktemp("scenes"), num_train=8, num_val=4, size=48, progress=False)
+    return write_small_scenes(tmp_path_factory.mktemp("scenes"))
 
 
 def _config(out_dir: Path, scenes: Path, *extra: str):
