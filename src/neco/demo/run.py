@@ -198,10 +198,16 @@ def _tiny_preset() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
+_PER_STEP = ("teacher_perm_max", "student_perm_max")  # logged with the loss
+_COLLAPSE = ("mean_pairwise_cosine", "effective_rank")  # logged every `run.diagnostics_every` steps
+
+
 def _read_metrics(run_dir: Path) -> dict[str, list[float]]:
-    """Loss and throughput per step from the CSV logger of a training run."""
+    """Loss, throughput and collapse diagnostics per step from the CSV logger of a training run."""
     files = sorted(run_dir.rglob("metrics.csv"), key=lambda p: p.stat().st_mtime)
-    curves: dict[str, list[float]] = {"step": [], "loss": [], "images_per_s": []}
+    curves: dict[str, list[float]] = {
+        "step": [], "loss": [], "images_per_s": [], "diag_step": [], **{k: [] for k in _PER_STEP + _COLLAPSE}
+    }  # fmt: skip
     if not files:
         return curves
     with open(files[-1], newline="") as handle:
@@ -212,6 +218,12 @@ def _read_metrics(run_dir: Path) -> dict[str, list[float]]:
                 curves["loss"].append(float(loss))
                 rate = row.get("train/images_per_s") or row.get("images_per_s") or ""
                 curves["images_per_s"].append(float(rate) if rate else math.nan)
+                for key in _PER_STEP:
+                    curves[key].append(float(row.get(f"train/{key}") or math.nan))
+            if row.get("train/mean_pairwise_cosine"):
+                curves["diag_step"].append(float(row.get("step") or 0))
+                for key in _COLLAPSE:
+                    curves[key].append(float(row.get(f"train/{key}") or math.nan))
     return curves
 
 
@@ -225,6 +237,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     from neco.data.synthetic import write_scenes
     from neco.demo.figures import (
         save_curves,
+        save_diagnostics,
         save_pca_comparison,
         save_retrieval_figure,
         save_segmentation_comparison,
@@ -270,6 +283,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     if curves["loss"]:
         save_curves(curves["step"], curves["loss"], curves["images_per_s"], out / "curves.png")
         figures["curves"] = "curves.png"
+        save_diagnostics(curves, out / "diagnostics.png", references=train_cfg.loss.roi_size**2)
+        figures["diagnostics"] = "diagnostics.png"
     examples_before, examples_after = before["examples"]["hummingbird"], after["examples"]["hummingbird"]
     if examples_before is not None and examples_after is not None:
         images = examples_before.images
@@ -337,10 +352,17 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "checkpoint": str(result.last_checkpoint),
             "loss_first": curves["loss"][0] if curves["loss"] else None,
             "loss_last": curves["loss"][-1] if curves["loss"] else None,
+            # first and last logged value of each collapse diagnostic (report: how to read them)
+            "diagnostics": {k: [curves[k][0], curves[k][-1]] for k in _PER_STEP + _COLLAPSE if curves[k]},
+            "references": train_cfg.loss.roi_size**2,
         },
         "figures": figures,
         "figure_captions": {
             "curves": "NeCo loss and throughput per training step",
+            "diagnostics": "NeCo loss beside the collapse diagnostics. How to read them: a healthy run keeps "
+            "the teacher's P max well above 1/references (dashed), the mean patch cosine low and the effective "
+            "rank high; a collapsing one shows P max falling toward uniform, cosine rising toward 1 and rank "
+            "falling, while the loss climbs toward ln(references).",
             "pca": "first three principal components of the patch features as RGB, before and after",
             "segmentation": "Hummingbird retrieval segmentation of validation scenes, before and after",
             "retrieval": "nearest training patches (yellow) of a query patch (red), before and after",
