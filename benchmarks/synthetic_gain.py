@@ -372,10 +372,11 @@ def main(argv: list[str] | None = None) -> int:
                     per_seed[str(step)] = {p: scores[p] for p in protocols}
 
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
-    results.update({"settings": settings, "start_sha256": start_sha, "training_seconds": seconds})
+    results.update({"settings": settings, "start_sha256": start_sha})
     rows = table_rows(results)
     results["table"] = rows
     store.update(results)
+    store["training_seconds"] = seconds  # of this invocation (a finished run only resumes): not in --results
     _save_merged(store, store_path)
     if args.results is not None:
         write_json(results, args.results)
