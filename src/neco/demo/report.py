@@ -58,7 +58,7 @@ def headline(results: dict[str, Any]) -> str | None:
     pm = f" ± {statistics.pstdev(paired):.1f}" if len(paired) > 1 else ""
     spread = max(before["miou_std"], after["miou_std"])
     ratio = f"{abs(gain) / spread:.1f} times the evaluation spread" if spread > _SPREAD_FLOOR else "spread ~0"
-    verb = "improved" if gain > 0 else "lowered"
+    verb = "improved" if gain >= 0.05 else "lowered" if gain <= -0.05 else "changed"
     text = f"NeCo {verb} Hummingbird retrieval by {abs(gain):.1f}{pm} mIoU, {ratio}"
     control = ev.get("control")
     if control:  # only when a control without the NeCo loss ran
