@@ -9,11 +9,23 @@ from neco.demo.report import headline, render_html, render_markdown, summary_lin
 
 def _results() -> dict:
     return {
-        "settings": {"num_train": 10, "num_val": 4, "image_size": 64, "num_classes": 9, "eval_seeds": [0, 1, 2]},
+        "settings": {
+            "num_train": 10,
+            "num_val": 4,
+            "image_size": 64,
+            "num_classes": 9,
+            "eval_seeds": [0, 1, 2],
+        },
         "backbone": {"name": "vit_tiny_scenes", "description": "tiny"},
         "evaluations": {
-            "hummingbird": {"before": {"miou_mean": 40.0, "miou_std": 1.0}, "after": {"miou_mean": 46.5, "miou_std": 2.0}},
-            "linear": {"before": {"miou_mean": 50.0, "miou_std": 0.0}, "after": {"miou_mean": 49.0, "miou_std": 0.0}},
+            "hummingbird": {
+                "before": {"miou_mean": 40.0, "miou_std": 1.0},
+                "after": {"miou_mean": 46.5, "miou_std": 2.0},
+            },
+            "linear": {
+                "before": {"miou_mean": 50.0, "miou_std": 0.0},
+                "after": {"miou_mean": 49.0, "miou_std": 0.0},
+            },
         },
         "training": {"steps": 7, "seconds": 12.0, "images_per_s": 3.5},
         "figures": {"pca": "pca.png"},
@@ -47,12 +59,17 @@ def test_summary_lines_one_per_evaluation():
 
 def test_report_leads_with_the_answer():
     results = _results()
-    assert headline(results) == "NeCo improved Hummingbird retrieval by 6.5 mIoU, 3.2 times the evaluation spread."
+    assert (
+        headline(results)
+        == "NeCo improved Hummingbird retrieval by 6.5 mIoU, 3.2 times the evaluation spread."
+    )
     results["evaluations"]["hummingbird"]["before"]["miou_per_seed"] = [39.0, 40.0, 41.0]
     results["evaluations"]["hummingbird"]["after"]["miou_per_seed"] = [45.0, 47.0, 47.5]
     results["evaluations"]["hummingbird"]["control"] = {"miou_mean": 40.25, "miou_std": 1.0}
     sentence = headline(results)
-    assert sentence.startswith("NeCo improved Hummingbird retrieval by 6.5 ± 0.4 mIoU, 3.2 times")  # paired 6, 7, 6.5
+    assert sentence.startswith(
+        "NeCo improved Hummingbird retrieval by 6.5 ± 0.4 mIoU, 3.2 times"
+    )  # paired 6, 7, 6.5
     assert sentence.endswith("the control without the NeCo loss changed it by +0.2.")
     text = render_markdown(results)
     assert text.index(sentence) < text.index("| evaluation |")  # first, above the table
