@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import math
 import os
 import subprocess
 import sys
@@ -297,3 +298,39 @@ def test_periodic_kmeans_validation(tmp_path: Path, scenes: Path) -> None:
     with open(metrics) as handle:
         values = [float(r["val/kmeans_miou"]) for r in csv.DictReader(handle) if r.get("val/kmeans_miou")]
     assert len(values) == 1 and 0.0 < values[0] <= 100.0
+
+
+def test_control_run_zeroes_only_the_loss_gradient(tmp_path: Path, scenes: Path, full_run) -> None:
+    """`loss.weight=0`: the NeCo loss is logged but moves nothing; weight decay still shrinks the decayed weights."""
+    result = train(
+        _config(
+            tmp_path,
+            scenes,
+            "optim.max_steps=4",
+            "run.ckpt_every_steps=2",
+            "loss.weight=0",
+            "optim.weight_decay=0.5",
+            "optim.weight_decay_end=0.5",
+            "optim.lr_backbone=1e-2",
+        )
+    )
+    a = _load(result.checkpoint_dir / "step_00000002.ckpt")["student"]
+    b = _load(result.last_checkpoint)["student"]
+    factors = {}
+    for key, value in a.items():
+        ratio = b[key][value != 0] / value[value != 0]
+        # Every tensor is scaled by one factor: no gradient step, only the decoupled weight decay.
+        torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=0, atol=1e-5)
+        factors[key] = float(ratio.mean())
+    assert factors["blocks.0.norm1.weight"] == pytest.approx(1.0, abs=1e-6)  # no-decay group: untouched
+    assert factors["blocks.0.attn.qkv.weight"] < 0.999  # decayed group: shrunk
+    # The NeCo run with the same start moves the no-decay weights too.
+    full_a = _load(full_run.checkpoint_dir / "step_00000002.ckpt")["student"]
+    full_b = _load(full_run.last_checkpoint)["student"]
+    assert not torch.equal(full_a["blocks.0.norm1.weight"], full_b["blocks.0.norm1.weight"])
+    (metrics,) = (tmp_path / "csv").glob("version_*/metrics.csv")
+    with open(metrics) as handle:
+        losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]
+    assert len(losses) == 4 and all(math.isfinite(x) and x > 0 for x in losses)  # still the NeCo loss
+    with pytest.raises(ValueError, match="loss.weight"):
+        _config(tmp_path, scenes, "loss.weight=-1")

@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", dest="image_format", default="jpg", help="image files: jpg or png (default jpg)"
     )
+    parser.add_argument(
+        "--family",
+        default="developer",
+        choices=("developer", "heldout"),
+        help="generator family: developer (the demo's) or heldout (other textures and shapes, tuned on nothing)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
@@ -44,6 +50,7 @@ def _run(args: argparse.Namespace) -> int:
         image_format=args.image_format,
         overwrite=args.overwrite,
         progress=not args.no_progress,
+        family=args.family,
     )
     print(f"scenes: {args.num_train} train + {args.num_val} val images of {args.size} px in {out}")
     return 0

@@ -8,8 +8,13 @@ radial blobs of varied scale; later objects occlude earlier ones. Texture period
 at 96-128 px and patch size 8 a patch sees about one period: a network that learned dense
 texture semantics retrieves the right class, a random one does much worse.
 
+A second family, `family="heldout"` (HELDOUT_CLASSES: bricks, hexagonal dots, waves, spirals,
+triangle lattices, speckle, sunbursts, basket weave over cloud noise, in rectangles, squircles and
+triangles), shares no texture or shape generator with the first: nothing was tuned on it, so it tells
+whether a gain travels beyond the generator the settings were chosen on.
+
 Only numpy and Pillow are used (no torch), so the generator is cheap to import from any test.
-Deterministic: image `i` of a split depends only on (seed, split, i).
+Deterministic: image `i` of a split depends only on (seed, split, i) (and the family).
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from PIL import Image, ImageDraw
 
 __all__ = [
     "SCENE_CLASSES",
+    "SCENE_FAMILIES",
+    "HELDOUT_CLASSES",
     "SCENES_FORMAT",
     "generate_scene",
     "generate_scenes",
@@ -46,6 +53,20 @@ SCENE_CLASSES: tuple[str, ...] = (
     "zigzag",
     "crosshatch",
     "grid",
+)
+
+# A second generator family that nothing was tuned on (`family="heldout"`): other textures, other
+# shapes and another background, so a gain measured on it is not a gain tuned to the first family.
+HELDOUT_CLASSES: tuple[str, ...] = (
+    "background",  # two-octave cloud noise
+    "bricks",
+    "hexdots",  # dots on a hexagonal lattice
+    "waves",  # sinusoidal stripes
+    "spiral",
+    "triangles",  # three line families at 60 degrees
+    "speckle",  # fine random pixel blocks
+    "sunburst",  # rays from the object's centre
+    "weave",  # basket weave: blocks of horizontal and vertical stripes
 )
 
 SCENES_FORMAT = "neco-scenes"
@@ -165,6 +186,111 @@ _PATTERNS: dict[str, Pattern] = {
 }
 
 
+def _bricks(rng, x, y, centre):
+    height = rng.uniform(4.0, 7.0)
+    length = height * rng.uniform(2.0, 3.0)
+    u, v = _rotate(x, y, math.radians(rng.uniform(-15, 15)))
+    row = np.floor(v / height)
+    shifted = u + 0.5 * length * np.mod(row, 2)
+    mortar = 1.2
+    return (np.mod(v, height) < mortar) | (np.mod(shifted, length) < mortar)
+
+
+def _hexdots(rng, x, y, centre):
+    period = rng.uniform(6.0, 10.0)
+    radius = rng.uniform(0.22, 0.32) * period
+    u, v = _rotate(x, y, math.radians(rng.uniform(0, 60)))
+    row_height = period * math.sqrt(3) / 2
+    row = np.floor(v / row_height + 0.5)
+    du = np.mod(u + 0.5 * period * np.mod(row, 2), period) - period / 2
+    dv = v - row * row_height
+    return du * du + dv * dv < radius * radius
+
+
+def _waves(rng, x, y, centre):
+    period = rng.uniform(5.0, 9.0)
+    wavelength = rng.uniform(12.0, 24.0)
+    amplitude = period * rng.uniform(0.6, 1.2)
+    u, v = _rotate(x, y, rng.uniform(0, math.pi))
+    return np.mod((u + amplitude * np.sin(2 * math.pi * v / wavelength)) / period + rng.uniform(), 1.0) < 0.5
+
+
+def _spiral(rng, x, y, centre):
+    period = rng.uniform(5.0, 9.0)
+    cx, cy = centre[0] + rng.normal(0, 3), centre[1] + rng.normal(0, 3)
+    theta = np.arctan2(y - cy, x - cx)
+    distance = np.hypot(x - cx, y - cy)
+    arms = int(rng.integers(1, 4))
+    return np.mod((distance + arms * period * theta / (2 * math.pi)) / period, 1.0) < 0.5
+
+
+def _triangles(rng, x, y, centre):
+    return _lines(rng, x, y, (0.0, 60.0, 120.0), (7.0, 12.0), (1.0, 1.6))
+
+
+def _speckle(rng, x, y, centre):
+    height, width = x.shape
+    cell = rng.uniform(1.5, 2.5)
+    grid = rng.uniform(size=(int(height / cell) + 1, int(width / cell) + 1))
+    rows = np.minimum((y / cell).astype(int), grid.shape[0] - 1)
+    cols = np.minimum((x / cell).astype(int), grid.shape[1] - 1)
+    return grid[rows, cols] < rng.uniform(0.2, 0.35)
+
+
+def _sunburst(rng, x, y, centre):
+    rays = int(rng.integers(10, 20))
+    theta = np.arctan2(y - centre[1], x - centre[0])
+    return np.mod(theta * rays / (2 * math.pi) + rng.uniform(), 1.0) < 0.5
+
+
+def _weave(rng, x, y, centre):
+    period = rng.uniform(3.0, 5.0)
+    block = 2 * period
+    u, v = _rotate(x, y, math.radians(rng.uniform(-15, 15)))
+    horizontal = (np.floor(u / block) + np.floor(v / block)) % 2 == 0
+    return np.where(horizontal, np.mod(v / period, 1.0) < 0.5, np.mod(u / period, 1.0) < 0.5)
+
+
+def _clouds(rng, x, y, centre):
+    height, width = x.shape
+    field = np.zeros((height, width), dtype=np.float32)
+    for scale, weight in ((rng.uniform(10.0, 16.0), 1.0), (rng.uniform(3.0, 5.0), 0.5)):
+        coarse = rng.normal(size=(max(2, int(height / scale) + 2), max(2, int(width / scale) + 2)))
+        coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
+        layer = Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+            (width, height), Image.Resampling.BILINEAR
+        )
+        field += weight * np.asarray(layer, dtype=np.float32)
+    return field > np.quantile(field, rng.uniform(0.3, 0.7))
+
+
+_HELDOUT_PATTERNS: dict[str, Pattern] = {
+    "background": _clouds,
+    "bricks": _bricks,
+    "hexdots": _hexdots,
+    "waves": _waves,
+    "spiral": _spiral,
+    "triangles": _triangles,
+    "speckle": _speckle,
+    "sunburst": _sunburst,
+    "weave": _weave,
+}
+
+SCENE_FAMILIES: dict[str, tuple[tuple[str, ...], dict[str, Pattern]]] = {
+    "developer": (SCENE_CLASSES, _PATTERNS),  # the family the demo and every setting were tuned on
+    "heldout": (HELDOUT_CLASSES, _HELDOUT_PATTERNS),
+}
+
+
+_FAMILY_CODES = {"heldout": 101}
+
+
+def _family(family: str) -> tuple[tuple[str, ...], dict[str, Pattern]]:
+    if family not in SCENE_FAMILIES:
+        raise ValueError(f"`family` must be one of {sorted(SCENE_FAMILIES)} but is {family!r}")
+    return SCENE_FAMILIES[family]
+
+
 def _paint(
     rng: np.random.Generator, image: np.ndarray, ink: np.ndarray, region: np.ndarray, x: np.ndarray
 ) -> None:
@@ -216,6 +342,27 @@ def _shape_mask(
     return np.asarray(canvas, dtype=bool)
 
 
+def _heldout_shape_mask(
+    rng: np.random.Generator, xx: np.ndarray, yy: np.ndarray, centre: tuple[float, float], radius: float
+) -> np.ndarray:
+    """Rotated rectangles, squircles and triangles (the developer family draws ellipses, stars, blobs)."""
+    kind = rng.integers(3)
+    cx, cy = centre
+    u, v = _rotate(xx - cx, yy - cy, rng.uniform(0, math.pi))
+    a, b = radius, radius * rng.uniform(0.5, 1.0)
+    if kind == 0:
+        return (np.abs(u) < a) & (np.abs(v) < b)
+    if kind == 1:
+        power = rng.uniform(3.0, 5.0)
+        return np.abs(u / a) ** power + np.abs(v / b) ** power < 1.0
+    # triangle: inside three half-planes of an equilateral triangle of circumradius `radius`
+    inside = np.ones(xx.shape, dtype=bool)
+    for k in range(3):
+        angle = 2 * math.pi * k / 3
+        inside &= u * math.cos(angle) + v * math.sin(angle) < radius / 2
+    return inside
+
+
 def generate_scene(
     rng: np.random.Generator,
     size: int = 112,
@@ -223,8 +370,9 @@ def generate_scene(
     classes: Sequence[int] | None = None,
     num_objects: int | None = None,
     noise_std: float = 4.0,
+    family: str = "developer",
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)) with labels in SCENE_CLASSES.
+    """One scene: (image uint8 (size, size, 3), label uint8 (size, size)) with labels in the family's classes.
 
     Args:
         rng: numpy Generator; the scene is a deterministic function of its state.
@@ -232,10 +380,13 @@ def generate_scene(
         classes: object class ids (1..8) to place, in drawing order; random when None.
         num_objects: number of objects when `classes` is None (random 2-5 when None).
         noise_std: std of the additive Gaussian pixel noise.
+        family: "developer" (SCENE_CLASSES) or "heldout" (HELDOUT_CLASSES, other textures and shapes).
     """
     if size < 16:
         raise ValueError(f"`size` must be >= 16 but is {size}")
-    num_classes = len(SCENE_CLASSES)
+    class_names, patterns = _family(family)
+    shape_mask = _shape_mask if family == "developer" else _heldout_shape_mask
+    num_classes = len(class_names)
     if classes is None:
         count = int(rng.integers(2, 6)) if num_objects is None else num_objects
         classes = rng.integers(1, num_classes, size=count).tolist()
@@ -245,13 +396,13 @@ def generate_scene(
     y, x = np.mgrid[0:size, 0:size].astype(np.float32)  # (H, W) pixel coordinates
     image = np.empty((size, size, 3), dtype=np.float32)
     everywhere = np.ones((size, size), dtype=bool)
-    _paint(rng, image, _PATTERNS["background"](rng, x, y, (size / 2, size / 2)), everywhere, x)
+    _paint(rng, image, patterns["background"](rng, x, y, (size / 2, size / 2)), everywhere, x)
     label = np.zeros((size, size), dtype=np.uint8)
     for class_id in classes:
         radius = size * rng.uniform(0.14, 0.32)
         centre = (rng.uniform(0.15, 0.85) * size, rng.uniform(0.15, 0.85) * size)
-        mask = _shape_mask(rng, x, y, centre, radius)
-        texture = _PATTERNS[SCENE_CLASSES[class_id]](rng, x, y, centre)
+        mask = shape_mask(rng, x, y, centre, radius)
+        texture = patterns[class_names[class_id]](rng, x, y, centre)
         _paint(rng, image, texture, mask, x)
         label[mask] = class_id
     image += rng.standard_normal(size=image.shape, dtype=np.float32) * noise_std
@@ -262,9 +413,11 @@ def generate_scene(
 
 
 def scene_settings(
-    num_train: int, num_val: int, size: int, seed: int, image_format: str = "jpg"
+    num_train: int, num_val: int, size: int, seed: int, image_format: str = "jpg", family: str = "developer"
 ) -> dict[str, Any]:
     """The settings recorded in `scenes.json` (two runs with equal settings write equal files)."""
+    class_names, _ = _family(family)
+    # "family" is recorded only for the held-out family, so existing developer outputs stay reusable.
     return {
         "format": SCENES_FORMAT,
         "version": _VERSION,
@@ -273,18 +426,25 @@ def scene_settings(
         "size": size,
         "seed": seed,
         "image_format": image_format,
-        "class_names": list(SCENE_CLASSES),
+        "class_names": list(class_names),
         "ignore_index": 255,
         "layout": "VOCSegmentation",
+        **({} if family == "developer" else {"family": family}),
     }
 
 
-def _class_deck(seed: int, split: str, num_images: int) -> list[list[int]]:
+def _family_key(family: str) -> list[int]:
+    # Appended to the developer family's seed sequences only for other families: developer bytes are unchanged.
+    _family(family)  # validates the name
+    return [] if family == "developer" else [_FAMILY_CODES[family]]
+
+
+def _class_deck(seed: int, split: str, num_images: int, family: str = "developer") -> list[list[int]]:
     # Deal object classes from shuffled decks so that every class shows up in every few images.
-    rng = np.random.default_rng([seed, _SPLIT_CODES[split], 0])
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], 0, *_family_key(family)])
     counts = rng.integers(2, 6, size=num_images)
     total = int(counts.sum())
-    objects = len(SCENE_CLASSES) - 1
+    objects = len(_family(family)[0]) - 1
     deck = np.concatenate([rng.permutation(objects) + 1 for _ in range(total // objects + 1)])
     plans, start = [], 0
     for count in counts:
@@ -294,22 +454,22 @@ def _class_deck(seed: int, split: str, num_images: int) -> list[list[int]]:
 
 
 def _indexed_scene(
-    seed: int, split: str, index: int, size: int, classes: list[int]
+    seed: int, split: str, index: int, size: int, classes: list[int], family: str = "developer"
 ) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index + 1])
-    return generate_scene(rng, size, classes=classes)
+    rng = np.random.default_rng([seed, _SPLIT_CODES[split], index + 1, *_family_key(family)])
+    return generate_scene(rng, size, classes=classes, family=family)
 
 
 def generate_scenes(
-    num_images: int, size: int = 112, seed: int = 0, split: str = "train"
+    num_images: int, size: int = 112, seed: int = 0, split: str = "train", family: str = "developer"
 ) -> tuple[np.ndarray, np.ndarray]:
     """In memory, the scenes `write_scenes` writes for `split`: images (N, S, S, 3) uint8, labels (N, S, S) uint8."""
     if split not in _SPLIT_CODES:
         raise ValueError(f"`split` must be one of {sorted(_SPLIT_CODES)} but is {split!r}")
     if num_images < 1:
         raise ValueError(f"`num_images` must be >= 1 but is {num_images}")
-    plans = _class_deck(seed, split, num_images)
-    scenes = [_indexed_scene(seed, split, i, size, plans[i]) for i in range(num_images)]
+    plans = _class_deck(seed, split, num_images, family)
+    scenes = [_indexed_scene(seed, split, i, size, plans[i], family) for i in range(num_images)]
     return np.stack([image for image, _ in scenes]), np.stack([label for _, label in scenes])
 
 
@@ -359,9 +519,11 @@ def write_scenes(
     image_format: str = "jpg",
     overwrite: bool = False,
     progress: bool = True,
+    family: str = "developer",
 ) -> Path:
     """Write a scenes dataset in the VOC `VOCSegmentation` layout under `out_dir`; return `out_dir`.
 
+    `family` picks the generator family ("developer" or "heldout", see SCENE_FAMILIES).
     An existing complete output with the same settings (`scenes.json`) is reused as is; different
     settings, or a non-empty folder that is not a scenes output, raise FileExistsError unless
     `overwrite` (which replaces only the files this function writes).
@@ -373,7 +535,7 @@ def write_scenes(
         if not isinstance(value, int) or value < low:
             raise ValueError(f"`{option}` must be an integer >= {low} but is {value!r}")
     out_dir = Path(out_dir).expanduser()
-    settings = scene_settings(num_train, num_val, size, seed, image_format)
+    settings = scene_settings(num_train, num_val, size, seed, image_format, family)
     manifest = out_dir / "scenes.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"scenes output {out_dir}: exists and is not a directory")
@@ -447,6 +609,7 @@ def _generate_all(out_dir: Path, settings: dict[str, Any], progress: bool) -> No
         (out_dir / sub).mkdir(parents=True, exist_ok=True)
     palette = voc_palette()
     seed, size, image_ext = settings["seed"], settings["size"], settings["image_format"]
+    family = settings.get("family", "developer")
     total = settings["num_train"] + settings["num_val"]
     bar = None
     if progress:
@@ -456,10 +619,10 @@ def _generate_all(out_dir: Path, settings: dict[str, Any], progress: bool) -> No
     ids: dict[str, list[str]] = {}
     for split in ("train", "val"):
         count = settings[f"num_{split}"]
-        plans = _class_deck(seed, split, count)
+        plans = _class_deck(seed, split, count, family)
         ids[split] = []
         for index in range(count):
-            image, label = _indexed_scene(seed, split, index, size, plans[index])
+            image, label = _indexed_scene(seed, split, index, size, plans[index], family)
             name = _scene_id(split, index)
             _save_image(image, out_dir / "images" / f"{name}.{image_ext}", image_ext)
             _save_label(label, out_dir / "SegmentationClassAug" / f"{name}.png", palette)

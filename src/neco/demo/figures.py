@@ -14,7 +14,13 @@ from neco.utils.io import save_png
 from neco.viz.overlay import colourise
 from neco.viz.pca import denormalise, pca_rgb
 
-__all__ = ["save_pca_comparison", "save_segmentation_comparison", "save_retrieval_figure", "save_curves"]
+__all__ = [
+    "save_pca_comparison",
+    "save_segmentation_comparison",
+    "save_retrieval_figure",
+    "save_curves",
+    "save_diagnostics",
+]
 
 _HEADER = 18
 
@@ -128,6 +134,49 @@ def save_curves(steps: Sequence[int], losses: Sequence[float], rates: Sequence[f
     ax_rate.plot(steps[: len(rates)], rates, lw=1, color="tab:green")
     ax_rate.set(xlabel="step", ylabel="images / s", title="throughput")
     for ax in (ax_loss, ax_rate):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    written = save_png(fig, path)
+    plt.close(fig)
+    return written
+
+
+def save_diagnostics(
+    curves: dict[str, Sequence[float]], path: str | Path, *, references: int | None = None
+) -> Path:
+    """Loss beside the collapse diagnostics the trainer logs: soft-rank sharpness, patch cosine, effective rank.
+
+    `curves` holds "step", "loss", "teacher_perm_max", "student_perm_max" (per logged step) and
+    "diag_step", "mean_pairwise_cosine", "effective_rank" (every `run.diagnostics_every` steps).
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_perm, ax_feat) = plt.subplots(1, 3, figsize=(13, 3.2), dpi=100)
+    steps = curves["step"]
+    ax_loss.plot(steps, curves["loss"], lw=1)
+    if references:  # a uniform soft permutation: the loss it reaches and the P max it has
+        ax_loss.axhline(
+            np.log(references), ls="--", color="grey", lw=1, label=f"ln {references} (flat ranks)"
+        )
+        ax_perm.axhline(1 / references, ls="--", color="grey", lw=1, label=f"1/{references} (uniform)")
+        ax_loss.legend(fontsize=8)
+    ax_loss.set(xlabel="step", ylabel="NeCo loss", title="training loss")
+    for key, colour in (("teacher_perm_max", "tab:red"), ("student_perm_max", "tab:blue")):
+        if curves.get(key):
+            ax_perm.plot(steps[: len(curves[key])], curves[key], lw=1, color=colour, label=key.split("_")[0])
+    ax_perm.set(xlabel="step", ylabel="mean max of P", title="soft-rank sharpness (P max)")
+    ax_perm.legend(fontsize=8)
+    if curves.get("mean_pairwise_cosine"):
+        ax_feat.plot(curves["diag_step"], curves["mean_pairwise_cosine"], lw=1, color="tab:purple")
+    ax_feat.set(xlabel="step", ylabel="mean patch cosine", title="teacher patch features", ylim=(0, 1))
+    if curves.get("effective_rank"):
+        ax_rank = ax_feat.twinx()
+        ax_rank.plot(curves["diag_step"], curves["effective_rank"], lw=1, color="tab:orange")
+        ax_rank.set_ylabel("effective rank", color="tab:orange")
+    for ax in (ax_loss, ax_perm, ax_feat):
         ax.grid(alpha=0.3)
     fig.tight_layout()
     written = save_png(fig, path)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import html
 import math
+import statistics
 from pathlib import Path
 from typing import Any
 
 from neco.utils.io import atomic_write
 
-__all__ = ["render_markdown", "render_html", "write_reports", "summary_lines"]
+__all__ = ["render_markdown", "render_html", "write_reports", "summary_lines", "headline"]
+
+# Below this std (mIoU points) over evaluation seeds a gain / spread ratio only says "divided by ~0".
+_SPREAD_FLOOR = 0.05
 
 _TITLES = {
     "hummingbird": "Hummingbird dense NN retrieval",
@@ -36,15 +40,37 @@ def _rows(results: dict[str, Any]) -> list[tuple[str, str, str, str, str]]:
                 _fmt(before["miou_mean"], before["miou_std"]),
                 _fmt(after["miou_mean"], after["miou_std"]),
                 f"{gain:+.1f}",
-                f"{gain / spread:+.1f}x" if spread > 0 else "n/a",
+                f"{gain / spread:+.1f}x" if spread > _SPREAD_FLOOR else "spread ~0",
             )
         )
     return rows
 
 
+def headline(results: dict[str, Any]) -> str | None:
+    """The answer in one sentence: the Hummingbird gain, its ratio to the evaluation spread, the control's change."""
+    ev = results.get("evaluations", {}).get("hummingbird")
+    if not ev:
+        return None
+    before, after = ev["before"], ev["after"]
+    gain = after["miou_mean"] - before["miou_mean"]
+    paired = [a - b for a, b in zip(after.get("miou_per_seed", []), before.get("miou_per_seed", []))]
+    # ± is the std of the paired (same evaluation seed) differences, the spread of the gain itself.
+    pm = f" ± {statistics.pstdev(paired):.1f}" if len(paired) > 1 else ""
+    spread = max(before["miou_std"], after["miou_std"])
+    ratio = f"{abs(gain) / spread:.1f} times the evaluation spread" if spread > _SPREAD_FLOOR else "spread ~0"
+    verb = "improved" if gain >= 0.05 else "lowered" if gain <= -0.05 else "changed"
+    text = f"NeCo {verb} Hummingbird retrieval by {abs(gain):.1f}{pm} mIoU, {ratio}"
+    control = ev.get("control")
+    if control:  # only when a control without the NeCo loss ran
+        text += f"; the control without the NeCo loss changed it by {control['miou_mean'] - before['miou_mean']:+.1f}"
+    return text + "."
+
+
 def summary_lines(results: dict[str, Any]) -> list[str]:
     """Terminal summary: one line per evaluation with before, after and gain."""
-    lines = [f"{'evaluation':<44} {'before':>13} {'after':>13} {'gain':>7}"]
+    lead = headline(results)
+    lines = [lead] if lead else []
+    lines.append(f"{'evaluation':<44} {'before':>13} {'after':>13} {'gain':>7}")
     for name, before, after, gain, _ in _rows(results):
         lines.append(f"{name:<44} {before:>13} {after:>13} {gain:>7}")
     return lines
@@ -54,9 +80,11 @@ def render_markdown(results: dict[str, Any]) -> str:
     """The report as Markdown."""
     s = results["settings"]
     t = results.get("training", {})
+    lead = headline(results)
     out = [
         "# neco demo report",
         "",
+        *([f"**{lead}**", ""] if lead else []),
         f"Backbone: `{results['backbone']['name']}` ({results['backbone'].get('description', '')}); "
         f"post-trained with NeCo for {t.get('steps', 0)} steps ({t.get('seconds', 0):.0f} s, "
         f"{t.get('images_per_s', 0):.1f} images/s) on {s.get('device', 'cpu')}.",
@@ -101,6 +129,8 @@ def render_html(results: dict[str, Any]) -> str:
         )
     notes = "".join(f"<li>{e(n)}</li>" for n in results.get("notes", []))
     settings = "".join(f"<tr><td>{e(str(k))}</td><td>{e(str(v))}</td></tr>" for k, v in s.items())
+    answer = headline(results)
+    lead = f"<p><strong>{e(answer)}</strong></p>" if answer else ""
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>neco demo report</title>
 <style>
@@ -112,6 +142,7 @@ figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; image-rendering: pixelated
 figcaption {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>neco demo report</h1>
+{lead}
 <p>Backbone <code>{e(results['backbone']['name'])}</code> ({e(results['backbone'].get('description', ''))}),
 post-trained with NeCo for {t.get('steps', 0)} steps ({t.get('seconds', 0):.0f} s,
 {t.get('images_per_s', 0):.1f} images/s) on {e(str(s.get('device', 'cpu')))}.

@@ -189,9 +189,12 @@ class LossConfig:
     queue_gather: bool = False
     roi_size: int = 7
     masks: str = "none"
+    # 0 is a control run: every update but the loss's gradient (weight decay, EMA, schedules) still acts.
+    weight: float = 1.0
 
     def __post_init__(self) -> None:
         _positive("loss.steepness_student", self.steepness_student)
+        _positive("loss.weight", self.weight, allow_zero=True)
         _positive("loss.steepness_teacher", self.steepness_teacher)
         _choice("loss.network", self.network, NETWORKS)
         _choice("loss.distribution", self.distribution, DISTRIBUTIONS)

@@ -289,7 +289,8 @@ class NeCoModule(L.LightningModule):
         if self.global_step % self.config.run.diagnostics_every == 0:
             self._log_collapse(teacher_tokens[0])
         self._log_window_mean(loss.detach())
-        return loss
+        # The logged loss stays the NeCo loss; `loss.weight` = 0 (a control run) zeroes only its gradient.
+        return loss * self.config.loss.weight if self.config.loss.weight != 1.0 else loss
 
     def _check_finite(self, loss: Tensor, diagnostics: dict[str, float], batch: dict[str, Any]) -> None:
         bad = torch.tensor([0.0 if bool(torch.isfinite(loss.detach())) else 1.0], device=loss.device)
