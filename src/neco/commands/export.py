@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--out", required=True, help="output file (.safetensors for safetensors, else torch.save)"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     parser.set_defaults(func=_run)
 
 
@@ -99,7 +100,9 @@ def _run(args: argparse.Namespace) -> int:
     from neco.backbones import create, get_config
     from neco.backbones.formats import convert
     from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
+    from neco.utils.io import check_new_file
 
+    check_new_file(args.out, args.force)  # before any work: a rerun must not silently overwrite
     checkpoint = read_checkpoint(args.checkpoint)
     _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
     stored = args.backbone or raw_info.backbone

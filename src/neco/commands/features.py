@@ -32,6 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ... (default: auto)")
     parser.add_argument("-o", "--out", required=True, help="output .pt file")
+    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     parser.set_defaults(func=_run)
 
 
@@ -63,10 +64,11 @@ def _run(args: argparse.Namespace) -> int:
     from neco.evaluation import load_backbone
     from neco.evaluation.runner import check_divisible, resolve_device
     from neco.features import extract_features
-    from neco.utils.io import atomic_torch_save
+    from neco.utils.io import atomic_torch_save, check_new_file
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 but is {args.batch_size}")
+    check_new_file(args.out, args.force)
     device = resolve_device(args.device)
     model, identity = load_backbone(
         args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which
