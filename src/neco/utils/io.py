@@ -86,7 +86,7 @@ def check_new_file(path: str | os.PathLike, force: bool, option: str = "-o") -> 
     """Refuse to replace an existing output file unless `force` (a rerun must not silently overwrite)."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"{option} {path} is a directory; give a file name")
+        raise ValueError(f"{option} {path} is a directory; give a file name")
     if path.exists() and not force:
         raise FileExistsError(f"{option} {path} exists; pass --force to overwrite it, or choose another file")
     return path
