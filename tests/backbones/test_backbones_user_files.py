@@ -108,3 +108,28 @@ def test_checksum_is_the_same_for_official_timm_and_hf_files_of_one_network(tmp_
     assert state_dict_checksum(convert(state, to="timm")) == sums["official"]
     changed = dict(state, **{"blocks.0.attn.qkv.bias": state["blocks.0.attn.qkv.bias"] + 1e-3})
     assert state_dict_checksum(changed) != sums["official"]
+
+
+@pytest.mark.parametrize("name", ["vit_tiny", "vit_tiny_reg"])
+def test_hf_export_folder_loads_with_transformers_auto_model(name: str, tmp_path: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = create(name).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))  # not the init: a wrong mapping would show
+    path = tmp_path / "neco.ckpt"
+    state = model.state_dict()
+    registers = model.num_register_tokens
+    ckpt = {"format": "neco-checkpoint", "version": 1, "backbone": name, "num_register_tokens": registers}
+    torch.save({**ckpt, "teacher": state, "student": state, "student_head": {}, "teacher_head": {}}, path)
+    folder = tmp_path / "hf_model"
+    assert main(["export", str(path), "--format", "hf", "-o", str(folder)]) == 0
+    assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+    hf = transformers.AutoModel.from_pretrained(str(folder)).eval()
+    x = torch.randn(2, 3, 224, 224)  # the exported grid (28 x 28 patches of 8): no interpolation
+    with torch.no_grad():
+        ours = model.forward_features(x)["x_norm_patchtokens"]
+        theirs = hf(pixel_values=x).last_hidden_state[:, 1 + registers :]
+    torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    assert main(["export", str(path), "--format", "hf", "-o", str(folder)]) == 2  # no silent overwrite
