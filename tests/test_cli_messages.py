@@ -142,3 +142,14 @@ def test_every_train_config_key_named_in_the_config_module_exists() -> None:
     for key in set(KEY.findall(inspect.getsource(config))):
         if key.split(".")[0] in {f.name for f in dataclasses.fields(TrainConfig)}:
             assert key in TRAIN_KEYS, key
+
+
+def test_every_option_named_in_the_source_exists() -> None:
+    import ast
+
+    missing = set()
+    for path in (Path(__file__).resolve().parents[1] / "src" / "neco").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str):
+                missing |= {(path.name, o) for o in OPTION.findall(node.value) if o not in ALL_OPTIONS}
+    assert not missing, sorted(missing)
