@@ -116,9 +116,12 @@ def _run(args: argparse.Namespace) -> int:
         def __iter__(self):
             return batches()
 
-    features = extract_features(model, _Sized(), device=device, progress=True)
-    if not kept:
-        raise ValueError(f"no readable image among the {len(files)} inputs")
+    try:
+        features = extract_features(model, _Sized(), device=device, progress=True)
+    except ValueError:
+        if not kept:  # every input was skipped
+            raise ValueError(f"no readable image among the {len(files)} inputs, e.g. {skipped[0]}") from None
+        raise
     out = atomic_torch_save(
         {
             "features": features,
