@@ -10,14 +10,15 @@ the package is imported from `src/` next to this file.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
+import sys as _sys
+from pathlib import Path as _Path
 
-dependencies = ["torch"]
+# Every module the backbones import (torch.hub checks each is installed before loading; yaml is PyYAML).
+dependencies = ["torch", "timm", "yaml", "safetensors", "huggingface_hub"]
 
-_SRC = Path(__file__).resolve().parent / "src"
-if _SRC.is_dir() and str(_SRC) not in sys.path:
-    sys.path.insert(0, str(_SRC))
+_SRC = _Path(__file__).resolve().parent / "src"
+if _SRC.is_dir() and str(_SRC) not in _sys.path:
+    _sys.path.insert(0, str(_SRC))
 
 from neco.backbones import create as _create  # noqa: E402
 from neco.backbones import list_backbones as _list_backbones  # noqa: E402

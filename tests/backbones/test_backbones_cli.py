@@ -98,7 +98,7 @@ def test_features_command(tiny_ckpt, tmp_path: Path) -> None:
     with torch.no_grad():
         tokens = model.forward_features(x)["x_norm_patchtokens"]
     torch.testing.assert_close(saved["features"][0], tokens[0].T.reshape(192, 4, 4))
-    assert main(args[:-1] + ["30", "-o", str(out)]) == 2  # not a multiple of the patch size
+    assert main(args[:-1] + ["30", "-o", str(tmp_path / "f30.pt")]) == 2  # not a multiple of the patch size
     assert saved["backbone"]["name"] == "vit_tiny_reg" and saved["input_size"] == 32
 
 

@@ -26,7 +26,7 @@ def test_every_registered_name_is_an_entry_point() -> None:
     spec = importlib.util.spec_from_file_location("neco_hubconf", REPO / "hubconf.py")
     hubconf = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf)
-    assert hubconf.dependencies == ["torch"]
+    assert {"torch", "timm"} <= set(hubconf.dependencies)
     for name in list_backbones():
         assert callable(getattr(hubconf, name)), name
     assert "neco_vits14_reg" in dir(hubconf)
@@ -54,3 +54,43 @@ def test_hubconf_works_without_neco_installed(tmp_path) -> None:
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.strip().endswith("VisionTransformer")
+
+
+def _hubconf():
+    spec = importlib.util.spec_from_file_location("neco_hubconf", REPO / "hubconf.py")
+    hubconf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hubconf)
+    return hubconf
+
+
+def test_hubconf_exposes_only_model_entry_points() -> None:
+    # torch.hub.list's rule: every public callable of hubconf is an entry point
+    public = {
+        name for name in dir(_hubconf()) if callable(getattr(_hubconf(), name)) and not name.startswith("_")
+    }
+    assert public == set(list_backbones()) | {"timm_vit"}
+
+
+def test_hubconf_declares_every_package_the_backbones_import() -> None:
+    import ast
+
+    # the neco modules a hub load imports, from a fresh interpreter
+    code = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import hubconf; hubconf.vit_tiny(pretrained=False)\n"
+        "print('\\n'.join(m.__file__ for n, m in list(sys.modules.items()) "
+        "if n.split('.')[0] == 'neco' and getattr(m, '__file__', None)))\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(REPO)], capture_output=True, text=True, timeout=300, cwd=REPO
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    imported = set()
+    for path in result.stdout.split():
+        for node in ast.walk(ast.parse(Path(path).read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"neco"}
+    assert third_party, "no import found: the scan is broken"
+    assert third_party <= set(_hubconf().dependencies), sorted(third_party - set(_hubconf().dependencies))

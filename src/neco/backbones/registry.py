@@ -121,8 +121,13 @@ def get_config(name: str) -> BackboneConfig:
 
         return timm_config(name)
     if name not in _REGISTRY:
+        import difflib
+
+        close = difflib.get_close_matches(name, list_backbones(), n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
         raise ValueError(
-            f"backbone `name` must be one of {list_backbones()} or `timm:<timm model name>` but is {name!r}"
+            f"unknown backbone {name!r} (`--backbone` / `model.backbone`): {hint}it must be one of "
+            f"{list_backbones()} (`neco backbones` lists them) or `timm:<timm model name>`"
         )
     return _REGISTRY[name]
 

@@ -9,6 +9,7 @@ only head keys may be left over; anything else is an error naming the keys and t
 from __future__ import annotations
 
 import pickle
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,29 +69,92 @@ class WeightsInfo:
         return f"{self.source}: " + ", ".join(parts)
 
 
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTOCOL = 0x80  # first byte of a pickle (the legacy torch.save format)
+
+
+def _looks_like(head: bytes) -> str:
+    """What the first bytes of a file that is neither a torch pickle nor safetensors look like."""
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        return "an HTML/XML page (a download that saved an error or login page?)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "an unknown binary file"
+    return "a text file"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """True when `head` starts like safetensors: an 8-byte little-endian header length, then JSON."""
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 0 < length <= size - 8 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        from safetensors.torch import load_file
+    except ImportError as err:  # pragma: no cover - safetensors ships with timm
+        raise ValueError(
+            f"weights file {path}: reading .safetensors needs `pip install safetensors`"
+        ) from err
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for any bad file
+        raise ValueError(
+            f"weights file {path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "it is truncated or not safetensors at all: download it again"
+        ) from err
+
+
 def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> Any:
-    """Read a checkpoint file (`torch.save` pickle with `weights_only` by default, or `.safetensors`)."""
+    """Read a checkpoint file (`torch.save` pickle with `weights_only` by default, or safetensors).
+
+    The one reader of weight files for every command: a file that is empty, text, an HTML page, or
+    truncated gets a ValueError naming it and saying what it is not.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights file {path} does not exist")
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError as err:  # pragma: no cover - safetensors ships with timm
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(
+            f"weights file {path} is empty (0 bytes): not a checkpoint; download or copy it again"
+        )
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if path.suffix == ".safetensors" or _is_safetensors(head, size):
+        if not _is_safetensors(head, size):
             raise ValueError(
-                f"weights file {path}: reading .safetensors needs `pip install safetensors`"
-            ) from err
-        return load_file(str(path))
+                f"weights file {path} is not a safetensors file: it looks like {_looks_like(head)} "
+                f"(starts with {head[:16]!r})"
+            )
+        return _read_safetensors(path)
+    if not (head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL):
+        raise ValueError(
+            f"weights file {path} is not a torch checkpoint or safetensors file: it looks like "
+            f"{_looks_like(head)} (starts with {head[:16]!r})"
+        )
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        raise ValueError(
-            f"weights file {path} holds objects that `torch.load(weights_only=True)` refuses ({err}); "
-            "if you trust the file, load it with `neco.backbones.read_checkpoint(path, weights_only=False)` "
-            "and pass the result as weights=, or re-save its state dict as plain tensors"
-        ) from err
-    except (RuntimeError, EOFError) as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            # A real torch pickle holding objects beyond tensors and plain containers.
+            raise ValueError(
+                f"weights file {path} holds objects that `torch.load(weights_only=True)` refuses "
+                f"(e.g. {refused.group(1)}); if you trust the file, load it with "
+                "`neco.backbones.read_checkpoint(path, weights_only=False)` and pass the result as weights=, "
+                "or re-save its state dict as plain tensors"
+            ) from err
         raise ValueError(f"weights file {path} is not a readable torch checkpoint ({err})") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types (EOFError, KeyError, RuntimeError) for bad files
+        raise ValueError(
+            f"weights file {path} is not a readable torch checkpoint ({type(err).__name__}: {err}); "
+            "it is truncated or corrupt: download or copy it again"
+        ) from err
 
 
 def _is_tensor_dict(obj: Any) -> bool:

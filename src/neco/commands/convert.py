@@ -25,6 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--out", required=True, help="output file (.safetensors for safetensors, else torch.save)"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     parser.set_defaults(func=_run)
 
 
@@ -32,6 +33,9 @@ def _run(args: argparse.Namespace) -> int:
     from neco.backbones.formats import convert
     from neco.backbones.weights import read_state_dict
     from neco.commands.export import save_state_dict
+    from neco.utils.io import check_new_file
+
+    check_new_file(args.out, args.force)
 
     official, info = read_state_dict(args.input, which=args.which)
     print(f"read {info.describe()}")

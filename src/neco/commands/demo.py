@@ -21,9 +21,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="NeCo post-training budget in minutes (default 5)")
     parser.add_argument(
         "--backbone", default="vit_tiny_scenes",
-        help="starting backbone: a registry name (`neco backbones` lists them); default: the shipped tiny ViT",
+        help="starting backbone: a registry name (`neco backbones` lists them) or a neco checkpoint file; "
+        "default: the shipped tiny ViT",
     )
     parser.add_argument("--weights", default=None, help="weights file for --backbone (any supported format)")
+    parser.add_argument(
+        "--which", default="teacher", choices=["teacher", "student"],
+        help="network of a checkpoint holding both (default: teacher, the better model)",
+    )
     parser.add_argument(
         "--random-init", action="store_true",
         help="start from a randomly initialised --backbone (no weights; e.g. a timm:<name> or DINOv3 smoke run)",
@@ -40,12 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     from neco.demo.run import DemoConfig, run_demo
+    from neco.evaluation.features import resolve_backbone
 
-    if args.random_init and args.weights is not None:
-        raise ValueError("--random-init and --weights exclude each other")
+    backbone, weights = resolve_backbone(args.backbone, args.weights)  # a neco checkpoint names both
+    if args.random_init and weights is not None:
+        raise ValueError("--random-init and --weights (or a checkpoint as --backbone) exclude each other")
     options = dict(
-        out=args.out, backbone=args.backbone, weights=args.weights, progress=not args.no_progress,
-        random_init=args.random_init,
+        out=args.out, backbone=backbone, weights=None if weights is None else str(weights),
+        progress=not args.no_progress, random_init=args.random_init, which=args.which,
     )
     if args.steps is not None:
         options["train_steps"] = args.steps

@@ -45,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "-o", "--out", required=True, help="output file (.safetensors for safetensors, else torch.save)"
     )
+    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     parser.set_defaults(func=_run)
 
 
@@ -99,7 +100,12 @@ def _run(args: argparse.Namespace) -> int:
     from neco.backbones import create, get_config
     from neco.backbones.formats import convert
     from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
+    from neco.utils.io import check_new_file
 
+    out = _output_file(args)
+    check_new_file(out, args.force)  # before any work: a rerun must not silently overwrite
+    if args.format == "hf":
+        check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
     checkpoint = read_checkpoint(args.checkpoint)
     _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
     stored = args.backbone or raw_info.backbone
@@ -120,8 +126,42 @@ def _run(args: argparse.Namespace) -> int:
         print(f"verified: the weights load strictly into {name}")
     else:
         print("not verified against a backbone (pass --backbone NAME to check the weights load strictly)")
-    out = save_state_dict(convert(official, to=args.format, source="official"), args.out)
+    out = save_state_dict(convert(official, to=args.format, source="official"), out)
     which = info.which or "single network"
     note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
     print(f"wrote {which}{note} as {args.format} keys to {out}")
+    if args.format == "hf":
+        _write_hf_config(name, info, official, out)
     return 0
+
+
+def _output_file(args: argparse.Namespace) -> Path:
+    """`-o`; for `--format hf` a path without suffix is a model folder holding `model.safetensors`."""
+    out = Path(args.out)
+    if args.format == "hf" and (out.suffix == "" or out.is_dir()):
+        return out / "model.safetensors"
+    return out
+
+
+def _write_hf_config(name: str | None, info: Any, official: dict[str, Any], out: Path) -> None:
+    """config.json beside the weights, so `transformers.AutoModel.from_pretrained(folder)` loads them."""
+    from neco.backbones import get_config
+    from neco.backbones.hf_config import write_hf_config
+
+    if name is None:
+        print("no config.json written: pass --backbone NAME so the architecture is known")
+        return
+    config = get_config(name)
+    if info.num_register_tokens is not None:
+        config = config.with_overrides(num_register_tokens=int(info.num_register_tokens))
+    if config.family != "dinov2":
+        print(f"no config.json written: {name} (family {config.family}) has no Dinov2Model equivalent")
+        return
+    grid = int(round((official["pos_embed"].shape[1] - 1) ** 0.5))
+    path = write_hf_config(config, out.parent, pos_grid=grid)
+    hint = (
+        ""
+        if out.name == "model.safetensors"
+        else f" once the weights are named model.safetensors (not {out.name})"
+    )
+    print(f"wrote {path}: transformers.AutoModel.from_pretrained({str(out.parent)!r}) loads the folder{hint}")

@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
     parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ... (default: auto)")
     parser.add_argument("-o", "--out", required=True, help="output .pt file")
+    parser.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out images that cannot be read (listed in the output and counted) instead of failing",
+    )
+    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
     parser.set_defaults(func=_run)
 
 
@@ -59,14 +65,15 @@ def _run(args: argparse.Namespace) -> int:
     from torchvision.transforms import functional as TF
 
     from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
-    from neco.data.base import load_rgb
+    from neco.data.base import BadImageError, load_rgb
     from neco.evaluation import load_backbone
     from neco.evaluation.runner import check_divisible, resolve_device
     from neco.features import extract_features
-    from neco.utils.io import atomic_torch_save
+    from neco.utils.io import atomic_torch_save, check_new_file
 
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1 but is {args.batch_size}")
+    check_new_file(args.out, args.force)
     device = resolve_device(args.device)
     model, identity = load_backbone(
         args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which
@@ -77,14 +84,30 @@ def _run(args: argparse.Namespace) -> int:
     mean, std = list(getattr(config, "mean", IMAGENET_MEAN)), list(getattr(config, "std", IMAGENET_STD))
     size = args.input_size
 
+    kept: list[Path] = []
+    skipped: list[str] = []
+
+    def read(path: Path):
+        try:
+            return load_rgb(path)
+        except BadImageError as err:
+            if not args.skip_bad_images:
+                raise ValueError(f"{err}; pass --skip-bad-images to leave unreadable images out") from None
+            skipped.append(str(path))
+            return None
+
     def batches():
         for start in range(0, len(files), args.batch_size):
             images = []
             for path in files[start : start + args.batch_size]:
-                image = TF.resize(load_rgb(path), [size, size], antialias=True)
-                tensor = TF.normalize(TF.to_tensor(image), mean, std)
-                images.append(tensor)
-            yield torch.stack(images)  # (B, 3, size, size)
+                image = read(path)
+                if image is None:
+                    continue
+                kept.append(path)
+                image = TF.resize(image, [size, size], antialias=True)
+                images.append(TF.normalize(TF.to_tensor(image), mean, std))
+            if images:
+                yield torch.stack(images)  # (B, 3, size, size)
 
     class _Sized:
         def __len__(self) -> int:
@@ -93,15 +116,23 @@ def _run(args: argparse.Namespace) -> int:
         def __iter__(self):
             return batches()
 
-    features = extract_features(model, _Sized(), device=device, progress=True)
+    try:
+        features = extract_features(model, _Sized(), device=device, progress=True)
+    except ValueError:
+        if not kept:  # every input was skipped
+            raise ValueError(f"no readable image among the {len(files)} inputs, e.g. {skipped[0]}") from None
+        raise
     out = atomic_torch_save(
         {
             "features": features,
-            "files": [str(f) for f in files],
+            "files": [str(f) for f in kept],
+            "skipped_images": skipped,
             "backbone": identity,
             "input_size": size,
         },
         args.out,
     )
-    print(f"wrote features {tuple(features.shape)} of {len(files)} images to {out}")
+    more = ", ..." if len(skipped) > 1 else ""
+    note = f" (skipped {len(skipped)} unreadable: {skipped[0]}{more})" if skipped else ""
+    print(f"wrote features {tuple(features.shape)} of {len(kept)} images to {out}{note}")
     return 0

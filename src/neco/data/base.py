@@ -17,13 +17,40 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
-__all__ = ["SegmentationDataset", "load_rgb", "load_label"]
+__all__ = ["BadImageError", "SegmentationDataset", "load_rgb", "load_label"]
 
 JointTransform = Callable[[Image.Image, np.ndarray], Any]
 
 
+# What a broken image file raises inside Pillow (DecompressionBombError is not an OSError).
+_READ_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+class BadImageError(ValueError):
+    """An image or label file that Pillow cannot read; the message names the file."""
+
+    def __init__(self, path: str | Path, kind: str, err: BaseException) -> None:
+        size = Path(path).stat().st_size if Path(path).is_file() else None
+        what = "an empty (0-byte) file" if size == 0 else f"{type(err).__name__}: {err}"
+        super().__init__(f"{kind} file {path} is not a readable image ({what})")
+        self.path = Path(path)
+
+
 def load_rgb(path: str | Path) -> Image.Image:
-    """Read an image file as RGB (grayscale incl. 16-bit, palette, RGBA and CMYK are converted)."""
+    """Read an image file as RGB (grayscale incl. 16-bit, palette, RGBA and CMYK are converted).
+
+    Raises:
+        BadImageError: the file is empty, truncated or not an image (the message names it).
+    """
+    try:
+        return _load_rgb(path)
+    except FileNotFoundError:
+        raise
+    except _READ_ERRORS as err:
+        raise BadImageError(path, "image", err) from err
+
+
+def _load_rgb(path: str | Path) -> Image.Image:
     with Image.open(path) as image:
         image.load()
         if image.mode == "RGBA" or (image.mode == "P" and "transparency" in image.info):
@@ -39,8 +66,13 @@ def load_rgb(path: str | Path) -> Image.Image:
 
 def load_label(path: str | Path) -> np.ndarray:
     """Read a label PNG as raw integer values (palette indices for palette PNGs)."""
-    with Image.open(path) as label:
-        array = np.array(label)
+    try:
+        with Image.open(path) as label:
+            array = np.array(label)
+    except FileNotFoundError:
+        raise
+    except _READ_ERRORS as err:
+        raise BadImageError(path, "label", err) from err
     if array.ndim == 3:
         raise ValueError(
             f"label file {path}: expected a single-channel (L or P mode) PNG, got {array.shape[2]} channels"
@@ -86,12 +118,45 @@ class SegmentationDataset(Dataset):
         mask = load_label(label_path)
         if self.label_map is not None:
             mask = self.label_map[np.clip(mask, 0, len(self.label_map) - 1)]
+        self._check_labels(mask, label_path)
         if mask.shape != (image.height, image.width):
             raise ValueError(
                 f"{label_path}: label size {mask.shape[1]}x{mask.shape[0]} does not match image "
                 f"{image_path} size {image.width}x{image.height}"
             )
         return image, mask
+
+    def _check_labels(self, mask: np.ndarray, label_path: Path) -> None:
+        """Refuse train ids outside [0, num_classes) other than `ignore_index`, naming the file."""
+        bad = (mask < 0) | ((mask >= self.num_classes) & (mask != self.ignore_index))
+        if bad.any():
+            values = np.unique(mask[bad])
+            shown = ", ".join(str(v) for v in values[:8]) + (", ..." if len(values) > 8 else "")
+            raise ValueError(
+                f"label file {label_path}: values [{shown}] ({int(bad.sum())} pixels) are outside the "
+                f"{self.num_classes} classes of {self.name} (ids 0..{self.num_classes - 1}, ignore "
+                f"{self.ignore_index}); the mask is corrupt or belongs to another dataset"
+            )
+
+    def without_unreadable_images(self) -> tuple[SegmentationDataset, list[str]]:
+        """This dataset without the items whose image cannot be read, and those images' paths.
+
+        Reads every image once; for evaluations that opt in to skipping (a skip is recorded in the result).
+        """
+        keep, skipped = [], []
+        for index, (image_path, _) in enumerate(self.pairs):
+            try:
+                load_rgb(image_path)
+                keep.append(index)
+            except BadImageError:
+                skipped.append(str(image_path))
+        if not skipped:
+            return self, []
+        if not keep:
+            raise ValueError(f"{self.name} {self.split}: no readable image among {len(self)} files")
+        subset = self.subset(keep)
+        subset.info = {**self.info, "skipped_images": skipped}
+        return subset, skipped
 
     def __getitem__(self, index: int) -> Any:
         image, mask = self.load(index)

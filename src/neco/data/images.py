@@ -72,6 +72,7 @@ class ImageSource(Dataset):
         max_bad_fraction: float = 0.01,
         min_bad: int = 5,
         info: dict[str, Any] | None = None,
+        budget_option: str = "max_bad_fraction",
     ) -> None:
         if len(files) == 0:
             raise ValueError(f"{name}: no image files given")
@@ -84,6 +85,7 @@ class ImageSource(Dataset):
         self.name = name
         self.max_bad_fraction = max_bad_fraction
         self.min_bad = min_bad
+        self.budget_option = budget_option  # how the caller's user sets `max_bad_fraction`, for messages
         self.info = dict(info or {})
         self._bad: dict[int, str] = {}  # index -> error text, this process only
         self._tried: set[int] = set()
@@ -121,8 +123,8 @@ class ImageSource(Dataset):
             examples = ", ".join(str(p) for p in self.bad_files[:5])
             raise UnreadableImagesError(
                 f"{self.name}: {bad} of {tried} image files tried could not be read "
-                f"(more than max_bad_fraction={self.max_bad_fraction} and min_bad={self.min_bad}); "
-                f"e.g. {examples}"
+                f"(more than {self.budget_option}={self.max_bad_fraction} of them and more than "
+                f"{self.min_bad}); e.g. {examples}. Fix or remove those files, or raise `{self.budget_option}`"
             )
 
     def load(self, index: int) -> Image.Image:
@@ -265,6 +267,7 @@ def build_image_source(
     transform: Callable[[Image.Image], Any] | None = None,
     max_bad_fraction: float = 0.01,
     min_bad: int = 5,
+    budget_option: str = "max_bad_fraction",
     **kw: Any,
 ) -> ImageSource:
     """An `ImageSource` of `kind` (folder, coco, imagenet, voc) under `root`.
@@ -294,4 +297,5 @@ def build_image_source(
         max_bad_fraction=max_bad_fraction,
         min_bad=min_bad,
         info={"kind": kind, **info},
+        budget_option=budget_option,
     )

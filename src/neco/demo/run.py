@@ -35,6 +35,7 @@ class DemoConfig:
     backbone: str = "vit_tiny_scenes"
     weights: str | None = None
     random_init: bool = False  # start from a random init of `backbone` (saved, so NeCo trains that same model)
+    which: str = "teacher"  # network of a checkpoint holding both (`weights`)
     minutes: float = 5.0  # NeCo post-training budget (wall clock)
     num_train: int = 200
     num_val: int = 60
@@ -58,6 +59,8 @@ class DemoConfig:
     def __post_init__(self) -> None:
         if not self.minutes > 0:
             raise ValueError(f"--minutes must be > 0 but is {self.minutes}")
+        if self.which not in ("teacher", "student"):
+            raise ValueError(f"--which must be teacher or student but is {self.which!r}")
         if len(self.eval_seeds) < 1:
             raise ValueError("`eval_seeds` must name at least one seed")
         for name in ("num_train", "num_val", "image_size", "batch_size"):
@@ -244,6 +247,22 @@ def _read_metrics(run_dir: Path) -> dict[str, list[float]]:
 # --- the whole demo -------------------------------------------------------------------------------
 
 
+def start_model(cfg: DemoConfig, out: Path) -> tuple[torch.nn.Module, str | None]:
+    """The starting backbone (eval mode) and the weights file NeCo trains from (the very same network)."""
+    from neco.backbones import create
+
+    torch.manual_seed(0)  # a --random-init start is reproducible
+    model = create(
+        cfg.backbone, pretrained=cfg.weights is None and not cfg.random_init, weights=cfg.weights, which=cfg.which
+    ).eval()
+    if cfg.random_init or (cfg.weights is not None and cfg.which != "teacher"):
+        # Training reads a checkpoint's teacher: save the very model evaluated "before" instead.
+        start_weights = str(out / ("random_init.pth" if cfg.random_init else f"start_{cfg.which}.pth"))
+        torch.save(model.state_dict(), start_weights)
+        return model, start_weights
+    return model, cfg.weights
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo end to end and write report.md, report.html and results.json into `cfg.out`."""
     from neco.backbones import create, get_config
@@ -272,13 +291,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     train_set = build_segmentation_dataset("scenes", scenes, "train")
     val_set = build_segmentation_dataset("scenes", scenes, "val")
 
-    start_weights = cfg.weights
-    torch.manual_seed(0)  # a --random-init start is reproducible
-    before_model = create(cfg.backbone, pretrained=start_weights is None and not cfg.random_init, weights=start_weights)
-    before_model = before_model.eval()
-    if cfg.random_init:  # NeCo must post-train the very model evaluated "before"
-        start_weights = str(out / "random_init.pth")
-        torch.save(before_model.state_dict(), start_weights)
+    before_model, start_weights = start_model(cfg, out)
     identity = backbone_identity(before_model, cfg.backbone, start_weights)
     log.info(f"evaluating the starting backbone {cfg.backbone} ({config.description})")
     before = evaluate_backbone(before_model, train_set, val_set, cfg, "before")
@@ -288,6 +301,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "backbone": cfg.backbone,
         "weights": _file_identity(cfg.weights),
         "random_init": cfg.random_init,
+        "which": cfg.which,
         "steps": cfg.train_steps,
         "minutes": cfg.minutes if cfg.train_steps is None else None,
         **{k: getattr(cfg, k) for k in ("batch_size", "lr_backbone", "ema_momentum", "teacher_steepness", "image_size")},

@@ -19,7 +19,14 @@ import torch
 from neco.backbones.grid import patch_grid
 from neco.utils.precision import autocast
 
-__all__ = ["Features", "load_backbone", "backbone_identity", "state_dict_checksum"]
+__all__ = [
+    "Features",
+    "load_backbone",
+    "backbone_identity",
+    "canonical_tensors",
+    "resolve_backbone",
+    "state_dict_checksum",
+]
 
 ImagesFn = Callable[[torch.Tensor], torch.Tensor]
 
@@ -98,15 +105,45 @@ class Features:
         return attn.float().cpu()
 
 
-def state_dict_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
-    """sha256 over the sorted (name, dtype, shape, bytes) of every tensor in the state dict."""
+def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tensors that define a ViT backbone's features, in one layout whatever file it came from.
+
+    Official key names (timm / HF exports converted back), without `mask_token` (training-only, absent
+    from timm exports) and, for register models, with the CLS position row folded into the CLS token as
+    timm stores it (the features see only their sum). State dicts that are not a ViT backbone are
+    returned as they are.
+    """
+    from neco.backbones.formats import convert, detect_format, is_head_key, strip_prefixes
+
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if getattr(getattr(model, "config", None), "built_by_timm", False):
+        return tensors  # a timm-built backbone has one layout: timm's own
+    try:
+        stripped = strip_prefixes(tensors)
+        if any(is_head_key(k) for k in stripped):
+            return tensors
+        official = convert(stripped, to="official", source=detect_format(stripped))
+    except ValueError:
+        return tensors
+    official.pop("mask_token", None)
+    pos = official.get("pos_embed")
+    if "register_tokens" in official and "cls_token" in official and pos is not None:
+        official["cls_token"] = official["cls_token"] + pos[:, :1]
+        official["pos_embed"] = pos[:, 1:]
+    return official
+
+
+def state_dict_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> str:
+    """sha256 over the sorted (name, dtype, shape, bytes) of the backbone's canonical tensors.
+
+    The same network loaded from an official, timm or Hugging Face file gets the same checksum (see
+    `canonical_tensors`); any other module or state dict is hashed as it is.
+    """
+    state = canonical_tensors(model)
     digest = hashlib.sha256()
     for name in sorted(state):
-        tensor = state[name]
-        if not isinstance(tensor, torch.Tensor):
-            continue
-        tensor = tensor.detach().cpu().contiguous()
+        tensor = state[name].detach().cpu().contiguous()
         digest.update(name.encode())
         digest.update(str(tensor.dtype).encode())
         digest.update(str(tuple(tensor.shape)).encode())
@@ -128,6 +165,29 @@ def backbone_identity(model: torch.nn.Module, name: str, weights: str | Path | N
     }
 
 
+CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
+
+
+def resolve_backbone(spec: str, weights: str | Path | None = None) -> tuple[str, str | Path | None]:
+    """(registry name, weights file) of `--backbone SPEC [--weights FILE]`; a neco checkpoint file names both."""
+    from neco.backbones.weights import read_checkpoint
+
+    path = Path(spec)
+    if weights is None and (path.suffix in CHECKPOINT_SUFFIXES or path.is_file()):
+        if not path.is_file():
+            raise FileNotFoundError(f"--backbone {spec}: checkpoint file not found")
+        checkpoint = read_checkpoint(path)
+        if not (isinstance(checkpoint, dict) and checkpoint.get("format") == "neco-checkpoint"):
+            raise ValueError(
+                f"--backbone {spec}: a file must be a neco checkpoint (format 'neco-checkpoint'); "
+                "for other weight files pass --backbone NAME --weights FILE"
+            )
+        return str(checkpoint["backbone"]), path
+    if weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found")
+    return spec, weights
+
+
 def load_backbone(
     spec: str, *, weights: str | Path | None = None, pretrained: bool = True, which: str = "teacher"
 ) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -139,20 +199,7 @@ def load_backbone(
     """
     from neco import backbones
 
-    name = spec
-    path = Path(spec)
-    if weights is None and path.suffix in {".pt", ".pth", ".ckpt", ".safetensors"}:
-        if not path.is_file():
-            raise FileNotFoundError(f"--backbone {spec}: checkpoint file not found")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-        if not (isinstance(checkpoint, dict) and checkpoint.get("format") == "neco-checkpoint"):
-            raise ValueError(
-                f"--backbone {spec}: a file must be a neco checkpoint (format 'neco-checkpoint'); "
-                "for other weight files pass --backbone NAME --weights FILE"
-            )
-        name, weights = str(checkpoint["backbone"]), path
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: file not found")
+    name, weights = resolve_backbone(spec, weights)
     try:
         model = backbones.create(
             name, pretrained=pretrained and weights is None, weights=weights, which=which

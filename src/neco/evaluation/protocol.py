@@ -50,6 +50,9 @@ class RunSettings:
     device: str = option("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...")
     num_figures: int = option(4, "validation images shown in the figures", minimum=0)
     progress: bool = option(True, "show progress bars")
+    skip_bad_images: bool = option(
+        False, "leave out unreadable images (checked up front; listed in the result) instead of failing"
+    )
 
 
 @dataclass

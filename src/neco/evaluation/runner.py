@@ -103,8 +103,16 @@ def evaluate(
         torch.set_num_threads(run.threads)
         faiss.omp_set_num_threads(run.threads)
     ctx = RunContext(run, input_size, features.device)
+    if run.skip_bad_images:
+        data = _without_unreadable_images(data, ctx)
     with ctx.timer("total"):
-        output = protocol.run(features, data, settings, ctx)
+        try:
+            output = protocol.run(features, data, settings, ctx)
+        except ValueError as err:
+            plain = _unwrapped(err)
+            if plain is err:
+                raise
+            raise plain from err
     headline_name, headline_value = protocol.headline(output.metrics)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -115,6 +123,7 @@ def evaluate(
             "input_size": input_size,
             "seed": run.seed,
             "precision": features.precision,
+            "skip_bad_images": run.skip_bad_images,
         },
         "dataset": data.describe(),
         "backbone": backbone or {"name": features.name, "sha256": None},
@@ -132,6 +141,31 @@ def evaluate(
     if out_dir is not None:
         write_evaluation(evaluation, features, data, Path(out_dir))
     return evaluation
+
+
+def _without_unreadable_images(data: EvalData, ctx: RunContext) -> EvalData:
+    """`data` without the items whose image cannot be read (`--skip-bad-images`); each skip is a warning."""
+    splits = {}
+    for role in ("val", "train"):
+        dataset = getattr(data, role)
+        if dataset is None or not hasattr(dataset, "without_unreadable_images"):
+            splits[role] = dataset
+            continue
+        splits[role], skipped = dataset.without_unreadable_images()
+        if skipped:
+            ctx.warnings.append(
+                f"--skip-bad-images: left out {len(skipped)} unreadable {role} image(s), e.g. {skipped[0]}"
+            )
+    return dataclasses.replace(data, **splits)
+
+
+def _unwrapped(err: ValueError) -> ValueError:
+    """The message of a ValueError raised in a DataLoader worker, without the worker's traceback text."""
+    text = str(err)
+    if "DataLoader worker" not in text or "Traceback" not in text:
+        return err
+    last = [line for line in text.strip().splitlines() if line.startswith("ValueError: ")]
+    return ValueError(last[-1].removeprefix("ValueError: ")) if last else err
 
 
 def write_evaluation(evaluation: Evaluation, features: Features, data: EvalData, out_dir: Path) -> Path:

@@ -26,6 +26,8 @@ from neco.utils.logging import get_logger
 
 __all__ = ["TrainImages", "EpochSampler", "NeCoDataModule", "build_training_source", "collate_with_position"]
 
+BUDGET_OPTION = "data.max_bad_images"  # the config key behind `max_bad_fraction`, named in its errors
+
 
 def _seed_of(*parts: int) -> int:
     """A 63-bit seed mixing integers (splitmix64), so nearby keys give unrelated streams."""
@@ -53,12 +55,17 @@ def build_training_source(config: TrainConfig, out_dir: str | Path | None = None
             seed=config.run.seed,
             progress=False,
         )
-        return build_image_source("voc", root, split="train", max_bad_fraction=data.max_bad_images)
+        return build_image_source(
+            "voc", root, split="train", max_bad_fraction=data.max_bad_images, budget_option=BUDGET_OPTION
+        )
     if not data.root:
         raise ValueError(f"`data.root` must be set to the {data.kind} image folder but is null")
     try:
         return build_image_source(
-            data.kind, Path(data.root).expanduser(), max_bad_fraction=data.max_bad_images
+            data.kind,
+            Path(data.root).expanduser(),
+            max_bad_fraction=data.max_bad_images,
+            budget_option=BUDGET_OPTION,
         )
     except FileNotFoundError as err:
         raise FileNotFoundError(f"`data.root` (data.kind={data.kind}): {err}") from err

@@ -10,7 +10,15 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["atomic_open", "atomic_write", "atomic_torch_save", "write_json", "ensure_writable_dir", "save_png"]
+__all__ = [
+    "atomic_open",
+    "atomic_write",
+    "atomic_torch_save",
+    "write_json",
+    "ensure_writable_dir",
+    "check_new_file",
+    "save_png",
+]
 
 
 def _umask() -> int:
@@ -71,6 +79,16 @@ def ensure_writable_dir(path: str | os.PathLike, option: str = "--out") -> Path:
         raise NotADirectoryError(f"{option} {path}: exists and is not a directory")
     if not os.access(path, os.W_OK | os.X_OK):
         raise PermissionError(f"{option} {path}: the directory is not writable")
+    return path
+
+
+def check_new_file(path: str | os.PathLike, force: bool, option: str = "-o") -> Path:
+    """Refuse to replace an existing output file unless `force` (a rerun must not silently overwrite)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file name")
+    if path.exists() and not force:
+        raise FileExistsError(f"{option} {path} exists; pass --force to overwrite it, or choose another file")
     return path
 
 

@@ -173,7 +173,16 @@ class PairDataset(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-        image, mask = self.dataset.load(index) if hasattr(self.dataset, "load") else self.dataset[index]
+        from neco.data.base import BadImageError
+
+        try:
+            image, mask = self.dataset.load(index) if hasattr(self.dataset, "load") else self.dataset[index]
+        except BadImageError as err:
+            # A plain ValueError: a DataLoader worker re-raises it by its message (a subclass would not rebuild).
+            raise ValueError(
+                f"{err}; an evaluation image is never skipped silently: fix or remove the file, or pass "
+                "--skip-bad-images to leave unreadable images out (they are listed in the result)"
+            ) from None
         # one generator per (seed, epoch, item): results do not depend on the number of workers
         state = np.random.SeedSequence([self.seed, self.epoch, index]).generate_state(1, np.uint64)[0]
         generator = torch.Generator().manual_seed(int(state) & (2**63 - 1))
