@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `neco` console script; returns the process exit code."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _take_overrides(parser, args, extra)
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2
@@ -47,6 +49,28 @@ def main(argv: list[str] | None = None) -> int:
         print(f"neco {args.command}: error: {err}", file=sys.stderr)
         return 2
     return int(result or 0)
+
+
+def _take_overrides(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Append `key=value` tokens argparse left over to the command's overrides, else exit with its usage.
+
+    Why: argparse binds a `nargs="*"` positional at its first chance, so `key=value` overrides placed
+    after options come back unrecognized; a command opts in with `set_defaults(overrides_dest=...)`.
+    """
+    dest = getattr(args, "overrides_dest", None)
+    command = _subparser(parser, args.command) or parser
+    bad = [token for token in extra if token.startswith("-") or "=" not in token]
+    if dest is None or bad:
+        command.error(f"unrecognized arguments: {' '.join(bad or extra)}")
+    setattr(args, dest, [*getattr(args, dest), *extra])
+
+
+def _subparser(parser: argparse.ArgumentParser, name: str | None) -> argparse.ArgumentParser | None:
+    """The subparser of command `name` (None when there is none)."""
+    for action in parser._subparsers._group_actions if parser._subparsers else []:
+        if isinstance(action, argparse._SubParsersAction) and name in action.choices:
+            return action.choices[name]
+    return None
 
 
 if __name__ == "__main__":  # pragma: no cover

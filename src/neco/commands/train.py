@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="YAML file, or the name of a preset installed with neco (tiny_cpu, small/neco_dinov2r, ...)",
     )
     parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides section.key=value (values parsed as YAML)"
+        "overrides",
+        nargs="*",
+        help="dotted overrides section.key=value (values parsed as YAML), before or after the options",
     )
     parser.add_argument(
         "--devices", default=None, help="devices per node (int or 'auto'); overrides run.devices"
@@ -53,7 +55,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on --resume, accept changed model / crops / loss / data settings (recorded in the run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides_dest="overrides")
 
 
 def run(args: argparse.Namespace) -> int:
