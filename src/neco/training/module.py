@@ -364,15 +364,13 @@ class NeCoModule(L.LightningModule):
         checkpoint["version"] = CHECKPOINT_VERSION
         checkpoint["backbone"] = self.config.model.backbone
         checkpoint["num_register_tokens"] = int(self.student.num_register_tokens)
-        checkpoint["student"] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
-        checkpoint["teacher"] = {k: v.detach().clone() for k, v in self.teacher.state_dict().items()}
-        checkpoint["student_head"] = {
-            k: v.detach().clone() for k, v in self.student_head.state_dict().items()
-        }
-        checkpoint["teacher_head"] = {
-            k: v.detach().clone() for k, v in self.teacher_head.state_dict().items()
-        }
-        checkpoint["queue"] = {k: v.detach().clone() for k, v in self.loss_fn.state_dict().items()}
+        # No copies: these tensors share storage with Lightning's `state_dict`, and torch.save writes a
+        # shared storage once, so the backbones and heads are not stored twice in the file.
+        checkpoint["student"] = _detached(self.student.state_dict())
+        checkpoint["teacher"] = _detached(self.teacher.state_dict())
+        checkpoint["student_head"] = _detached(self.student_head.state_dict())
+        checkpoint["teacher_head"] = _detached(self.teacher_head.state_dict())
+        checkpoint["queue"] = _detached(self.loss_fn.state_dict())
         checkpoint["step"] = int(self.global_step)
         checkpoint["config"] = config_to_dict(self.config)
         states = [_rng_state()]
@@ -402,3 +400,8 @@ class NeCoModule(L.LightningModule):
         """The (epoch, position) to continue the data stream from after a resume, once."""
         position, self._resume_position = self._resume_position, None
         return position
+
+
+def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with detached tensors that keep their storage (saved once beside the Lightning state dict)."""
+    return {k: v.detach() for k, v in state.items()}
