@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `neco` console script; returns the process exit code."""
+    from neco.utils.logging import quiet_console
+
+    quiet_console()
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:
