@@ -96,6 +96,9 @@ class NeCoModule(L.LightningModule):
         apply_trainable_blocks(self.student, mc.trainable_blocks)
         self.teacher = copy.deepcopy(self.student)
         self.teacher_head = copy.deepcopy(self.student_head)
+        if mc.teacher_head_init == "independent":  # public NeCo code: a second random draw, not a copy
+            fresh = ProjectionHead(self.student.embed_dim, mc.head_hidden_dim, mc.head_out_dim)
+            self.teacher_head.load_state_dict(fresh.state_dict())
         for param in [*self.teacher.parameters(), *self.teacher_head.parameters()]:
             param.requires_grad_(False)
         lc = config.loss
@@ -161,7 +164,12 @@ class NeCoModule(L.LightningModule):
 
         oc = self.config.optim
         groups = build_param_groups(
-            self.student, self.student_head, oc.lr_backbone, oc.lr_head, oc.weight_decay
+            self.student,
+            self.student_head,
+            oc.lr_backbone,
+            oc.lr_head,
+            oc.weight_decay,
+            decay_tokens=oc.decay_tokens,
         )
         groups = [g for g in groups if len(list(g["params"])) > 0]
         for group in groups:
