@@ -9,7 +9,10 @@ import sys
 
 from neco import __version__
 
-__all__ = ["build_parser", "main"]
+__all__ = ["COMPUTING", "build_parser", "main"]
+
+# Commands that run models or generate data: each takes `--threads` (added here when it has none).
+COMPUTING = ("demo", "eval", "explore", "features", "make-scenes", "pretrain-tiny", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +30,58 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"neco.commands.{info.name}")
         module.register(subparsers)
+    for name, command in subparsers.choices.items():
+        if name in COMPUTING and not _has_option(command, "--threads"):
+            command.add_argument(
+                "--threads",
+                type=int,
+                default=0,
+                help="CPU threads for torch and faiss (default: 0, the library default)",
+            )
+        _show_defaults(command)
     return parser
+
+
+def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
+    """Whether `parser` or one of its subcommands (neco eval's protocols) has `option`."""
+    for action in parser._actions:
+        if option in action.option_strings:
+            return True
+        if isinstance(action, argparse._SubParsersAction):
+            return all(_has_option(sub, option) for sub in action.choices.values())
+    return False
+
+
+def _show_defaults(parser: argparse.ArgumentParser) -> None:
+    """Append "(default: X)" to the help of options that have a default but do not name it.
+
+    Why: every `--help` shows the defaults, whichever command module wrote the option.
+    """
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for sub in action.choices.values():
+                _show_defaults(sub)
+        elif (
+            action.option_strings
+            and action.help not in (None, argparse.SUPPRESS)
+            and action.default not in (None, False, argparse.SUPPRESS)
+            and "default" not in action.help.lower()
+        ):
+            action.help = f"{action.help} (default: %(default)s)"
+
+
+def _set_threads(threads: int) -> None:
+    """Use `threads` CPU threads in torch and faiss (0: leave the library default)."""
+    if threads <= 0:
+        return
+    import torch
+
+    torch.set_num_threads(threads)
+    try:
+        import faiss
+    except ImportError:
+        return
+    faiss.omp_set_num_threads(threads)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "func", None) is None:
         parser.print_help()
         return 0 if args.command is None else 2
+    _set_threads(int(getattr(args, "threads", 0) or 0))
     try:
         result = args.func(args)
     except KeyboardInterrupt:

@@ -40,7 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--accelerator", default=None, help="auto, cpu or gpu; overrides run.accelerator")
     parser.add_argument("--out", default=None, help="output folder; overrides run.out_dir")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length "
+        "(overrides optim.max_steps; use --resume to continue a run)",
+    )
     parser.add_argument(
         "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
     )
