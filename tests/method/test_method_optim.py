@@ -137,3 +137,16 @@ def test_teacher_head_init_copy_or_independent() -> None:
     assert not any(p.requires_grad for p in independent.teacher_head.parameters())
     with pytest.raises(ValueError, match="model.teacher_head_init"):
         module("shared")
+
+
+def test_resume_of_a_checkpoint_without_the_new_keys(tmp_path) -> None:
+    """Checkpoints written before `teacher_head_init` / `decay_tokens` existed resume unchanged."""
+    from neco.training.config import config_from_dict, config_to_dict
+    from neco.training.resume import ConfigChangeError, check_config_change
+
+    stored = config_to_dict(config_from_dict(None))
+    del stored["model"]["teacher_head_init"], stored["optim"]["decay_tokens"]
+    assert check_config_change(stored, config_from_dict(None), tmp_path / "a.ckpt") == {}
+    for override in ({"model": {"teacher_head_init": "independent"}}, {"optim": {"decay_tokens": True}}):
+        with pytest.raises(ConfigChangeError, match=next(iter(next(iter(override.values()))))):
+            check_config_change(stored, config_from_dict(override), tmp_path / "a.ckpt")
