@@ -124,3 +124,16 @@ def test_unknown_split(tmp_path):
     root = make_segmentation_layout(tmp_path / "VOCSegmentation")
     with pytest.raises(ValueError, match="`split` must be one of"):
         build_voc(root, "test")
+
+
+def test_devkit_without_trainaug_suggests_the_train_split(tmp_path):
+    from neco.data.images import build_image_source
+
+    make_devkit_layout(tmp_path, with_aug=False)
+    with pytest.raises(FileNotFoundError) as err:
+        build_voc(tmp_path, "trainaug")
+    message = str(err.value)
+    assert "--train-split train" in message
+    assert "optional" not in message  # the files trainaug needs are required for that split
+    with pytest.raises(FileNotFoundError, match="split='train'"):
+        build_image_source("voc", tmp_path)

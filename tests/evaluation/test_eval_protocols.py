@@ -165,3 +165,12 @@ def test_standardise_pca_matches_numpy_svd():
         sign = np.sign(np.dot(projected[:, j], reference[:, j]))
         np.testing.assert_allclose(sign * projected[:, j], reference[:, j], atol=1e-3)
     assert 0 < info["explained_variance"] <= 1
+
+
+def test_linear_cached_epochs_show_progress(toy, capsys):
+    train, val = toy
+    settings = LinearSettings(
+        target_size=32, epochs=2, lr_step_epoch=1, probe_batch_size=4, lr=0.5, train_features="cached"
+    )
+    run_protocol("linear", _oracle, PATCH, val, train, settings, input_size=64, batch_size=4, progress=True)
+    assert "linear probe epochs" in capsys.readouterr().err

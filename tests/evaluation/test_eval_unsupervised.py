@@ -289,3 +289,16 @@ def test_heavy_dependencies_are_imported_lazily():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_cd_search_shows_progress(capsys):
+    from neco.evaluation.blocks.community import CDConfig, search_cd
+
+    maps = np.full((4, 6, 6), -1)
+    maps[:, :3, :3] = np.tile([[0, 1, 0], [1, 0, 1], [0, 1, 0]], (4, 1, 1))
+    maps[:, 3:, 3:] = np.tile([[2, 3, 2], [3, 2, 3], [2, 3, 2]], (4, 1, 1))
+    gt = torch.from_numpy(np.where(maps >= 0, 1, 0))
+    config = CDConfig(trials=3)
+    best = search_cd({4: maps}, gt, 2, None, config, lambda m: m, progress=True)
+    assert best["k"] == 4
+    assert "community search" in capsys.readouterr().err

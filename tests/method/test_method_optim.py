@@ -95,3 +95,58 @@ def test_trainable_blocks_freezes_the_right_parameters() -> None:
         apply_trainable_blocks(backbone, [7])
     with pytest.raises(ValueError, match="trainable_blocks"):
         apply_trainable_blocks(nn.Linear(2, 2), 1)
+
+
+def test_decay_tokens_follows_the_public_rule() -> None:
+    """`decay_tokens=True`: only biases and 1-D tensors are exempt; tokens of rank >= 2 are decayed."""
+    backbone, head = _TinyViT(), ProjectionHead(8, 16, 4)
+    groups = build_param_groups(backbone, head, 1e-5, 1e-4, 0.04, decay_tokens=True)
+    decay = {id(p) for p in groups[0]["params"]}
+    no_decay = {id(p) for p in groups[1]["params"]}
+    for name in ("cls_token", "register_tokens", "mask_token", "pos_embed", "patch_embed.weight"):
+        assert id(backbone.get_parameter(name)) in decay, name
+    for name in ("patch_embed.bias", "norm.weight", "blocks.0.ls.gamma"):
+        assert id(backbone.get_parameter(name)) in no_decay, name
+
+
+def test_teacher_head_init_copy_or_independent() -> None:
+    from neco.training.config import config_from_dict
+    from neco.training.module import NeCoModule
+
+    def module(init: str) -> NeCoModule:
+        config = config_from_dict(
+            {
+                "model": {
+                    "backbone": "vit_tiny",
+                    "pretrained": False,
+                    "head_hidden_dim": 16,
+                    "head_out_dim": 8,
+                    "teacher_head_init": init,
+                }
+            }
+        )
+        return NeCoModule(config)
+
+    copied, independent = module("copy"), module("independent")
+    same = [
+        torch.equal(a, b) for a, b in zip(copied.teacher_head.parameters(), copied.student_head.parameters())
+    ]
+    assert all(same)
+    weights = zip(independent.teacher_head.parameters(), independent.student_head.parameters())
+    assert not any(torch.equal(a, b) for a, b in weights if a.ndim > 1)
+    assert not any(p.requires_grad for p in independent.teacher_head.parameters())
+    with pytest.raises(ValueError, match="model.teacher_head_init"):
+        module("shared")
+
+
+def test_resume_of_a_checkpoint_without_the_new_keys(tmp_path) -> None:
+    """Checkpoints written before `teacher_head_init` / `decay_tokens` existed resume unchanged."""
+    from neco.training.config import config_from_dict, config_to_dict
+    from neco.training.resume import ConfigChangeError, check_config_change
+
+    stored = config_to_dict(config_from_dict(None))
+    del stored["model"]["teacher_head_init"], stored["optim"]["decay_tokens"]
+    assert check_config_change(stored, config_from_dict(None), tmp_path / "a.ckpt") == {}
+    for override in ({"model": {"teacher_head_init": "independent"}}, {"optim": {"decay_tokens": True}}):
+        with pytest.raises(ConfigChangeError, match=next(iter(next(iter(override.values()))))):
+            check_config_change(stored, config_from_dict(override), tmp_path / "a.ckpt")

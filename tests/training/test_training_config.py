@@ -148,3 +148,20 @@ def test_cli_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str
         == 2
     )
     assert "found no image files" in capsys.readouterr().err
+
+
+def test_train_accepts_overrides_after_options(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    from neco.cli import main
+
+    preset = str(ROOT / "configs/small/neco_dino.yaml")
+    missing = tmp_path / "missing"
+    options = ["--out", str(tmp_path / "run"), "--no-progress"]
+    # overrides before and after the options: both reach the config (the data.root error proves it)
+    assert (
+        main(["train", "--config", preset, "model.pretrained=false", *options, f"data.root={missing}"]) == 2
+    )
+    assert "`data.root` (data.kind=coco)" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["train", "--config", preset, *options, "--no-such-option"])
+    err = capsys.readouterr().err
+    assert "usage: neco train" in err and "unrecognized arguments: --no-such-option" in err

@@ -122,8 +122,18 @@ def test_garbage_inside_a_checkpoint_is_refused(tmp_path: Path, scenes: Path, tw
     out = _copy_run(two_steps, tmp_path / "run")
     newest = out / "checkpoints" / "step_00000002.ckpt"
     data = bytearray(newest.read_bytes())
-    middle = len(data) // 2
-    data[middle : middle + 4096] = b"\xff" * 4096  # 0xFFFFFFFF is a float32 NaN
+    # Inside the largest tensor record (not a zip header): torch.save stores records uncompressed.
+    import zipfile
+
+    record = max(zipfile.ZipFile(newest).infolist(), key=lambda info: info.file_size)
+    header = (
+        30
+        + len(record.filename.encode())
+        + int.from_bytes(data[record.header_offset + 28 : record.header_offset + 30], "little")
+    )
+    middle = record.header_offset + header + record.file_size // 2 // 4 * 4
+    size = min(4096, record.file_size // 4)
+    data[middle : middle + size] = b"\xff" * size  # 0xFFFFFFFF is a float32 NaN
     newest.write_bytes(bytes(data))
     with pytest.raises(ValueError, match=r"step_00000002.ckpt: .*NaN or infinite"):
         train(_config(out, scenes, "optim.max_steps=3"), resume=str(newest))

@@ -161,6 +161,22 @@ def test_checkpoint_contract_and_logs(full_run) -> None:
     assert not (full_run.out_dir / "tensorboard").exists()  # CSV only was asked for
 
 
+def test_checkpoint_stores_each_weight_once(full_run) -> None:
+    """neco's student / teacher / head copies share storage with Lightning's state dict in the file."""
+    checkpoint = _load(full_run.last_checkpoint)
+
+    def storages(tree: dict) -> dict[int, int]:
+        return {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tree.values()}
+
+    lightning = storages(checkpoint["state_dict"])
+    for key in ("student", "teacher", "student_head", "teacher_head", "queue"):
+        assert set(storages(checkpoint[key])) <= set(lightning), f"{key} is stored a second time"
+    # The file is the state dict plus AdamW's moments, not a third of it again.
+    moments = [t for state in checkpoint["optimizer_states"][0]["state"].values() for t in state.values()]
+    unique = sum(lightning.values()) + sum(t.untyped_storage().nbytes() for t in moments)
+    assert full_run.last_checkpoint.stat().st_size < 1.1 * unique + 200_000
+
+
 def test_non_finite_loss_stops_and_keeps_checkpoint(
     tmp_path: Path, scenes: Path, full_run, monkeypatch: pytest.MonkeyPatch
 ) -> None:

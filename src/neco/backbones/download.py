@@ -8,7 +8,9 @@ The cache is `$NECO_CACHE` or `~/.cache/neco`. Direct URLs (official DINOv2 / DI
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from neco.backbones.registry import BackboneConfig, WeightSource
 from neco.utils.logging import get_logger
@@ -68,9 +70,43 @@ def cached_path(source: WeightSource) -> Path:
     return cache_dir() / "checkpoints" / source.filename
 
 
+def _hub_endpoint() -> str:
+    """The Hugging Face hub address that `hf_hub_download` uses ($HF_ENDPOINT, else huggingface.co)."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:
+        return os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    return str(constants.ENDPOINT)
+
+
+def _fetch_url(source: WeightSource) -> str:
+    """The address `_fetch` will contact for `source`."""
+    if source.hf_repo is not None:
+        return f"{_hub_endpoint().rstrip('/')}/{source.hf_repo}/resolve/main/{source.hf_filename}"
+    return source.download_url()
+
+
+def _check_reachable(url: str, timeout: float = 5.0) -> None:
+    """Raise OSError at once when the host of `url` does not accept a connection.
+
+    Why: the hub client retries an unreachable host for ~23 s before giving up; one probe of the
+    host decides that in one connection timeout instead.
+    """
+    parts = urlsplit(url)
+    if parts.hostname is None:
+        return
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            pass
+    except OSError as err:
+        raise OSError(f"{parts.hostname}:{port} is unreachable ({err})") from err
+
+
 def _fetch(source: WeightSource, target: Path, progress: bool) -> None:
     """Download `source` to `target` (atomically: a partial download never sits at `target`)."""
     target.parent.mkdir(parents=True, exist_ok=True)
+    _check_reachable(_fetch_url(source))
     if source.hf_repo is not None:
         try:
             from huggingface_hub import hf_hub_download

@@ -22,7 +22,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("out", metavar="OUT", help="output folder")
     parser.add_argument("--num-train", type=int, default=64, help="training images (default 64)")
     parser.add_argument("--num-val", type=int, default=16, help="validation images (default 16)")
-    parser.add_argument("--size", type=int, default=112, help="image side in pixels (default 112)")
+    parser.add_argument(
+        "--input-size",
+        "--size",
+        dest="size",
+        type=int,
+        default=112,
+        help="image side in pixels (default 112; --size is a deprecated spelling)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
     parser.add_argument(
         "--format", dest="image_format", default="jpg", help="image files: jpg or png (default jpg)"

@@ -17,10 +17,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("-o", "--out", required=True, help="output file (.pth)")
-    parser.add_argument("--steps", type=int, default=None, help="optimisation steps (default: the shipped setting)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--num-scenes", type=int, default=None)
-    parser.add_argument("--seed", type=int, default=None)
+    parser.add_argument(
+        "--steps", type=int, default=None, help="optimisation steps (default: the shipped setting)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=None, help="scenes per step (default: the shipped setting)"
+    )
+    parser.add_argument(
+        "--num-scenes",
+        type=int,
+        default=None,
+        help="generated training scenes (default: the shipped setting)",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the shipped setting)")
     parser.add_argument("--pool", choices=["mean", "cls"], default=None, help="token(s) the classifier reads")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
     parser.set_defaults(func=_run)

@@ -25,7 +25,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="YAML file, or the name of a preset installed with neco (tiny_cpu, small/neco_dinov2r, ...)",
     )
     parser.add_argument(
-        "overrides", nargs="*", help="dotted overrides section.key=value (values parsed as YAML)"
+        "overrides",
+        nargs="*",
+        help="dotted overrides section.key=value (values parsed as YAML), before or after the options",
     )
     parser.add_argument(
         "--devices", default=None, help="devices per node (int or 'auto'); overrides run.devices"
@@ -38,7 +40,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--accelerator", default=None, help="auto, cpu or gpu; overrides run.accelerator")
     parser.add_argument("--out", default=None, help="output folder; overrides run.out_dir")
-    parser.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    parser.add_argument(
+        "--max-steps",
+        type=int,
+        default=None,
+        help="length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length "
+        "(overrides optim.max_steps; use --resume to continue a run)",
+    )
     parser.add_argument(
         "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
     )
@@ -53,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on --resume, accept changed model / crops / loss / data settings (recorded in the run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
-    parser.set_defaults(func=run)
+    parser.set_defaults(func=run, overrides_dest="overrides")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -218,7 +218,7 @@ def _imagenet_files(
 
 
 def _voc_files(root: Path, split: str = "trainaug") -> tuple[list[Path], dict[str, Any]]:
-    from neco.data.voc import detect_voc_layout
+    from neco.data.voc import TRAINAUG_HINT, detect_voc_layout
 
     layout, folder = detect_voc_layout(root)
     image_dir, list_file = (
@@ -228,7 +228,8 @@ def _voc_files(root: Path, split: str = "trainaug") -> tuple[list[Path], dict[st
     )
     for needed in (image_dir, list_file):
         if not needed.exists():
-            raise FileNotFoundError(f"VOC images ({layout} layout): missing {needed}")
+            hint = f"\n{TRAINAUG_HINT}" if split == "trainaug" and needed == list_file else ""
+            raise FileNotFoundError(f"VOC images ({layout} layout): missing {needed}{hint}")
     files, missing = [], []
     for image_id in read_id_list(list_file):
         for ext in (".jpg", ".jpeg", ".png"):

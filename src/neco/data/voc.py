@@ -33,6 +33,12 @@ VOC_SPLITS: dict[str, str] = {
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
+TRAINAUG_HINT = (
+    "The split trainaug needs the SBD-augmented labels (SegmentationClassAug/ and trainaug.txt), which "
+    "a standard VOCdevkit does not have: add them, or use the VOC train split "
+    "(`--train-split train` in neco eval, split='train' in Python)"
+)
+
 _SEGMENTATION_TREE = """
   <root>/                      (the VOCSegmentation folder)
     images/*.jpg
@@ -47,8 +53,8 @@ _DEVKIT_TREE = """
       JPEGImages/*.jpg
       SegmentationClass/*.png
       ImageSets/Segmentation/{train,val}.txt
-      SegmentationClassAug/*.png               (optional, for trainaug)
-      ImageSets/Segmentation/trainaug.txt      (optional, for trainaug)
+      SegmentationClassAug/*.png               (split trainaug only; SBD, not in the VOCdevkit)
+      ImageSets/Segmentation/trainaug.txt      (split trainaug only; SBD, not in the VOCdevkit)
 """
 
 _BOTH_TREES = LayoutSpec("Pascal VOC", "either" + _SEGMENTATION_TREE + "or" + _DEVKIT_TREE, ())
@@ -99,7 +105,12 @@ def build_voc(
     image_rel, list_rel, label_rel = _split_paths(layout, split)
     tree = _SEGMENTATION_TREE if layout == "segmentation" else _DEVKIT_TREE
     spec = LayoutSpec(f"Pascal VOC ({layout} layout, split {split})", tree, (image_rel, list_rel, label_rel))
-    check_layout(spec, folder)
+    try:
+        check_layout(spec, folder)
+    except FileNotFoundError as err:
+        if split != "trainaug":
+            raise
+        raise FileNotFoundError(f"{err}\n{TRAINAUG_HINT}") from None
 
     ids = read_id_list(folder / list_rel)
     images = list_files(folder / image_rel, _IMAGE_EXTENSIONS)

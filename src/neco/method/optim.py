@@ -21,10 +21,15 @@ NO_DECAY_NAMES = ("cls_token", "register_tokens", "mask_token", "pos_embed", "di
 _BLOCK = re.compile(r"(?:^|\.)blocks\.(\d+)\.")
 
 
-def is_no_decay(name: str, ndim: int) -> bool:
-    """True for biases, 1-D tensors (norm scales, LayerScale gammas) and token / position parameters."""
+def is_no_decay(name: str, ndim: int, *, decay_tokens: bool = False) -> bool:
+    """True for biases, 1-D tensors (norm scales, LayerScale gammas) and, unless `decay_tokens`, tokens.
+
+    `decay_tokens=True` is the public NeCo / DINO rule (biases and 1-D tensors only): the class,
+    register, mask tokens and position embeddings are then decayed like weights.
+    """
     leaf = name.rsplit(".", 1)[-1]
-    return name.endswith(".bias") or leaf == "bias" or ndim <= 1 or leaf in NO_DECAY_NAMES
+    tokens = leaf in NO_DECAY_NAMES and not decay_tokens
+    return name.endswith(".bias") or leaf == "bias" or ndim <= 1 or tokens
 
 
 def timm_model_of(backbone: nn.Module) -> nn.Module | None:
@@ -40,7 +45,7 @@ def timm_model_of(backbone: nn.Module) -> nn.Module | None:
     return None
 
 
-def _no_decay_ids(backbone: nn.Module) -> set[int] | None:
+def _no_decay_ids(backbone: nn.Module, decay_tokens: bool = False) -> set[int] | None:
     """Ids of the parameters timm exempts from weight decay (None when `backbone` is not a timm model)."""
     model = timm_model_of(backbone)
     if model is None:
@@ -48,7 +53,8 @@ def _no_decay_ids(backbone: nn.Module) -> set[int] | None:
     from timm.optim import param_groups_weight_decay
 
     # A dummy positive decay: with 0 timm puts everything in one group, and only the split is wanted.
-    groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=model.no_weight_decay())
+    names = () if decay_tokens else model.no_weight_decay()  # timm's list names the token parameters
+    groups = param_groups_weight_decay(model, 1.0, no_weight_decay_list=names)
     return {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
 
 
@@ -58,12 +64,15 @@ def build_param_groups(
     lr_backbone: float,
     lr_head: float,
     weight_decay: float,
+    *,
+    decay_tokens: bool = False,
 ) -> list[dict]:
     """Four AdamW groups: backbone decay / no-decay at `lr_backbone`, head decay / no-decay at `lr_head`.
 
     Only parameters with `requires_grad` are included (apply `trainable_blocks` first). Each group carries
     `"name"`, `"apply_wd"` (True for the decayed groups, which follow the weight-decay schedule) and
     `"weight_decay"` (`weight_decay` or 0). Groups are always returned in the same order, possibly empty.
+    `decay_tokens` decays token / position parameters too (the public rule; see `is_no_decay`).
     """
     for option, value in (("lr_backbone", lr_backbone), ("lr_head", lr_head), ("weight_decay", weight_decay)):
         if value < 0:
@@ -71,14 +80,14 @@ def build_param_groups(
     groups = []
     for part, module, lr in (("backbone", backbone, lr_backbone), ("head", head, lr_head)):
         decay, no_decay = [], []
-        timm_no_decay = _no_decay_ids(module) if part == "backbone" else None
+        timm_no_decay = _no_decay_ids(module, decay_tokens) if part == "backbone" else None
         for name, param in module.named_parameters():
             if not param.requires_grad:
                 continue
             if timm_no_decay is not None:
                 exempt = id(param) in timm_no_decay
             else:
-                exempt = is_no_decay(name, param.ndim)
+                exempt = is_no_decay(name, param.ndim, decay_tokens=decay_tokens)
             (no_decay if exempt else decay).append(param)
         groups.append(
             {

@@ -86,7 +86,9 @@ def _write_error(path: Path, err: BaseException, needed: int | None) -> Checkpoi
 
 
 def _checkpoint_bytes(checkpoint: dict[str, Any]) -> int:
-    return sum(t.numel() * t.element_size() for t in _tensors(checkpoint))
+    # torch.save writes a storage shared by several tensors once
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors(checkpoint)}
+    return sum(storages.values())
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -342,10 +344,10 @@ def remove_orphan_temporaries(checkpoint_dir: Path) -> list[Path]:
 
 
 def estimate_checkpoint_bytes(module: L.LightningModule) -> int:
-    """Size of one full checkpoint: the state dict, the separate backbone / head copies, AdamW's 2 moments."""
+    """Size of one full checkpoint: the state dict (the backbone / head keys share it) and AdamW's 2 moments."""
     state = sum(t.numel() * t.element_size() for t in module.state_dict().values())
     trainable = sum(p.numel() * p.element_size() for p in module.parameters() if p.requires_grad)
-    return 2 * state + 2 * trainable
+    return state + 2 * trainable
 
 
 def check_free_space(checkpoint_dir: Path, needed: int) -> None:

@@ -86,6 +86,12 @@ def _scale_pair(option: str, pair: tuple[float, float], high: float = 1.0) -> No
         raise ValueError(f"`{option}` must be (low, high) with 0 < low <= high <= {high} but is {list(pair)}")
 
 
+TEACHER_HEAD_INITS: dict[str, str] = {
+    "copy": "the teacher head starts as a copy of the student head (neco)",
+    "independent": "the teacher head gets its own random initialisation (public NeCo code)",
+}
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone and projection head."""
@@ -98,8 +104,10 @@ class ModelConfig:
     trainable_blocks: int | list[int] | None = None
     head_hidden_dim: int = 2048
     head_out_dim: int = 256
+    teacher_head_init: str = "copy"
 
     def __post_init__(self) -> None:
+        _choice("model.teacher_head_init", self.teacher_head_init, TEACHER_HEAD_INITS)
         if not self.backbone:
             raise ValueError("`model.backbone` must be a registry name but is empty")
         if self.num_register_tokens is not None:
@@ -220,6 +228,7 @@ class OptimConfig:
     epochs: int = 25
     max_steps: int | None = None
     grad_clip: float | None = None
+    decay_tokens: bool = False
 
     def __post_init__(self) -> None:
         _positive("optim.lr_backbone", self.lr_backbone, allow_zero=True)

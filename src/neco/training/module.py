@@ -96,6 +96,9 @@ class NeCoModule(L.LightningModule):
         apply_trainable_blocks(self.student, mc.trainable_blocks)
         self.teacher = copy.deepcopy(self.student)
         self.teacher_head = copy.deepcopy(self.student_head)
+        if mc.teacher_head_init == "independent":  # public NeCo code: a second random draw, not a copy
+            fresh = ProjectionHead(self.student.embed_dim, mc.head_hidden_dim, mc.head_out_dim)
+            self.teacher_head.load_state_dict(fresh.state_dict())
         for param in [*self.teacher.parameters(), *self.teacher_head.parameters()]:
             param.requires_grad_(False)
         lc = config.loss
@@ -161,7 +164,12 @@ class NeCoModule(L.LightningModule):
 
         oc = self.config.optim
         groups = build_param_groups(
-            self.student, self.student_head, oc.lr_backbone, oc.lr_head, oc.weight_decay
+            self.student,
+            self.student_head,
+            oc.lr_backbone,
+            oc.lr_head,
+            oc.weight_decay,
+            decay_tokens=oc.decay_tokens,
         )
         groups = [g for g in groups if len(list(g["params"])) > 0]
         for group in groups:
@@ -365,15 +373,13 @@ class NeCoModule(L.LightningModule):
         checkpoint["version"] = CHECKPOINT_VERSION
         checkpoint["backbone"] = self.config.model.backbone
         checkpoint["num_register_tokens"] = int(self.student.num_register_tokens)
-        checkpoint["student"] = {k: v.detach().clone() for k, v in self.student.state_dict().items()}
-        checkpoint["teacher"] = {k: v.detach().clone() for k, v in self.teacher.state_dict().items()}
-        checkpoint["student_head"] = {
-            k: v.detach().clone() for k, v in self.student_head.state_dict().items()
-        }
-        checkpoint["teacher_head"] = {
-            k: v.detach().clone() for k, v in self.teacher_head.state_dict().items()
-        }
-        checkpoint["queue"] = {k: v.detach().clone() for k, v in self.loss_fn.state_dict().items()}
+        # No copies: these tensors share storage with Lightning's `state_dict`, and torch.save writes a
+        # shared storage once, so the backbones and heads are not stored twice in the file.
+        checkpoint["student"] = _detached(self.student.state_dict())
+        checkpoint["teacher"] = _detached(self.teacher.state_dict())
+        checkpoint["student_head"] = _detached(self.student_head.state_dict())
+        checkpoint["teacher_head"] = _detached(self.teacher_head.state_dict())
+        checkpoint["queue"] = _detached(self.loss_fn.state_dict())
         checkpoint["step"] = int(self.global_step)
         checkpoint["config"] = config_to_dict(self.config)
         states = [_rng_state()]
@@ -403,3 +409,8 @@ class NeCoModule(L.LightningModule):
         """The (epoch, position) to continue the data stream from after a resume, once."""
         position, self._resume_position = self._resume_position, None
         return position
+
+
+def _detached(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """`state` with detached tensors that keep their storage (saved once beside the Lightning state dict)."""
+    return {k: v.detach() for k, v in state.items()}

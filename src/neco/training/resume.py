@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from neco.training.config import TrainConfig, config_to_dict
+from neco.training.config import TrainConfig, config_from_dict, config_to_dict
 
 __all__ = ["RESUMABLE", "ConfigChangeError", "config_differences", "check_config_change", "record_changes"]
 
@@ -34,6 +34,9 @@ RESUMABLE = (
     "run.validation.",
     "data.num_workers",
 )
+# Exceptions under a resumable prefix: they change which parameters share an optimizer group, and the
+# optimizer state stored in the checkpoint is laid out by those groups.
+FIXED = ("optim.decay_tokens",)
 CHANGES_FILE = "config_changes.yaml"
 
 
@@ -51,16 +54,24 @@ def _flatten(values: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def config_differences(stored: dict[str, Any], config: TrainConfig) -> dict[str, tuple[Any, Any]]:
-    """`{dotted key: (stored value, new value)}` for every setting that differs (new keys count as changed)."""
+    """`{dotted key: (stored value, new value)}` for every setting that differs.
+
+    A key the stored config lacks (added to neco after the checkpoint was written) counts as changed
+    unless it has its default value, which is the behaviour the checkpoint was trained with.
+    """
     old, new = _flatten(stored), _flatten(config_to_dict(config))
+    defaults = _flatten(config_to_dict(config_from_dict(None)))
     return {
         key: (old.get(key), new.get(key))
         for key in sorted(set(old) | set(new))
         if old.get(key) != new.get(key)
+        and not (key not in old and key in defaults and new[key] == defaults[key])
     }
 
 
 def _resumable(key: str) -> bool:
+    if key in FIXED:
+        return False
     return any(key == p or (p.endswith(".") and key.startswith(p)) for p in RESUMABLE)
 
 

@@ -196,6 +196,8 @@ def search_cd(
     ignore_index: int | None,
     config: CDConfig,
     upsample: Any,
+    *,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Optuna search of (K, threshold, Markov time) maximising train Hungarian mIoU.
 
@@ -230,7 +232,16 @@ def search_cd(
 
     sampler = optuna.samplers.TPESampler(seed=config.search_seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
-    study.optimize(objective, n_trials=int(config.trials), show_progress_bar=False)
+    from tqdm.auto import tqdm
+
+    # our own bar (optuna's is experimental and logs a warning); one tick per finished trial
+    with tqdm(total=int(config.trials), desc="community search", disable=not progress, leave=False) as bar:
+        study.optimize(
+            objective,
+            n_trials=int(config.trials),
+            show_progress_bar=False,
+            callbacks=[lambda *_: bar.update()],
+        )
     best = study.best_trial
     return {
         "k": int(best.params["k"]),

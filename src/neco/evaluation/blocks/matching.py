@@ -88,4 +88,6 @@ def matched_miou(
     counts = confusion.numpy()
     mapping = matchers[mode](counts)
     iou = iou_from_confusion(apply_mapping(counts, mapping))
-    return 100.0 * float(np.nanmean(iou)), mapping, iou
+    # all-NaN (nothing counted) is NaN, without numpy's "Mean of empty slice" warning
+    miou = 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else float("nan")
+    return miou, mapping, iou

@@ -181,7 +181,9 @@ class Linear(Protocol):
         optimizer = scheduler = None
         losses: list[float] = []
         with ctx.timer("train"):
-            for epoch in range(settings.epochs):
+            # without a cache every epoch has its own per-batch bar; with one, a bar over the epochs
+            epochs = range(settings.epochs)
+            for epoch in ctx.iterate(epochs, "linear probe epochs") if cache is not None else epochs:
                 total, count = 0.0, 0
                 for grids, masks in _train_batches(settings, cache, features, train, epoch, ctx):
                     if probe is None:

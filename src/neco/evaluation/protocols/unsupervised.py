@@ -244,7 +244,13 @@ class Unsupervised(Protocol):
             ctx.warn(f"CD cluster counts {list(cd_config.ks)} capped to {ks} by the foreground patch counts")
         maps_by_k = {k: _kmeans_maps(train_points, train_fg, k, cd_config.search_seed, config) for k in ks}
         best = search_cd(
-            maps_by_k, train.gt, num_classes, train_set.ignore_index, cd_config, lambda m: _upsample(m, size)
+            maps_by_k,
+            train.gt,
+            num_classes,
+            train_set.ignore_index,
+            cd_config,
+            lambda m: _upsample(m, size),
+            progress=ctx.progress,
         )
         cd_scores, cd_iou, cd_counts, cd_example = [], [], [], None
         for seed in ctx.iterate(cd_config.seeds, "community detection"):
