@@ -100,7 +100,7 @@ def test_checksum_is_the_same_for_official_timm_and_hf_files_of_one_network(tmp_
     sums = {}
     for fmt in ("official", "timm", "hf"):
         out = tmp_path / f"{fmt}.safetensors"
-        assert main(["convert", str(official), "--to", fmt, "-o", str(out)]) == 0
+        assert main(["convert", str(official), "--format", fmt, "-o", str(out)]) == 0  # `--to`: old spelling
         model, identity = load_backbone("vit_tiny_reg", weights=out)
         sums[fmt] = identity["sha256"]
         assert identity["sha256"] == state_dict_checksum(model)

@@ -46,6 +46,7 @@ def test_zero_byte_validation_image_is_named_or_skipped_on_request(
     assert str(image) in err and "empty" in err and "--skip-bad-images" in err
     assert "Traceback" not in err
     assert main([*base, "--num-workers", "0", "--skip-bad-images"]) == 0
+    assert "(1 unreadable images skipped)" in capsys.readouterr().out  # the closing line counts them
     result = json.loads((out / "overcluster.json").read_text())
     assert result["settings"]["skip_bad_images"] is True
     assert result["dataset"]["splits"]["val"]["skipped_images"] == [str(image)]

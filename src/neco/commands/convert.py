@@ -18,7 +18,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("input", help="checkpoint or state dict file (.pth/.pt/.ckpt/.safetensors)")
-    parser.add_argument("--to", required=True, choices=["official", "timm", "hf"], help="target key format")
+    parser.add_argument(
+        "--format",
+        "--to",
+        dest="to",
+        required=True,
+        choices=["official", "timm", "hf"],
+        help="target key format (the same option as `neco export --format`; --to is the old spelling)",
+    )
     parser.add_argument(
         "--which", default="teacher", choices=["teacher", "student"], help="network of a training checkpoint"
     )

@@ -124,8 +124,9 @@ def _run(args: argparse.Namespace) -> int:
         log.warning(warning)
     headline = evaluation.result["headline"]
     value = "n/a" if headline["value"] is None else f"{headline['value']:.2f}"
+    skipped = sum(len(s.get("skipped_images", [])) for s in evaluation.result["dataset"]["splits"].values())
     print(
         f"{args.protocol} {identity['name']} on {args.dataset}/{args.val_split}: {headline['name']} {value} "
-        f"-> {out / (args.protocol + '.json')}"
+        f"-> {out / (args.protocol + '.json')} ({skipped} unreadable images skipped)"
     )
     return 0
