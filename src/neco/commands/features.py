@@ -119,7 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         features = extract_features(model, _Sized(), device=device, progress=True)
     except ValueError:
-        if not kept:  # every input was skipped
+        if not kept and skipped:  # every input was skipped (other errors, e.g. an unreadable image, pass on)
             raise ValueError(f"no readable image among the {len(files)} inputs, e.g. {skipped[0]}") from None
         raise
     out = atomic_torch_save(
