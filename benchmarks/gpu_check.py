@@ -18,7 +18,6 @@ import datetime
 import json
 import platform
 import re
-import statistics
 import subprocess
 import sys
 import time
@@ -30,7 +29,9 @@ from typing import Any
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark modules (train_step)
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # sibling benchmark modules (train_step, sorting)
+
+from sorting import _median_time, _sync  # noqa: E402 - the timing helpers of benchmarks/sorting.py
 
 COCO_TRAIN_IMAGES = 118_287
 VOC_TRAIN_IMAGES, VOC_VAL_IMAGES, VOC_AUG_EPOCHS = 10_582, 1_449, 2
@@ -66,23 +67,6 @@ def _judge(row: Row, target_key: str, ok: bool, judged: bool) -> Row:
     row["target"] = TARGETS[target_key]
     row["pass"] = bool(ok) if judged else None
     return row
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _median_time(fn: Callable[[], object], reps: int, device: torch.device) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _peak_mb(fn: Callable[[], object], device: torch.device) -> float | None:
