@@ -6,22 +6,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_runs import SMALL
 
 from neco.training.config import load_config
 from neco.training.datamodule import EpochSampler, TrainImages, build_crop_sampler, collate_with_position
 from neco.training.module import NeCoModule
 
 ROOT = Path(__file__).resolve().parents[2]
-SMALL = [
-    "data.crops.global_size=32",
-    "data.crops.local_size=16",
-    "data.crops.num_local=2",
-    "loss.roi_size=3",
-    "loss.reference_mode=batch",
-    "model.head_hidden_dim=32",
-    "model.head_out_dim=16",
-    "model.drop_path_rate=0.0",
-]
 
 
 @pytest.fixture(scope="module")

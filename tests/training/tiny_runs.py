@@ -29,3 +29,16 @@ def write_small_scenes(folder: Path) -> Path:
     from neco.data.synthetic import write_scenes
 
     return write_scenes(folder, num_train=8, num_val=4, size=48, progress=False)
+
+
+# Module-level tests (no Lightning run): batch references, tiny head, no drop-path.
+SMALL = [
+    "data.crops.global_size=32",
+    "data.crops.local_size=16",
+    "data.crops.num_local=2",
+    "loss.roi_size=3",
+    "loss.reference_mode=batch",
+    "model.head_hidden_dim=32",
+    "model.head_out_dim=16",
+    "model.drop_path_rate=0.0",
+]
