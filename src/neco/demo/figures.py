@@ -18,6 +18,7 @@ __all__ = [
     "save_pca_comparison",
     "save_segmentation_comparison",
     "save_retrieval_figure",
+    "patch_labels",
     "save_curves",
     "save_diagnostics",
 ]
@@ -76,12 +77,25 @@ def save_segmentation_comparison(
     return _save_png(_grid(rows, ["image", "ground truth", "before", "after"], tile), path)
 
 
-def _mark(picture: np.ndarray, cell: tuple[int, int], patch: int, colour: tuple[int, int, int]) -> Image.Image:
+def _mark(
+    picture: np.ndarray, cell: tuple[int, int], patch: int, colour: tuple[int, int, int]
+) -> Image.Image:
     image = Image.fromarray(picture)
     draw = ImageDraw.Draw(image)
     y, x = cell
     draw.rectangle([x * patch, y * patch, (x + 1) * patch - 1, (y + 1) * patch - 1], outline=colour, width=2)
     return image
+
+
+def patch_labels(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(N, H, W) label maps -> (N, H/p, W/p) majority label of each patch (ignore labels vote too)."""
+    n, height, width = masks.shape
+    h, w = height // patch_size, width // patch_size
+    cells = masks[:, : h * patch_size, : w * patch_size].reshape(n, h, patch_size, w, patch_size)
+    return cells.permute(0, 1, 3, 2, 4).reshape(n, h, w, -1).mode(dim=-1).values
+
+
+_SAME, _OTHER, _QUERY = (0, 200, 0), (230, 0, 0), (0, 120, 255)
 
 
 def save_retrieval_figure(
@@ -92,36 +106,61 @@ def save_retrieval_figure(
     path: str | Path,
     *,
     patch_size: int,
+    query_masks: torch.Tensor,
+    pool_masks: torch.Tensor,
     top_k: int = 4,
     tile: int = 128,
-) -> Path:
+) -> dict[str, float]:
     """For each query patch (image index, row, col): its `top_k` nearest pool patches per model.
+
+    A retrieved patch is framed green when its majority label is the query patch's, red otherwise,
+    and each model's column titles give the fraction of same-class neighbours over all the queries.
 
     Args:
         query_images: (Q, 3, H, W) normalised images holding the query patches.
         query_cells: (image index, row, col) of each query patch on the patch grid.
         pool_images: (M, 3, H, W) normalised images to retrieve from.
         features: model label -> (query features (Q, D, h, w), pool features (M, D, h, w)).
+        query_masks, pool_masks: (Q, H, W) and (M, H, W) label maps of the two image sets.
+
+    Returns:
+        model label -> fraction of the retrieved patches that share the query's class.
     """
     queries, pool = denormalise(query_images), denormalise(pool_images)
-    rows, titles = [], ["query"]
-    for label in features:
-        titles += [f"{label} #{j + 1}" for j in range(top_k)]
-    for index, r, c in query_cells:
-        row = [_mark(queries[index], (r, c), patch_size, (255, 0, 0))]
-        for query_feats, pool_feats in features.values():
-            q = F.normalize(query_feats[index, :, r, c], dim=0)  # (D,)
-            m, d, h, w = pool_feats.shape
-            bank = F.normalize(pool_feats.permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (M*h*w, D)
-            best = (bank @ q).topk(top_k).indices.tolist()
-            for flat in best:
+    query_labels, pool_labels = patch_labels(query_masks, patch_size), patch_labels(pool_masks, patch_size)
+    columns: dict[str, list[list[Image.Image]]] = {}
+    agreement: dict[str, float] = {}
+    for label, (query_feats, pool_feats) in features.items():
+        m, d, h, w = pool_feats.shape
+        bank = F.normalize(pool_feats.permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (M*h*w, D)
+        flat_labels = pool_labels.reshape(-1)
+        same, tiles = 0, []
+        for index, r, c in query_cells:
+            best = (bank @ F.normalize(query_feats[index, :, r, c], dim=0)).topk(top_k).indices
+            hits = flat_labels[best] == query_labels[index, r, c]
+            same += int(hits.sum())
+            row = []
+            for flat, hit in zip(best.tolist(), hits.tolist()):
                 image_index, cell = divmod(flat, h * w)
-                row.append(_mark(pool[image_index], divmod(cell, w), patch_size, (255, 255, 0)))
-        rows.append(row)
-    return _save_png(_grid(rows, titles, tile), path)
+                row.append(_mark(pool[image_index], divmod(cell, w), patch_size, _SAME if hit else _OTHER))
+            tiles.append(row)
+        columns[label] = tiles
+        agreement[label] = same / (top_k * len(query_cells))
+    titles = ["query"]
+    for label in features:
+        titles += [f"{label}: {agreement[label]:.0%} same class"] + [""] * (top_k - 1)
+    rows = [
+        [_mark(queries[index], (r, c), patch_size, _QUERY)]
+        + [t for tiles in columns.values() for t in tiles[q]]
+        for q, (index, r, c) in enumerate(query_cells)
+    ]
+    _save_png(_grid(rows, titles, tile), path)
+    return agreement
 
 
-def save_curves(steps: Sequence[int], losses: Sequence[float], rates: Sequence[float], path: str | Path) -> Path:
+def save_curves(
+    steps: Sequence[int], losses: Sequence[float], rates: Sequence[float], path: str | Path
+) -> Path:
     """Loss and images/s against the training step, side by side."""
     import matplotlib
 

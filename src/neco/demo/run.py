@@ -330,6 +330,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     write_explore(out / "explore.html", pair, views, title="neco demo: validation scenes")
     curves = _read_metrics(run_dir)
     figures: dict[str, str] = {}
+    retrieval_agreement: dict[str, float] = {}
     if curves["loss"]:
         save_curves(curves["step"], curves["loss"], curves["images_per_s"], out / "curves.png")
         figures["curves"] = "curves.png"
@@ -352,9 +353,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             ignore_index=val_set.ignore_index,
         )
         figures["segmentation"] = "segmentation.png"
-        pool = _pool_images(train_set, cfg.image_size, 16)
+        pool, pool_masks = _pool_images(train_set, cfg.image_size, 16)
         cells = _query_cells(examples_before.masks, int(before_model.patch_size), 4)
-        save_retrieval_figure(
+        retrieval_agreement = save_retrieval_figure(
             images,
             cells,
             pool,
@@ -364,6 +365,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             },
             out / "retrieval.png",
             patch_size=int(before_model.patch_size),
+            query_masks=examples_before.masks,
+            pool_masks=pool_masks,
         )
         figures["retrieval"] = "retrieval.png"
 
@@ -418,6 +421,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         },
         "parts": dict(parts.status),
         "figures": figures,
+        "retrieval_same_class": retrieval_agreement,
         "explore": "explore.html",
         "figure_captions": {
             "curves": "NeCo loss and throughput per training step",
@@ -427,7 +431,8 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
             "falling, while the loss climbs toward ln(references).",
             "pca": "first three principal components of the patch features as RGB, before and after",
             "segmentation": "Hummingbird retrieval segmentation of validation scenes, before and after",
-            "retrieval": "nearest training patches (yellow) of a query patch (red), before and after",
+            "retrieval": "the nearest training patches of a query patch (blue frame), before and after: green "
+            "when a neighbour has the query's class, red when not; the titles give the same-class fraction",
         },
         "notes": [
             "Evaluation seeds change the memory-bank augmentation and sampling (Hummingbird), the probe's "
@@ -461,12 +466,13 @@ def _estimate_steps(cfg: DemoConfig, scenes: Path, start_weights: str | None) ->
     return max(1, int(0.95 * cfg.minutes * 60 / per_step))
 
 
-def _pool_images(dataset: Any, size: int, count: int) -> torch.Tensor:
-    """The first `count` images of `dataset`, resized and normalised like the evaluation inputs."""
+def _pool_images(dataset: Any, size: int, count: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first `count` images of `dataset` and their masks, resized and normalised like the evaluation inputs."""
     from neco.evaluation.blocks.transforms import EvalResize
 
     resize = EvalResize(size)
-    return torch.stack([resize(*dataset.load(i))[0] for i in range(min(count, len(dataset)))])
+    pairs = [resize(*dataset.load(i)) for i in range(min(count, len(dataset)))]
+    return torch.stack([image for image, _ in pairs]), torch.stack([mask for _, mask in pairs])
 
 
 def _query_cells(masks: torch.Tensor, patch: int, count: int) -> list[tuple[int, int, int]]:
