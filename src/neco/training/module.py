@@ -45,6 +45,7 @@ def build_backbone(model_config: Any) -> nn.Module:
         model_config.backbone,
         pretrained=bool(model_config.pretrained and weights is None),
         weights=weights,
+        which=model_config.weights_which,
         **overrides,
     )
 
