@@ -125,14 +125,16 @@ def run(args: argparse.Namespace) -> int:
         )
         return 128 + aborted.signum
     last = result.last_checkpoint or "none"
+    skipped = f"{len(result.skipped_images)} unreadable images skipped"
     if result.interrupted:
         name = signal.Signals(result.stop_signal or signal.SIGINT).name
         print(
-            f"neco train: stopped by {name} at step {result.global_step}; resume with --resume {last}",
+            f"neco train: stopped by {name} at step {result.global_step}; resume with --resume {last}; "
+            f"{skipped}",
             file=sys.stderr,
         )
         return 128 + int(result.stop_signal or signal.SIGINT)
-    print(f"neco train: done, {result.global_step} steps; last checkpoint {last}", file=sys.stderr)
+    print(f"neco train: done, {result.global_step} steps, {skipped}; last checkpoint {last}", file=sys.stderr)
     return 0
 
 
