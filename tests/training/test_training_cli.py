@@ -107,6 +107,8 @@ def test_contradictory_weight_options_are_refused(neco_ckpt, tmp_path: Path, cap
     missing = tmp_path / "none.pth"
     assert main(["train", "--config", str(PRESET), "--weights", str(missing)]) == 2
     assert f"--weights {missing}" in capsys.readouterr().err
+    odd = tmp_path / "runs #1: *x"
+    assert _config("--out", str(odd)).run.out_dir == str(odd)  # a path is never read as YAML syntax
     agreeing = _config("--backbone", "vit_tiny", overrides=("model.backbone=vit_tiny",))
     assert agreeing.model.backbone == "vit_tiny"
 

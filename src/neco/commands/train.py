@@ -148,6 +148,7 @@ _OPTION_KEYS = (
     ("--max-steps", "max_steps", "optim.max_steps"),
     ("--which", "which", "model.weights_which"),
 )
+_PATH_KEYS = ("run.out_dir", "model.weights")
 
 
 def build_config(args: argparse.Namespace) -> Any:
@@ -164,16 +165,24 @@ def build_config(args: argparse.Namespace) -> Any:
     ]
     settings += _weight_settings(args)
     overrides = list(args.overrides)
-    for option, key, value in settings:
+    texts = [(option, key, _as_yaml(key, value)) for option, key, value in settings]
+    for option, key, text in texts:
         for override in overrides:
             name, _, raw = override.partition("=")
-            if name.strip() == key and _parsed(raw) != _parsed(str(value)):
+            if name.strip() == key and _parsed(raw) != _parsed(text):
                 raise ValueError(
                     f"`{option}` and the override `{override}` both set `{key}` to different values: "
                     "give one of them"
                 )
-    overrides += [f"{key}={value}" for _, key, value in settings]
+    overrides += [f"{key}={text}" for _, key, text in texts]
     return load_config(_config_file(args.config), overrides)
+
+
+def _as_yaml(key: str, value: Any) -> str:
+    """An option's value as override text; paths quoted so that `#`, `: ` or a leading `*` stay literal."""
+    import json
+
+    return json.dumps(str(value)) if key in _PATH_KEYS else str(value)
 
 
 def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
