@@ -59,7 +59,7 @@ def test_convert_round_trip_through_files(tiny_ckpt, tmp_path: Path) -> None:
     official = tmp_path / "official.pth"
     torch.save(teacher, official)
     hf, back = tmp_path / "hf.pth", tmp_path / "back.pth"
-    assert main(["convert", str(official), "--to", "hf", "-o", str(hf)]) == 0
+    assert main(["convert", str(official), "--to", "hf", "--backbone", "vit_tiny_reg", "-o", str(hf)]) == 0
     assert any(k.startswith("encoder.layer.") for k in torch.load(hf, weights_only=True))
     assert main(["convert", str(hf), "--to", "official", "-o", str(back)]) == 0
     assert _same(torch.load(back, weights_only=True), teacher)

@@ -100,7 +100,8 @@ def test_checksum_is_the_same_for_official_timm_and_hf_files_of_one_network(tmp_
     sums = {}
     for fmt in ("official", "timm", "hf"):
         out = tmp_path / f"{fmt}.safetensors"
-        assert main(["convert", str(official), "--format", fmt, "-o", str(out)]) == 0  # `--to`: old spelling
+        named = ["--backbone", "vit_tiny_reg"] if fmt == "hf" else []  # hf writes config.json: needs the name
+        assert main(["convert", str(official), "--format", fmt, *named, "-o", str(out)]) == 0  # `--to`: old
         model, identity = load_backbone("vit_tiny_reg", weights=out)
         sums[fmt] = identity["sha256"]
         assert identity["sha256"] == state_dict_checksum(model)
@@ -133,3 +134,33 @@ def test_hf_export_folder_loads_with_transformers_auto_model(name: str, tmp_path
         theirs = hf(pixel_values=x).last_hidden_state[:, 1 + registers :]
     torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
     assert main(["export", str(path), "--format", "hf", "-o", str(folder)]) == 2  # no silent overwrite
+
+
+def test_hf_convert_writes_config_json_that_transformers_loads(tmp_path: Path, capsys) -> None:
+    """`neco convert --format hf` writes config.json as export does: from the recorded or the given backbone."""
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    model = create("vit_tiny_reg").eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.02 * torch.randn_like(p))
+    state = model.state_dict()
+    ckpt = {"format": "neco-checkpoint", "version": 1, "backbone": "vit_tiny_reg", "num_register_tokens": 4}
+    neco_ckpt, bare = tmp_path / "neco.ckpt", tmp_path / "bare.pth"
+    torch.save({**ckpt, "teacher": state, "student": state}, neco_ckpt)
+    torch.save(state, bare)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        ours = model.forward_features(x)["x_norm_patchtokens"]
+    for source, named in ((neco_ckpt, []), (bare, ["--backbone", "vit_tiny_reg"])):
+        folder = tmp_path / f"hf_{source.stem}"
+        assert main(["convert", str(source), "--format", "hf", *named, "-o", str(folder)]) == 0
+        assert (folder / "config.json").is_file() and (folder / "model.safetensors").is_file()
+        hf = transformers.AutoModel.from_pretrained(str(folder)).eval()
+        with torch.no_grad():
+            theirs = hf(pixel_values=x).last_hidden_state[:, 1 + 4 :]
+        torch.testing.assert_close(theirs, ours, atol=1e-4, rtol=1e-4)
+    capsys.readouterr()
+    unknown = tmp_path / "hf_unknown"
+    assert main(["convert", str(bare), "--format", "hf", "-o", str(unknown)]) == 2
+    assert "--backbone NAME" in capsys.readouterr().err and not unknown.exists()  # refused before writing

@@ -208,8 +208,7 @@ def test_resume_wrong_architecture(tmp_path: Path, scenes: Path, full_run) -> No
         train(head, resume=str(full_run.last_checkpoint))
 
 
-def test_corrupt_image_does_not_stop_training(tmp_path: Path, scenes: Path) -> None:
-    """A truncated image in the folder is skipped and counted; the run completes."""
+def _folder_with_two_bad_images(tmp_path: Path, scenes: Path) -> tuple[Path, list[str]]:
     import shutil
 
     folder = tmp_path / "images"
@@ -217,17 +216,36 @@ def test_corrupt_image_does_not_stop_training(tmp_path: Path, scenes: Path) -> N
     victim = sorted(folder.iterdir())[0]
     victim.write_bytes(victim.read_bytes()[:40])  # truncated JPEG
     (folder / "garbage.png").write_bytes(b"not an image at all")
+    return folder, sorted([str(victim), str(folder / "garbage.png")])
+
+
+def test_corrupt_image_does_not_stop_training(tmp_path: Path, scenes: Path) -> None:
+    """A truncated image in the folder is skipped and counted; the run completes."""
+    folder, bad = _folder_with_two_bad_images(tmp_path, scenes)
     config = _config(
         tmp_path / "run",
         scenes,
         "data.kind=folder",
         f"data.root={folder}",
-        "optim.max_steps=4",
+        "optim.max_steps=5",  # one epoch of the 10 files: every file is tried
         "data.max_bad_images=0.5",
     )
     with pytest.warns(RuntimeWarning, match="skipping unreadable image"):
         result = train(config)
-    assert result.global_step == 4
+    assert result.global_step == 5
+    assert result.skipped_images == bad
+
+
+def test_closing_line_counts_images_skipped_in_loader_workers(tmp_path: Path, scenes: Path, capsys) -> None:
+    """With DataLoader workers the skips happen in other processes; the run still counts each file once."""
+    from neco.cli import main
+
+    folder, bad = _folder_with_two_bad_images(tmp_path, scenes)
+    argv = ["train", "--config", str(PRESET), "--out", str(tmp_path / "run"), "--max-steps", "5"]
+    overrides = [*FAST, "data.kind=folder", f"data.root={folder}", "data.max_bad_images=0.5"]
+    assert main([*argv, *overrides, "data.num_workers=2"]) == 0
+    closing = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "done, 5 steps" in closing and "2 unreadable images skipped" in closing, closing
 
 
 def test_too_many_bad_images_fail(tmp_path: Path, scenes: Path) -> None:

@@ -176,7 +176,7 @@ def download_weights(source: WeightSource, *, progress: bool = True) -> Path:
             f"could not download {source.filename} from {url} ({type(err).__name__}: {err}). "
             f"If this machine is offline, download the file elsewhere and place it at {target} "
             "(the cache root is $NECO_CACHE or ~/.cache/neco), or pass the file itself: `--weights FILE` "
-            "to neco eval / features / explore / demo, `model.weights=FILE` to neco train, "
+            "to neco eval / features / explore / demo / train (`model.weights=FILE` in a training config), "
             "`weights=FILE` in Python"
         ) from err
     if not target.is_file():

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from typing import Any
 
-__all__ = ["register"]
+__all__ = ["build_config", "register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,7 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="post-train a ViT with NeCo",
         description=(
             "Train NeCo from a config preset (configs/*.yaml). Any option can be overridden as "
-            "section.key=value, e.g. data.root=/data/coco loss.steepness_student=50."
+            "section.key=value, e.g. data.root=/data/coco loss.steepness_student=50. Each option sets one "
+            "config key (--out: run.out_dir, --backbone: model.backbone, ...); an option and an override "
+            "of the same key must agree."
         ),
     )
     parser.add_argument(
@@ -28,6 +31,35 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "overrides",
         nargs="*",
         help="dotted overrides section.key=value (values parsed as YAML), before or after the options",
+    )
+    model = parser.add_argument_group(
+        "start weights", "one loading rule with neco eval / features: pretrained unless --random-init"
+    )
+    model.add_argument(
+        "--backbone",
+        default=None,
+        metavar="NAME|CHECKPOINT",
+        help="registry name (sets model.backbone), or a neco checkpoint to start from (sets model.backbone "
+        "to its recorded backbone and model.weights to the file) (default: the config's model.backbone)",
+    )
+    model.add_argument(
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="weights file of any supported format to start from; sets model.weights (default: the "
+        "config's, else the registered pretrained weights)",
+    )
+    model.add_argument(
+        "--which",
+        default=None,
+        choices=["teacher", "student"],
+        help="network of a training checkpoint that starts the run; sets model.weights_which "
+        "(default: teacher)",
+    )
+    model.add_argument(
+        "--random-init",
+        action="store_true",
+        help="no pretrained weights: sets model.pretrained=false (tests, from-scratch baselines)",
     )
     parser.add_argument(
         "--devices", default=None, help="devices per node (int or 'auto'); overrides run.devices"
@@ -68,24 +100,10 @@ def run(args: argparse.Namespace) -> int:
     """Handler of `neco train`."""
     from neco.data.images import UnreadableImagesError
     from neco.training.checkpoint import CheckpointWriteError, TrainingAborted
-    from neco.training.config import load_config
     from neco.training.module import NonFiniteLossError
     from neco.training.run import train
 
-    overrides = list(args.overrides)
-    if args.devices is not None:
-        overrides.append(f"run.devices={args.devices}")
-    for flag, key in (
-        ("strategy", "run.strategy"),
-        ("num_nodes", "run.num_nodes"),
-        ("accelerator", "run.accelerator"),
-        ("out", "run.out_dir"),
-        ("max_steps", "optim.max_steps"),
-    ):
-        value = getattr(args, flag)
-        if value is not None:
-            overrides.append(f"{key}={value}")
-    config = load_config(_config_file(args.config), overrides)
+    config = build_config(args)
     print(f"neco train: writing to {config.run.out_dir}", file=sys.stderr)
     try:
         result = train(
@@ -107,15 +125,97 @@ def run(args: argparse.Namespace) -> int:
         )
         return 128 + aborted.signum
     last = result.last_checkpoint or "none"
+    skipped = f"{len(result.skipped_images)} unreadable images skipped"
     if result.interrupted:
         name = signal.Signals(result.stop_signal or signal.SIGINT).name
         print(
-            f"neco train: stopped by {name} at step {result.global_step}; resume with --resume {last}",
+            f"neco train: stopped by {name} at step {result.global_step}; resume with --resume {last}; "
+            f"{skipped}",
             file=sys.stderr,
         )
         return 128 + int(result.stop_signal or signal.SIGINT)
-    print(f"neco train: done, {result.global_step} steps; last checkpoint {last}", file=sys.stderr)
+    print(f"neco train: done, {result.global_step} steps, {skipped}; last checkpoint {last}", file=sys.stderr)
     return 0
+
+
+# Options that set one config key each: (option, dest, key).
+_OPTION_KEYS = (
+    ("--devices", "devices", "run.devices"),
+    ("--strategy", "strategy", "run.strategy"),
+    ("--num-nodes", "num_nodes", "run.num_nodes"),
+    ("--accelerator", "accelerator", "run.accelerator"),
+    ("--out", "out", "run.out_dir"),
+    ("--max-steps", "max_steps", "optim.max_steps"),
+    ("--which", "which", "model.weights_which"),
+)
+_PATH_KEYS = ("run.out_dir", "model.weights")
+
+
+def build_config(args: argparse.Namespace) -> Any:
+    """The run's `TrainConfig`: `--config`, its dotted overrides and the options (which set config keys).
+
+    An option and an override of the same key must agree; otherwise a ValueError names both.
+    """
+    from neco.training.config import load_config
+
+    settings: list[tuple[str, str, Any]] = [
+        (f"{option} {getattr(args, dest)}", key, getattr(args, dest))
+        for option, dest, key in _OPTION_KEYS
+        if getattr(args, dest) is not None
+    ]
+    settings += _weight_settings(args)
+    overrides = list(args.overrides)
+    texts = [(option, key, _as_yaml(key, value)) for option, key, value in settings]
+    for option, key, text in texts:
+        for override in overrides:
+            name, _, raw = override.partition("=")
+            if name.strip() == key and _parsed(raw) != _parsed(text):
+                raise ValueError(
+                    f"`{option}` and the override `{override}` both set `{key}` to different values: "
+                    "give one of them"
+                )
+    overrides += [f"{key}={text}" for _, key, text in texts]
+    return load_config(_config_file(args.config), overrides)
+
+
+def _as_yaml(key: str, value: Any) -> str:
+    """An option's value as override text; paths quoted so that `#`, `: ` or a leading `*` stay literal."""
+    import json
+
+    return json.dumps(str(value)) if key in _PATH_KEYS else str(value)
+
+
+def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
+    """(option, key, value) of --backbone / --weights / --random-init, resolved as `neco eval` does."""
+    from pathlib import Path
+
+    from neco.evaluation.features import resolve_backbone
+
+    settings: list[tuple[str, str, Any]] = []
+    weights = args.weights
+    if args.backbone is not None:
+        name, weights = resolve_backbone(args.backbone, args.weights)
+        settings.append((f"--backbone {args.backbone}", "model.backbone", name))
+    elif weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found")
+    if weights is not None:
+        option = f"--weights {args.weights}" if args.weights is not None else f"--backbone {args.backbone}"
+        if args.random_init:
+            raise ValueError(f"`--random-init` and `{option}` contradict each other: give one of them")
+        settings.append((option, "model.weights", str(weights)))
+    if args.random_init:
+        settings.append(("--random-init", "model.pretrained", False))
+    return settings
+
+
+def _parsed(raw: str) -> Any:
+    """An override's value as the config reads it (YAML), or the text when it is not valid YAML."""
+    import yaml
+
+    try:
+        return yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        return raw
 
 
 def _newest(out_dir: str) -> str | None:

@@ -86,6 +86,10 @@ def _scale_pair(option: str, pair: tuple[float, float], high: float = 1.0) -> No
         raise ValueError(f"`{option}` must be (low, high) with 0 < low <= high <= {high} but is {list(pair)}")
 
 
+WEIGHTS_WHICH: dict[str, str] = {
+    "teacher": "the EMA teacher of a training checkpoint (the better model)",
+    "student": "the student of a training checkpoint",
+}
 TEACHER_HEAD_INITS: dict[str, str] = {
     "copy": "the teacher head starts as a copy of the student head (neco)",
     "independent": "the teacher head gets its own random initialisation (public NeCo code)",
@@ -99,6 +103,8 @@ class ModelConfig:
     backbone: str = "dinov2_vits14_reg"
     pretrained: bool = True
     weights: str | None = None
+    # Which network of a training checkpoint in `weights` starts the run (student and teacher both).
+    weights_which: str = "teacher"
     num_register_tokens: int | None = None
     drop_path_rate: float = 0.1
     trainable_blocks: int | list[int] | None = None
@@ -108,6 +114,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _choice("model.teacher_head_init", self.teacher_head_init, TEACHER_HEAD_INITS)
+        _choice("model.weights_which", self.weights_which, WEIGHTS_WHICH)
+        if self.weights_which != "teacher" and self.weights is None:
+            raise ValueError(
+                f"`model.weights_which` is {self.weights_which!r} but `model.weights` is null: it picks a "
+                "network of a training checkpoint (--backbone CHECKPOINT or --weights FILE)"
+            )
         if not self.backbone:
             raise ValueError("`model.backbone` must be a registry name but is empty")
         if self.num_register_tokens is not None:

@@ -128,7 +128,8 @@ class TrainImages(Dataset):
     """An image source -> multi-crop samples; the crop draw of key (epoch, position, index) is deterministic.
 
     Unreadable files are skipped by the source (the next readable file is used, counted, warned
-    about once; too many raise `UnreadableImagesError`).
+    about once; too many raise `UnreadableImagesError`). Each sample's `skipped` lists the files this
+    process found unreadable while loading it, so the main process counts the skips of every worker.
     """
 
     def __init__(self, source: Any, crops: Any, seed: int) -> None:
@@ -138,6 +139,15 @@ class TrainImages(Dataset):
         self.crops = crops
         self.seed = seed
         self.num_small = 0
+        self._reported: set[str] = set()  # unreadable files already put in a sample, this process
+
+    def _newly_skipped(self) -> list[str]:
+        """Unreadable files the source met since the last call (in this process)."""
+        if getattr(self.source, "num_bad", 0) == len(self._reported):
+            return []
+        new = sorted({str(p) for p in self.source.bad_files} - self._reported)
+        self._reported.update(new)
+        return new
 
     def __len__(self) -> int:
         return len(self.source)
@@ -163,16 +173,19 @@ class TrainImages(Dataset):
         sample = self.crops(image, generator)
         sample["epoch"] = epoch
         sample["position"] = position
+        sample["skipped"] = self._newly_skipped()
         return sample
 
 
 def collate_with_position(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """`collate_multicrop` plus the epoch and in-epoch positions of the samples (for exact resume)."""
+    """`collate_multicrop` plus the epoch and in-epoch positions of the samples (for exact resume) and the
+    unreadable files skipped while loading them (`skipped`, a list of paths)."""
     from neco.method.crops import collate_multicrop
 
     batch = collate_multicrop(samples)
     batch["epoch"] = torch.tensor([s["epoch"] for s in samples], dtype=torch.int64)
     batch["position"] = torch.tensor([s["position"] for s in samples], dtype=torch.int64)
+    batch["skipped"] = [path for s in samples for path in s.get("skipped", ())]
     return batch
 
 

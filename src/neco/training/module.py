@@ -45,6 +45,7 @@ def build_backbone(model_config: Any) -> nn.Module:
         model_config.backbone,
         pretrained=bool(model_config.pretrained and weights is None),
         weights=weights,
+        which=model_config.weights_which,
         **overrides,
     )
 
@@ -121,6 +122,8 @@ class NeCoModule(L.LightningModule):
         self.data_position: tuple[int, int] = (0, 0)
         self._resume_position: tuple[int, int] | None = None
         self._loss_window: list[Tensor] = []
+        # Unreadable training images skipped in this process's run, whichever loader worker met them.
+        self.skipped_images: set[str] = set()
 
     # ------------------------------------------------------------------------------------------
     # modes and setup
@@ -279,6 +282,12 @@ class NeCoModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------
     # training step and logging
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the unreadable files the loader skipped for this batch (on the host, before the copy)."""
+        if isinstance(batch, dict):
+            self.skipped_images.update(batch.pop("skipped", ()))
+        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One NeCo step: loss, non-finite check across ranks, logging."""

@@ -30,6 +30,8 @@ class TrainResult:
     metrics: dict[str, float]
     stop_signal: int | None = None
     config_changes: dict[str, tuple[Any, Any]] = dataclasses.field(default_factory=dict)
+    # Unreadable images skipped by this process in this run (its own shard under DDP), sorted paths.
+    skipped_images: list[str] = dataclasses.field(default_factory=list)
 
 
 def _accelerator(config: TrainConfig) -> str:
@@ -247,4 +249,5 @@ def train(
         metrics=metrics,
         stop_signal=checkpointer.stop_signal,
         config_changes=significant,
+        skipped_images=sorted(module.skipped_images),
     )
