@@ -33,6 +33,11 @@ class Evaluation:
         """The examples the protocol kept for its figures (or None)."""
         return self.output.examples
 
+    @property
+    def headline(self) -> float:
+        """The protocol's headline value."""
+        return float(self.result["headline"]["value"])
+
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
     """'auto'/None -> cuda when available else cpu; anything else is passed to torch.device."""
