@@ -7,6 +7,8 @@ import argparse
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
+    from neco.commands._backbone import add_backbone_options
+
     parser = subparsers.add_parser(
         "demo",
         help="see NeCo work in minutes on CPU: before/after evaluation of a tiny pretrained ViT on synthetic scenes",
@@ -17,28 +19,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(scenes, training) only when its settings are unchanged and redoes the others, saying which."
         ),
     )
-    parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--minutes", type=float, default=5.0, help="NeCo post-training budget in minutes (default 5)")
+    parser.add_argument("--out", default="demo_out", help="output folder")
+    parser.add_argument("--minutes", type=float, default=5.0, help="NeCo post-training budget in minutes")
+    add_backbone_options(parser, default="vit_tiny_scenes")
     parser.add_argument(
-        "--backbone", default="vit_tiny_scenes",
-        help="starting backbone: a registry name (`neco backbones` lists them) or a neco checkpoint file; "
-        "default: the shipped tiny ViT",
+        "--steps", type=int, default=None, help="training steps (default: what fits in --minutes)"
     )
-    parser.add_argument("--weights", default=None, help="weights file for --backbone (any supported format)")
-    parser.add_argument(
-        "--which", default="teacher", choices=["teacher", "student"],
-        help="network of a checkpoint holding both (default: teacher, the better model)",
-    )
-    parser.add_argument(
-        "--random-init", action="store_true",
-        help="start from a randomly initialised --backbone (no weights; e.g. a timm:<name> or DINOv3 smoke run)",
-    )
-    parser.add_argument("--steps", type=int, default=None, help="training steps (default: what fits in --minutes)")
     parser.add_argument("--lr", type=float, default=None, help="backbone learning rate of the post-training")
     parser.add_argument(
-        "--teacher-steepness", type=float, default=None, help="teacher sorting steepness (default 300; student 100)"
+        "--teacher-steepness", type=float, default=None, help="teacher sorting steepness (default 300)"
     )
-    parser.add_argument("--quick", action="store_true", help="a seconds-long smoke run (tiny sizes; numbers not meaningful)")
+    parser.add_argument(
+        "--quick", action="store_true", help="a seconds-long smoke run (tiny sizes; numbers not meaningful)"
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.set_defaults(func=_run)
 
@@ -51,8 +44,12 @@ def _run(args: argparse.Namespace) -> int:
     if args.random_init and weights is not None:
         raise ValueError("--random-init and --weights (or a checkpoint as --backbone) exclude each other")
     options = dict(
-        out=args.out, backbone=backbone, weights=None if weights is None else str(weights),
-        progress=not args.no_progress, random_init=args.random_init, which=args.which,
+        out=args.out,
+        backbone=backbone,
+        weights=None if weights is None else str(weights),
+        progress=not args.no_progress,
+        random_init=args.random_init,
+        which=args.which,
     )
     if args.steps is not None:
         options["train_steps"] = args.steps

@@ -19,6 +19,7 @@ _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
+    from neco.commands._backbone import add_backbone_options
     from neco.data import SEGMENTATION_DATASETS
     from neco.evaluation.options import add_options
     from neco.evaluation.protocol import RunSettings
@@ -31,29 +32,11 @@ def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
         "--val-split", default=protocol.val_split, help=f"split scored (default: {protocol.val_split})"
     )
     if protocol.needs_train:
-        data.add_argument(
-            "--train-split",
-            default=None,
-            help="training split (default: trainaug for voc, else train)"
-            if protocol.default_train_split("voc") == "trainaug"
-            else "training split (default: train)",
+        default = (
+            "trainaug for voc, else train" if protocol.default_train_split("voc") == "trainaug" else "train"
         )
-    model = parser.add_argument_group("backbone")
-    model.add_argument(
-        "--backbone", required=True, help="registry name (e.g. dinov2_vits14_reg) or a neco checkpoint file"
-    )
-    model.add_argument(
-        "--weights",
-        default=None,
-        help="weights file of any supported format for --backbone NAME (default: none)",
-    )
-    model.add_argument(
-        "--which",
-        default="teacher",
-        choices=["teacher", "student"],
-        help="model of a NeCo checkpoint (default: teacher)",
-    )
-    model.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
+        data.add_argument("--train-split", default=None, help=f"training split (default: {default})")
+    add_backbone_options(parser.add_argument_group("backbone"))
     run = parser.add_argument_group("run")
     add_options(run, RunSettings)
     run.add_argument(
@@ -93,7 +76,8 @@ def _default_out(backbone: str, protocol: str) -> Path:
 def _run(args: argparse.Namespace) -> int:
     import torch
 
-    from neco.evaluation import Features, evaluate, get_protocol, load_backbone
+    from neco.commands._backbone import load_backbone_of
+    from neco.evaluation import Features, evaluate, get_protocol
     from neco.evaluation.options import from_args, validate
     from neco.evaluation.protocol import RunSettings
     from neco.evaluation.runner import resolve_device
@@ -110,9 +94,7 @@ def _run(args: argparse.Namespace) -> int:
         args.dataset, args.data_root, getattr(args, "train_split", None), args.val_split, settings
     )
     torch.manual_seed(run.seed)  # a --random-init backbone is then reproducible (same checksum)
-    model, identity = load_backbone(
-        args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which
-    )
+    model, identity = load_backbone_of(args)
     features = Features.of_model(model, device, run.precision)
     out = args.out or _default_out(args.backbone, args.protocol)
     splits = ", ".join(f"{k} {v['split']} ({v['num_images']})" for k, v in data.describe()["splits"].items())

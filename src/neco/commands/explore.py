@@ -11,6 +11,8 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `explore` subcommand."""
+    from neco.commands._backbone import add_backbone_options
+
     parser = subparsers.add_parser(
         "explore",
         help="write an interactive page: click a patch, see its nearest patches (one or two backbones)",
@@ -29,29 +31,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     data.add_argument("--data-root", type=Path, default=None, help="dataset root folder")
     data.add_argument("--split", default="val", help="dataset split (default: val)")
     model = parser.add_argument_group("backbones")
-    model.add_argument("--backbone", required=True, help="registry name or neco checkpoint file")
-    model.add_argument("--weights", default=None, help="weights file of any supported format for --backbone")
+    add_backbone_options(model)
     model.add_argument("--compare", default=None, help="a second backbone shown side by side (name or file)")
     model.add_argument("--compare-weights", default=None, help="weights file for --compare")
-    model.add_argument(
-        "--which", default="teacher", choices=["teacher", "student"], help="network of a NeCo checkpoint"
-    )
-    model.add_argument(
-        "--random-init", action="store_true", help="do not load pretrained weights (tests, baselines)"
-    )
     run = parser.add_argument_group("page")
     run.add_argument(
         "--input-size", type=int, default=None, help="square input size (default: 448, a patch multiple)"
     )
-    run.add_argument(
-        "--k", type=int, default=10, help="nearest patches marked (the page can change it; default 10)"
-    )
-    run.add_argument("--dims", type=int, default=64, help="PCA dimensions stored per patch (default 64)")
-    run.add_argument("--max-images", type=int, default=64, help="at most this many images (default 64)")
-    run.add_argument("--title", default=None, help="page title")
-    run.add_argument("--batch-size", type=int, default=16, help="images per backbone forward (default 16)")
-    run.add_argument("--device", default="auto", help="auto, cpu, cuda, ... (default auto)")
-    run.add_argument("--seed", type=int, default=0, help="seed of --random-init weights (default 0)")
+    run.add_argument("--k", type=int, default=10, help="nearest patches marked (the page can change it)")
+    run.add_argument("--dims", type=int, default=64, help="PCA dimensions stored per patch")
+    run.add_argument("--max-images", type=int, default=64, help="at most this many images")
+    run.add_argument("--title", default=None, help="page title (default: neco explore: the images shown)")
+    run.add_argument("--batch-size", type=int, default=16, help="images per backbone forward")
+    run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
+    run.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
     run.add_argument("--out", type=Path, default=Path("explore.html"), help="output HTML file")
     parser.set_defaults(func=_run)
 
@@ -76,12 +69,12 @@ def _run(args: argparse.Namespace) -> int:
     import torch
 
     from neco.commands.features import collect_images
+    from neco.evaluation.runner import check_divisible, resolve_device
     from neco.explore import dataset_images, load_image_files, load_named_backbone, write_explore
 
     _check(args)
     started = time.perf_counter()
-    device = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = "cpu" if device == "auto" else device
+    device = resolve_device(args.device)
     backbones = []
     for offset, (spec, weights) in enumerate(
         [(args.backbone, args.weights), (args.compare, args.compare_weights)]
@@ -94,11 +87,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     patch = int(backbones[0][0].patch_size)
     size = args.input_size or max(1, round(448 / patch)) * patch
-    if size % patch:
-        raise ValueError(
-            f"--input-size must be a multiple of the patch size {patch} but is {size} "
-            f"(e.g. {max(patch, size // patch * patch)} or {(size // patch + 1) * patch})"
-        )
+    check_divisible(size, patch)
     if args.dataset is not None:
         from neco.data import build_segmentation_dataset
 

@@ -64,8 +64,10 @@ def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_torch_save({k: v.detach().clone() for k, v in state.items()}, path)
 
 
-def _export_timm_built(args: argparse.Namespace, name: str, checkpoint: Any) -> int:
-    """Export a DINOv3 / `timm:` backbone: timm's own keys, or Meta's DINOv3 names for DINOv3."""
+def _timm_built_state(
+    args: argparse.Namespace, name: str, checkpoint: Any
+) -> tuple[dict[str, Any], Any, str]:
+    """(state dict, read info, key names) of a DINOv3 / `timm:` backbone: timm's own keys, or Meta's for DINOv3."""
     from neco.backbones import create, get_config
     from neco.backbones.timm_weights import meta_state_dict
     from neco.backbones.weights import load_weights
@@ -77,23 +79,10 @@ def _export_timm_built(args: argparse.Namespace, name: str, checkpoint: Any) -> 
             f"use --format timm{' or official (Meta DINOv3 names)' if config.family == 'dinov3' else ''}"
         )
     model = create(name)
-    info = load_weights(model, checkpoint, which=args.which)
-    info.source = str(args.checkpoint)
-    print(f"read {info.describe()}")
-    if info.which is None and args.which == "student":
-        raise ValueError(f"{args.checkpoint} holds a single network; --which student does not apply")
-    print(f"verified: the weights load strictly into {name}")
-    state = model.model.state_dict() if args.format == "timm" else meta_state_dict(model.model)
-    out = save_state_dict(state, args.out)
-    which = info.which or "single network"
-    note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
-    names = f"timm keys of {config.timm_name}" if args.format == "timm" else "Meta DINOv3 keys"
-    print(f"wrote {which}{note} as {names} to {out}")
-    if config.family == "dinov3":
-        print(
-            "the weights stay under Meta's DINOv3 license (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
-        )
-    return 0
+    info = load_weights(model, checkpoint, which=args.which)  # loads strictly: the check of the weights
+    if args.format == "timm":
+        return model.model.state_dict(), info, f"timm keys of {config.timm_name}"
+    return meta_state_dict(model.model), info, "Meta DINOv3 keys"
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -108,28 +97,34 @@ def _run(args: argparse.Namespace) -> int:
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
     checkpoint = read_checkpoint(args.checkpoint)
     _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
-    stored = args.backbone or raw_info.backbone
-    if stored is not None and get_config(stored).built_by_timm:
-        return _export_timm_built(args, stored, checkpoint)
-    official, info = read_state_dict(checkpoint, which=args.which)
+    name = args.backbone or raw_info.backbone
+    timm_built = name is not None and get_config(name).built_by_timm
+    if timm_built:
+        state, info, keys = _timm_built_state(args, name, checkpoint)
+    else:
+        official, info = read_state_dict(checkpoint, which=args.which)
+        name = args.backbone or info.backbone
+        state, keys = convert(official, to=args.format, source="official"), f"{args.format} keys"
     info.source = str(args.checkpoint)
     print(f"read {info.describe()}")
     if info.which is None and args.which == "student":
         raise ValueError(f"{args.checkpoint} holds a single network; --which student does not apply")
-    name = args.backbone or info.backbone
-    if name is not None:
-        get_config(name)  # a clear error for an unknown name
+    if name is not None and not timm_built:
         overrides = {}
         if info.num_register_tokens is not None:
             overrides["num_register_tokens"] = int(info.num_register_tokens)
-        load_weights(create(name, **overrides), official)
+        load_weights(create(name, **overrides), official)  # a clear error for an unknown name or a mismatch
+    if name is not None:
         print(f"verified: the weights load strictly into {name}")
     else:
         print("not verified against a backbone (pass --backbone NAME to check the weights load strictly)")
-    out = save_state_dict(convert(official, to=args.format, source="official"), out)
-    which = info.which or "single network"
+    out = save_state_dict(state, out)
     note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
-    print(f"wrote {which}{note} as {args.format} keys to {out}")
+    print(f"wrote {info.which or 'single network'}{note} as {keys} to {out}")
+    if timm_built and get_config(name).family == "dinov3":
+        print(
+            "the weights stay under Meta's DINOv3 license (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
+        )
     if args.format == "hf":
         _write_hf_config(name, info, official, out)
     return 0

@@ -10,6 +10,8 @@ __all__ = ["register", "collect_images"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `features` subcommand."""
+    from neco.commands._backbone import add_backbone_options
+
     parser = subparsers.add_parser(
         "features",
         help="extract patch-feature grids (N, D, h, w) of images",
@@ -20,17 +22,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
     )
     parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    parser.add_argument(
-        "--backbone", required=True, help="registry name (see `neco backbones`) or a neco checkpoint file"
-    )
-    parser.add_argument("--weights", default=None, help="weights file of any supported format (default: none)")
-    parser.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
-    parser.add_argument(
-        "--which", default="teacher", choices=["teacher", "student"], help="model of a NeCo checkpoint (default: teacher)"
-    )
-    parser.add_argument("--input-size", type=int, default=448, help="square input size in pixels (default: 448)")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass (default: 16)")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ... (default: auto)")
+    add_backbone_options(parser)
+    parser.add_argument("--input-size", type=int, default=448, help="square input size in pixels")
+    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
+    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     parser.add_argument("-o", "--out", required=True, help="output .pt file")
     parser.add_argument(
         "--skip-bad-images",
@@ -65,8 +60,8 @@ def _run(args: argparse.Namespace) -> int:
     from torchvision.transforms import functional as TF
 
     from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
+    from neco.commands._backbone import load_backbone_of
     from neco.data.base import BadImageError, load_rgb
-    from neco.evaluation import load_backbone
     from neco.evaluation.runner import check_divisible, resolve_device
     from neco.features import extract_features
     from neco.utils.io import atomic_torch_save, check_new_file
@@ -75,9 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         raise ValueError(f"--batch-size must be >= 1 but is {args.batch_size}")
     check_new_file(args.out, args.force)
     device = resolve_device(args.device)
-    model, identity = load_backbone(
-        args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which
-    )
+    model, identity = load_backbone_of(args)
     check_divisible(args.input_size, int(model.patch_size))
     files = collect_images(args.inputs)
     config = getattr(model, "config", None)
@@ -87,21 +80,18 @@ def _run(args: argparse.Namespace) -> int:
     kept: list[Path] = []
     skipped: list[str] = []
 
-    def read(path: Path):
-        try:
-            return load_rgb(path)
-        except BadImageError as err:
-            if not args.skip_bad_images:
-                raise ValueError(f"{err}; pass --skip-bad-images to leave unreadable images out") from None
-            skipped.append(str(path))
-            return None
-
     def batches():
         for start in range(0, len(files), args.batch_size):
             images = []
             for path in files[start : start + args.batch_size]:
-                image = read(path)
-                if image is None:
+                try:
+                    image = load_rgb(path)
+                except BadImageError as err:
+                    if not args.skip_bad_images:
+                        raise ValueError(
+                            f"{err}; pass --skip-bad-images to leave unreadable images out"
+                        ) from None
+                    skipped.append(str(path))
                     continue
                 kept.append(path)
                 image = TF.resize(image, [size, size], antialias=True)

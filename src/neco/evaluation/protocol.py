@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -20,7 +20,8 @@ from typing import Any, ClassVar
 import torch
 from torch.utils.data import DataLoader
 
-from neco.evaluation.blocks.loading import ExampleKeeper, iterate, make_loader
+from neco.evaluation.blocks.loading import ExampleKeeper
+from neco.evaluation.blocks.transforms import PairDataset
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 
@@ -109,20 +110,24 @@ class RunContext:
         shuffle: bool = False,
         batch_size: int | None = None,
     ) -> DataLoader:
-        """A non-dropping loader of (images, masks, indices) with per-item seeded transforms."""
-        return make_loader(
-            dataset,
-            transform,
+        """A non-dropping loader of (images, masks, indices) with per-item seeded transforms.
+
+        Ordered unless `shuffle`, in which case the order is seeded by (seed, epoch).
+        """
+        return DataLoader(
+            PairDataset(dataset, transform, seed=self.seed, epoch=epoch),
             batch_size=batch_size or self.run.batch_size,
-            num_workers=self.run.num_workers,
-            seed=self.seed,
-            epoch=epoch,
             shuffle=shuffle,
+            generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch) if shuffle else None,
+            num_workers=self.run.num_workers,
+            pin_memory=torch.cuda.is_available(),
         )
 
-    def iterate(self, loader: DataLoader, desc: str) -> Iterator[Any]:
-        """Iterate a loader with a progress bar (unless progress is off)."""
-        return iterate(loader, self.progress, desc)
+    def iterate(self, loader: Iterable[Any], desc: str) -> Iterator[Any]:
+        """Iterate a loader (or any iterable) with a progress bar (unless progress is off)."""
+        from tqdm.auto import tqdm
+
+        return iter(tqdm(loader, desc=desc, disable=not self.progress, leave=False))
 
     def keeper(self) -> ExampleKeeper:
         """Collects the first `num_figures` validation items for the figures."""

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["standardise_pca", "kmeans_assign"]
+__all__ = ["standardise_pca", "faiss_kmeans", "kmeans_assign"]
 
 
 def standardise_pca(tokens: np.ndarray, dim: int, chunk: int = 1 << 16) -> tuple[np.ndarray, dict[str, Any]]:
@@ -35,22 +35,40 @@ def standardise_pca(tokens: np.ndarray, dim: int, chunk: int = 1 << 16) -> tuple
     return out, {"pca_dim": dim, "explained_variance": explained}
 
 
-def kmeans_assign(
-    points: np.ndarray, k: int, *, seed: int, niter: int, nredo: int, max_points_per_centroid: int
-) -> np.ndarray:
-    """faiss k-means on (N, d) float32 points; the cluster id of every point (N,) int64."""
+def faiss_kmeans(
+    points: np.ndarray,
+    k: int,
+    *,
+    seed: int,
+    niter: int,
+    nredo: int,
+    max_points_per_centroid: int,
+    spherical: bool = False,
+) -> Any:
+    """A trained `faiss.Kmeans` over (N, d) float32 points (clusters may hold a single point)."""
     import faiss
 
     kmeans = faiss.Kmeans(
         points.shape[1],
-        k,
+        int(k),
         niter=niter,
         nredo=nredo,
         seed=seed,
+        spherical=spherical,
         verbose=False,
         max_points_per_centroid=max_points_per_centroid,
         min_points_per_centroid=1,
     )
     kmeans.train(points)
+    return kmeans
+
+
+def kmeans_assign(
+    points: np.ndarray, k: int, *, seed: int, niter: int, nredo: int, max_points_per_centroid: int
+) -> np.ndarray:
+    """faiss k-means on (N, d) float32 points; the cluster id of every point (N,) int64."""
+    kmeans = faiss_kmeans(
+        points, k, seed=seed, niter=niter, nredo=nredo, max_points_per_centroid=max_points_per_centroid
+    )
     _, assign = kmeans.index.search(points, 1)
     return assign[:, 0].astype(np.int64)

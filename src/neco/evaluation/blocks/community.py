@@ -136,12 +136,9 @@ def infomap_communities(
     result = im.run()
     modules = _read_modules(result)
     raw = np.array([modules.get(node, -1 - node) for node in range(k)])  # unseen nodes: own module
-    _, ids = np.unique(raw, return_inverse=True)
     # renumber by first appearance so ids do not depend on Infomap's module numbering
-    first = {}
-    for m in ids.tolist():
-        first.setdefault(m, len(first))
-    return np.array([first[m] for m in ids.tolist()], dtype=np.int64)
+    _, first, ids = np.unique(raw, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[ids].astype(np.int64)
 
 
 def _read_modules(result: Any) -> dict[int, int]:
@@ -154,13 +151,8 @@ def _read_modules(result: Any) -> dict[int, int]:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "modules.clu"
         result.write_clu(str(path))
-        lines = path.read_text().splitlines()
-    modules = {}
-    for line in lines:
-        if line.strip() and not line.startswith("#"):
-            node, module = line.split()[:2]
-            modules[int(node)] = int(module)
-    return modules
+        rows = np.loadtxt(path, comments="#", usecols=(0, 1), dtype=np.int64, ndmin=2)  # node, module
+    return dict(rows.tolist())
 
 
 def segment_communities(

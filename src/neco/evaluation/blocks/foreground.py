@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from neco.evaluation.blocks.clustering import faiss_kmeans
 from neco.evaluation.blocks.transforms import resize_ids
 
 __all__ = [
@@ -66,21 +67,15 @@ def spherical_kmeans(
     points: np.ndarray, k: int, *, seed: int, niter: int, nredo: int = 1, max_points_per_centroid: int = 256
 ) -> np.ndarray:
     """Unit-norm centroids (k, D) of spherical k-means (faiss, cosine) over (N, D) points."""
-    import faiss
-
-    unit = _unit(points)
-    kmeans = faiss.Kmeans(
-        unit.shape[1],
-        int(k),
+    kmeans = faiss_kmeans(
+        _unit(points),
+        k,
+        seed=seed,
         niter=niter,
         nredo=nredo,
-        seed=seed,
-        spherical=True,
-        verbose=False,
         max_points_per_centroid=max_points_per_centroid,
-        min_points_per_centroid=1,
+        spherical=True,
     )
-    kmeans.train(unit)
     return _unit(kmeans.centroids)
 
 

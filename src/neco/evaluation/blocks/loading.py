@@ -1,26 +1,17 @@
-"""Loading blocks shared by the protocols: seeded loaders, progress, kept examples, id-map resizing."""
+"""Loading blocks shared by the protocols: kept examples and whole splits of tokens for clustering."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from neco.evaluation.blocks.transforms import PairDataset, resize_ids
+from neco.evaluation.blocks.transforms import resize_ids
 
-__all__ = [
-    "Examples",
-    "make_loader",
-    "ExampleKeeper",
-    "resize_ids",
-    "iterate",
-    "TokenSplit",
-    "collect_tokens",
-]
+__all__ = ["Examples", "ExampleKeeper", "TokenSplit", "collect_tokens"]
 
 
 @dataclass
@@ -31,35 +22,6 @@ class Examples:
     masks: torch.Tensor  # (n, S', S') int64
     predictions: torch.Tensor  # (n, S', S') int64
     features: torch.Tensor | None = None  # (n, D, h, w)
-
-
-def make_loader(
-    dataset: Any,
-    transform: Any,
-    *,
-    batch_size: int,
-    num_workers: int,
-    seed: int,
-    epoch: int = 0,
-    shuffle: bool = False,
-) -> DataLoader:
-    """A non-dropping loader of (images, masks, indices) with per-item seeded transforms.
-
-    Ordered unless `shuffle`, in which case the order is seeded by (seed, epoch).
-    """
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be >= 1 but is {batch_size}")
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch) if shuffle else None
-    return DataLoader(
-        PairDataset(dataset, transform, seed=seed, epoch=epoch),
-        batch_size=batch_size,
-        shuffle=shuffle,
-        generator=generator,
-        drop_last=False,
-        num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=False,
-    )
 
 
 class ExampleKeeper:
@@ -95,13 +57,6 @@ class ExampleKeeper:
             predictions=cat["predictions"],
             features=cat.get("features"),
         )
-
-
-def iterate(loader: DataLoader, progress: bool, desc: str) -> Iterator[Any]:
-    """Iterate a loader with an optional tqdm bar."""
-    from tqdm.auto import tqdm
-
-    yield from tqdm(loader, desc=desc, disable=not progress, leave=False)
 
 
 @dataclass

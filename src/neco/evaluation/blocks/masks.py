@@ -53,14 +53,11 @@ def foreground_masks(
     per_head: bool = False,
 ) -> torch.Tensor:
     """Bool foreground masks (B, h, w), or (B, heads, h, w) with `per_head`, from (B, heads, T, T) attention."""
-    if per_head:
-        heads = [
-            attention_foreground(attn[:, i : i + 1], num_register_tokens, grid, mass=mass, sigma=sigma)
-            for i in range(attn.shape[1])
-        ]
-        masks = torch.stack(heads, dim=1)  # (B, heads, h, w)
-    else:
-        masks = attention_foreground(attn, num_register_tokens, grid, mass=mass, sigma=sigma)  # (B, h, w)
+    b, heads = attn.shape[:2]
+    if per_head:  # every head as an image of its own: (B * heads, 1, T, T)
+        attn = attn.reshape(b * heads, 1, *attn.shape[2:])
+    masks = attention_foreground(attn, num_register_tokens, grid, mass=mass, sigma=sigma)
+    masks = masks.reshape(b, heads, *masks.shape[-2:]) if per_head else masks  # (B, [heads,] h, w)
     return remove_small_components(masks, min_component)
 
 

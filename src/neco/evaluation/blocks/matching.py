@@ -18,7 +18,14 @@ from scipy.optimize import linear_sum_assignment
 
 from neco.evaluation.blocks.metrics import ConfusionMatrix, iou_from_confusion
 
-__all__ = ["hungarian_match", "many_to_one_match", "apply_mapping", "pairwise_iou", "matched_miou"]
+__all__ = [
+    "hungarian_match",
+    "many_to_one_match",
+    "apply_mapping",
+    "map_ids",
+    "pairwise_iou",
+    "matched_miou",
+]
 
 
 def _as_counts(confusion: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -65,6 +72,12 @@ def apply_mapping(confusion: np.ndarray | torch.Tensor, mapping: np.ndarray) -> 
     out = np.zeros((num_classes, num_classes + 1), dtype=np.int64)
     np.add.at(out.T, target, counts.T)  # out[:, target[k]] += counts[:, k]
     return out
+
+
+def map_ids(pred: torch.Tensor, mapping: np.ndarray, unmatched: int = 255) -> torch.Tensor:
+    """Class-id maps of prediction-id maps through `mapping`; ids mapped to no class (-1) become `unmatched`."""
+    mapped = torch.from_numpy(mapping)[pred]
+    return torch.where(mapped < 0, torch.full_like(mapped, unmatched), mapped)
 
 
 def matched_miou(

@@ -27,18 +27,14 @@ def patch_label_histograms(
     if ph < 1 or pw < 1:
         raise ValueError(f"mask size {height}x{width} is smaller than the patch grid {h}x{w}")
     masks = masks[:, : h * ph, : w * pw].to(torch.int64)
-    labels = masks.clone()
-    invalid = (labels < 0) | (labels >= num_classes)
-    if ignore_index is not None:
-        unexpected = invalid & (labels != ignore_index)
-    else:
-        unexpected = invalid
+    invalid = (masks < 0) | (masks >= num_classes)
+    unexpected = invalid if ignore_index is None else invalid & (masks != ignore_index)
     if bool(unexpected.any()):
-        bad = int(labels[unexpected][0])
+        bad = int(masks[unexpected][0])
         raise ValueError(
             f"mask values must be in [0, {num_classes}) or the ignore index {ignore_index} but include {bad}"
         )
-    labels[invalid] = num_classes  # an extra bin that is dropped below
+    labels = masks.masked_fill(invalid, num_classes)  # an extra bin that is dropped below
     rows = torch.arange(h * ph, device=masks.device) // ph
     cols = torch.arange(w * pw, device=masks.device) // pw
     patch = (rows[:, None] * w + cols[None, :]).expand(b, -1, -1)  # (B, h*ph, w*pw) patch id

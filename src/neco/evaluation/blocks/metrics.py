@@ -13,10 +13,12 @@ predicted but absent from the targets has IoU 0 and is included.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
-__all__ = ["ConfusionMatrix", "iou_from_confusion", "per_class_mean"]
+__all__ = ["ConfusionMatrix", "iou_from_confusion", "per_class_mean", "percent_per_class", "seed_summary"]
 
 
 def iou_from_confusion(matrix: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -130,10 +132,15 @@ class ConfusionMatrix:
         return {
             "miou": 100.0 * self.miou(),
             "pixel_accuracy": 100.0 * self.pixel_accuracy(),
-            "per_class_iou": {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(names, iou)},
+            "per_class_iou": percent_per_class(iou, names),
             "num_pixels": int(self.numpy().sum()),
             "miou_average": "present",
         }
+
+
+def percent_per_class(iou: np.ndarray, class_names: list[str] | tuple[str, ...]) -> dict[str, float | None]:
+    """Per-class IoU (C,) in [0, 1] as {class name: percent}, None where it is NaN (absent class)."""
+    return {n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(class_names, iou)}
 
 
 def per_class_mean(
@@ -141,6 +148,19 @@ def per_class_mean(
 ) -> dict[str, float | None]:
     """Per-class IoU (percent) averaged over runs (seeds), None for a class absent from every run."""
     stacked = np.stack(ious)  # (runs, C)
-    seen = np.isfinite(stacked).any(0)
-    mean = np.where(seen, np.nansum(stacked, 0) / np.maximum(np.isfinite(stacked).sum(0), 1), np.nan)
-    return {n: (100.0 * float(v) if ok else None) for n, v, ok in zip(class_names, mean, seen)}
+    counted = np.isfinite(stacked).sum(0)
+    return percent_per_class(
+        np.where(counted > 0, np.nansum(stacked, 0) / np.maximum(counted, 1), np.nan), class_names
+    )
+
+
+def seed_summary(
+    scores: list[float], ious: list[np.ndarray], class_names: list[str] | tuple[str, ...]
+) -> dict[str, Any]:
+    """mIoU mean, standard deviation and per-seed values, and the per-class IoU averaged over the seeds."""
+    return {
+        "miou_mean": float(np.mean(scores)),
+        "miou_std": float(np.std(scores)),
+        "miou_per_seed": scores,
+        "per_class_iou_mean": per_class_mean(ious, class_names),
+    }

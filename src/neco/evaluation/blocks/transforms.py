@@ -123,16 +123,16 @@ class HummingbirdTrainTransform:
     def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator):
         box = sample_crop_box(image.width, image.height, self.scale, self.ratio, generator)
         image, mask_t = _joint_resized_crop(image, mask, box, self.size)
-        if self.jitter > 0:
-            j = self.jitter
+        j = self.jitter
+        adjust = [
+            (TF.adjust_brightness, 1),
+            (TF.adjust_contrast, 1),
+            (TF.adjust_saturation, 1),
+            (TF.adjust_hue, 0),
+        ]
+        for apply, centre in adjust if j > 0 else []:  # fixed order; each drawn only when applied
             if float(torch.rand(1, generator=generator)) < self.jitter_p:
-                image = TF.adjust_brightness(image, _uniform(1 - j, 1 + j, generator))
-            if float(torch.rand(1, generator=generator)) < self.jitter_p:
-                image = TF.adjust_contrast(image, _uniform(1 - j, 1 + j, generator))
-            if float(torch.rand(1, generator=generator)) < self.jitter_p:
-                image = TF.adjust_saturation(image, _uniform(1 - j, 1 + j, generator))
-            if float(torch.rand(1, generator=generator)) < self.jitter_p:
-                image = TF.adjust_hue(image, _uniform(-j, j, generator))
+                image = apply(image, _uniform(centre - j, centre + j, generator))
         return _normalise(image), mask_t
 
     def describe(self) -> dict[str, Any]:

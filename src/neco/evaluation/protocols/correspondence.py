@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 from PIL import Image
+from torch.nn.utils.rnn import pad_sequence
 
 from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 from neco.evaluation.blocks.keypoints import (
@@ -105,28 +106,13 @@ class _PairTensors(torch.utils.data.Dataset):
         }
 
 
-def _pad(tensors: list[torch.Tensor]) -> torch.Tensor:
-    size = max(t.shape[0] for t in tensors)
-    out = torch.full((len(tensors), size, 2), float("nan"), dtype=tensors[0].dtype)
-    for i, t in enumerate(tensors):
-        out[i, : t.shape[0]] = t
-    return out  # (B, Kmax, 2), NaN padding
-
-
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "src": torch.stack([i["src"] for i in items]),
-        "trg": torch.stack([i["trg"] for i in items]),
-        "src_kps": _pad([i["src_kps"] for i in items]),
-        "trg_kps": _pad([i["trg_kps"] for i in items]),
-        "trg_size": torch.stack([i["trg_size"] for i in items]),
-        "bbox_size": torch.tensor([i["bbox_size"] for i in items], dtype=torch.float64),
-        "src_outside": sum(i["src_outside"] for i in items),
-        "absent": sum(i["absent"] for i in items),
-        "category": [i["category"] for i in items],
-        "variations": [i["variations"] for i in items],
-        "index": [i["index"] for i in items],
-    }
+    """Lists per key; images and target sizes stacked, source keypoints NaN-padded to (B, Kmax, 2)."""
+    batch = {key: [item[key] for item in items] for key in items[0]}
+    for key in ("src", "trg", "trg_size"):
+        batch[key] = torch.stack(batch[key])
+    batch["src_kps"] = pad_sequence(batch["src_kps"], batch_first=True, padding_value=float("nan"))
+    return batch
 
 
 @register_protocol
@@ -208,22 +194,23 @@ class Correspondence(Protocol):
             # back to original target pixels, in float64 for the distance arithmetic
             scale = batch["trg_size"] / torch.tensor(square, dtype=torch.float64)  # (B, 2)
             predicted = predicted.double() * scale[:, None]
-            outside += batch["src_outside"]
-            skipped += batch["absent"]
+            outside += sum(batch["src_outside"])
+            skipped += sum(batch["absent"])
             for b in range(count):
                 index = batch["index"][b]
                 pair_labels[index] = (batch["category"][b], batch["variations"][b])
                 trg = batch["trg_kps"][b]
-                keep = torch.isfinite(trg).all(-1) & torch.isfinite(batch["src_kps"][b]).all(-1)
+                pred = predicted[b, : len(trg)]  # NaN where the source keypoint is absent
+                keep = torch.isfinite(trg).all(-1) & torch.isfinite(pred).all(-1)
                 if len(predictions) < num_examples:
-                    predictions[index] = predicted[b].numpy()
+                    predictions[index] = pred.numpy()
                 if not keep.any():
                     empty_pairs += 1
                     continue
                 n = int(keep.sum())
                 image_side = float(batch["trg_size"][b].max())
                 bbox_side = float(batch["bbox_size"][b])
-                records["distance"].append((predicted[b][keep] - trg[keep]).norm(dim=-1).numpy())
+                records["distance"].append((pred[keep] - trg[keep]).norm(dim=-1).numpy())
                 records["bbox"].append(np.full(n, bbox_side))
                 records["image"].append(np.full(n, image_side))
                 records["pair"].append(np.full(n, index))
@@ -275,7 +262,6 @@ class Correspondence(Protocol):
             pair = dataset[index]
             box = pair.trg_bbox
             side = max(box[2] - box[0], box[3] - box[1])
-            pred = pred[: len(pair.trg_kps)]
             correct = np.isfinite(pair.trg_kps).all(1) & pck_correct(
                 pred, pair.trg_kps, side, config.figure_alpha
             )

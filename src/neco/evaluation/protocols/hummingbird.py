@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from neco.evaluation.blocks.file_sets import SUBSET_MODES, select_subset
 from neco.evaluation.blocks.matching import apply_mapping, hungarian_match
 from neco.evaluation.blocks.memory_bank import MemoryBank, patch_label_histograms, select_rare_patches
-from neco.evaluation.blocks.metrics import ConfusionMatrix, iou_from_confusion
+from neco.evaluation.blocks.metrics import ConfusionMatrix, iou_from_confusion, percent_per_class
 from neco.evaluation.blocks.search import SEARCH_BACKENDS, build_searcher
 from neco.evaluation.blocks.transforms import EvalResize, HummingbirdTrainTransform
 from neco.evaluation.features import Features
@@ -277,9 +277,7 @@ class Hummingbird(Protocol):
             "miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
             "miou_unmatched_present": 100.0 * confusion.miou(),
             "pixel_accuracy": 100.0 * confusion.pixel_accuracy(),
-            "per_class_iou": {
-                n: (None if np.isnan(v) else 100.0 * float(v)) for n, v in zip(val.class_names, iou)
-            },
+            "per_class_iou": percent_per_class(iou, val.class_names),
             "num_pixels": int(confusion.numpy().sum()),
             "matched_classes_changed": None
             if mapping is None

@@ -27,7 +27,7 @@ from neco.evaluation.features import Features
 from neco.evaluation.options import option, parse_fraction
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
 
-__all__ = ["LinearSettings", "Linear", "LinearProbe", "FeatureCache", "cache_features"]
+__all__ = ["LinearSettings", "Linear", "LinearProbe", "cache_features"]
 
 _CACHE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
 
@@ -75,16 +75,6 @@ class LinearProbe(nn.Module):
         )
 
 
-class FeatureCache:
-    """Features (N, D, h, w) and target-size masks (N, T, T) of a whole split, held in CPU memory."""
-
-    def __init__(self, features: torch.Tensor, masks: torch.Tensor) -> None:
-        self.features, self.masks = features, masks
-
-    def __len__(self) -> int:
-        return self.features.shape[0]
-
-
 @torch.no_grad()
 def cache_features(
     features_fn: Any,
@@ -93,9 +83,12 @@ def cache_features(
     target_size: int,
     dtype: torch.dtype,
     budget_bytes: float,
-) -> FeatureCache | None:
-    """Run `features_fn` over (images, masks, _) batches once into a cache; None when it would exceed `budget_bytes`."""
-    cache: FeatureCache | None = None
+) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Features (N, D, h, w) and target-size uint8 masks (N, T, T) of a whole split, held in CPU memory.
+
+    One pass of `features_fn` over (images, masks, _) batches; None when the cache would exceed `budget_bytes`.
+    """
+    cache: tuple[torch.Tensor, torch.Tensor] | None = None
     row = 0
     for images, masks, _ in batches:
         features = features_fn(images)
@@ -104,21 +97,21 @@ def cache_features(
             need = num_images * dim * h * w * torch.finfo(dtype).bits // 8 + num_images * target_size**2
             if need > budget_bytes:
                 return None
-            cache = FeatureCache(
+            cache = (
                 torch.empty(num_images, dim, h, w, dtype=dtype),
                 torch.empty(num_images, target_size, target_size, dtype=torch.uint8),
             )
         n = features.shape[0]
-        cache.features[row : row + n] = features.cpu().to(dtype)
+        cache[0][row : row + n] = features.cpu().to(dtype)
         # uint8 holds class ids and the ignore label (<= 255)
-        cache.masks[row : row + n] = resize_ids(masks, target_size).clamp(0, 255).to(torch.uint8)
+        cache[1][row : row + n] = resize_ids(masks, target_size).clamp(0, 255).to(torch.uint8)
         row += n
     return cache
 
 
 def _train_batches(
     settings: LinearSettings,
-    cache: FeatureCache | None,
+    cache: tuple[torch.Tensor, torch.Tensor] | None,
     features: Features,
     train: Any,
     epoch: int,
@@ -126,10 +119,10 @@ def _train_batches(
 ):
     """Yield (features, masks at target size) minibatches for one epoch."""
     if cache is not None:
-        order = torch.randperm(len(cache), generator=torch.Generator().manual_seed(ctx.seed * 1000 + epoch))
-        for start in range(0, len(cache), settings.probe_batch_size):
-            idx = order[start : start + settings.probe_batch_size]
-            yield cache.features[idx].float(), cache.masks[idx].to(torch.int64)
+        cached, masks = cache
+        order = torch.randperm(len(cached), generator=torch.Generator().manual_seed(ctx.seed * 1000 + epoch))
+        for idx in order.split(settings.probe_batch_size):
+            yield cached[idx].float(), masks[idx].to(torch.int64)
         return
     transform = (
         LinearTrainTransform(ctx.input_size)

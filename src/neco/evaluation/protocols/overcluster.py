@@ -13,13 +13,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
 from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
 from neco.evaluation.blocks.loading import Examples, collect_tokens
-from neco.evaluation.blocks.matching import matched_miou
-from neco.evaluation.blocks.metrics import per_class_mean
+from neco.evaluation.blocks.matching import map_ids, matched_miou
+from neco.evaluation.blocks.metrics import seed_summary
 from neco.evaluation.blocks.transforms import EvalResize, resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
@@ -97,15 +96,11 @@ class Overcluster(Protocol):
                     scores.append(miou)
                     per_class.append(iou)
                     if example is None and images.shape[0]:
-                        mapped = mapping[maps[: images.shape[0]]]
-                        example = torch.from_numpy(np.where(mapped < 0, 255, mapped))
+                        example = map_ids(maps[: images.shape[0]], mapping)
                 metrics[f"K={k}"] = {
                     "k": k,
                     "matching": mode,
-                    "miou_mean": float(np.mean(scores)),
-                    "miou_std": float(np.std(scores)),
-                    "miou_per_seed": scores,
-                    "per_class_iou_mean": per_class_mean(per_class, val.class_names),
+                    **seed_summary(scores, per_class, val.class_names),
                 }
         resolved = {
             **pca_info,

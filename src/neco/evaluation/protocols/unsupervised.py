@@ -28,9 +28,9 @@ from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
 from neco.evaluation.blocks.community import CDConfig, search_cd, segment_communities
 from neco.evaluation.blocks.foreground import CBFEConfig, fit_cbfe
 from neco.evaluation.blocks.loading import Examples, TokenSplit, collect_tokens
-from neco.evaluation.blocks.masks import foreground_masks, gt_foreground
-from neco.evaluation.blocks.matching import matched_miou
-from neco.evaluation.blocks.metrics import per_class_mean
+from neco.evaluation.blocks.masks import foreground_masks, gt_foreground, jaccard_counts, jaccard_summary
+from neco.evaluation.blocks.matching import map_ids, matched_miou
+from neco.evaluation.blocks.metrics import seed_summary
 from neco.evaluation.blocks.transforms import EvalResize, resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
@@ -93,14 +93,8 @@ def _upsample(ids: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
 
 def _jaccard(pred: torch.Tensor, gt: torch.Tensor, ignore: int | None, size: int) -> dict[str, float]:
     fg, valid = gt_foreground(gt, ignore)
-    up = _upsample(pred.long(), size).bool() & valid
-    inter = (up & fg).flatten(1).sum(1).double()
-    union = (up | fg).flatten(1).sum(1).double()
-    per_image = torch.where(union > 0, inter / union.clamp_min(1), torch.ones_like(union))
-    return {
-        "jaccard": 100.0 * float(per_image.mean()),
-        "jaccard_global": 100.0 * float(inter.sum() / union.sum().clamp_min(1)),
-    }
+    inter, union = jaccard_counts(_upsample(pred.long(), size).bool(), fg, valid)
+    return jaccard_summary(inter.numpy(), union.numpy())
 
 
 def _kmeans_maps(
@@ -118,11 +112,6 @@ def _kmeans_maps(
     maps = np.full(fg.numel(), -1, dtype=np.int64)
     maps[fg.reshape(-1).numpy()] = assign
     return maps.reshape(fg.shape)
-
-
-def _matched(pred: torch.Tensor, mapping: np.ndarray) -> torch.Tensor:
-    mapped = torch.from_numpy(mapping)[pred]
-    return torch.where(mapped < 0, torch.full_like(mapped, 255), mapped)
 
 
 def _fg_points(
@@ -188,8 +177,6 @@ class Unsupervised(Protocol):
             infomap_trials=settings.infomap_trials,
             search_seed=ctx.seed,
         )
-        cbfe_config.validate()
-        cd_config.validate()
         fg_seeds = range(ctx.seed, ctx.seed + settings.fg_seeds)
 
         def noisy(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -228,15 +215,26 @@ class Unsupervised(Protocol):
         if k_fg > val_points.shape[0]:
             ctx.warn(f"foreground clusters {k_fg} capped to the {val_points.shape[0]} foreground patches")
             k_fg = val_points.shape[0]
-        cbfe_scores, cbfe_iou, cbfe_example = [], [], None
-        for seed in ctx.iterate(fg_seeds, "foreground clustering"):
-            maps = _kmeans_maps(val_points, val_fg, k_fg, int(seed), config)
-            pred = _upsample(np.where(maps >= 0, maps, k_fg), size)
-            miou, mapping, iou = matched_miou(pred, val.gt, k_fg + 1, num_classes, ignore)
-            cbfe_scores.append(miou)
-            cbfe_iou.append(iou)
-            if cbfe_example is None:
-                cbfe_example = _matched(pred[:num_examples], mapping)
+
+        def scored(seeds: Any, desc: str, segment: Any) -> tuple[dict[str, Any], list[int], torch.Tensor]:
+            """Per seed `segment(seed) -> (maps (N, h, w), -1 background; #segments)` matched to val GT."""
+            scores, ious, counts, example = [], [], [], None
+            for seed in ctx.iterate(seeds, desc):
+                maps, num = segment(int(seed))
+                pred = _upsample(np.where(maps >= 0, maps, num), size)
+                miou, mapping, iou = matched_miou(pred, val.gt, num + 1, num_classes, ignore)
+                scores.append(miou)
+                ious.append(iou)
+                counts.append(num)
+                if example is None:
+                    example = map_ids(pred[:num_examples], mapping)
+            return {**seed_summary(scores, ious, val_set.class_names), "seeds": list(seeds)}, counts, example
+
+        cbfe_metrics, _, cbfe_example = scored(
+            fg_seeds,
+            "foreground clustering",
+            lambda seed: (_kmeans_maps(val_points, val_fg, k_fg, seed, config), k_fg),
+        )
 
         train_points, _ = _fg_points(train, train_fg, config.pca_dim, "train")
         ks = sorted({min(int(k), train_points.shape[0], val_points.shape[0]) for k in cd_config.ks})
@@ -252,27 +250,20 @@ class Unsupervised(Protocol):
             lambda m: _upsample(m, size),
             progress=ctx.progress,
         )
-        cd_scores, cd_iou, cd_counts, cd_example = [], [], [], None
-        for seed in ctx.iterate(cd_config.seeds, "community detection"):
-            maps = _kmeans_maps(val_points, val_fg, best["k"], int(seed), config)
-            communities, num = segment_communities(
-                maps,
+
+        def communities(seed: int) -> tuple[np.ndarray, int]:
+            return segment_communities(
+                _kmeans_maps(val_points, val_fg, best["k"], seed, config),
                 best["k"],
                 threshold=best["threshold"],
                 markov_time=best["markov_time"],
-                seed=int(seed),
+                seed=seed,
                 distances=cd_config.distances,
                 num_angles=cd_config.num_angles,
                 infomap_trials=cd_config.infomap_trials,
             )
-            pred = _upsample(np.where(communities >= 0, communities, num), size)
-            miou, mapping, iou = matched_miou(pred, val.gt, num + 1, num_classes, ignore)
-            cd_scores.append(miou)
-            cd_iou.append(iou)
-            cd_counts.append(num)
-            if cd_example is None:
-                cd_example = _matched(pred[:num_examples], mapping)
 
+        cd_metrics, cd_counts, cd_example = scored(cd_config.seeds, "community detection", communities)
         resolved = {
             "grid": list(grid),
             "num_register_tokens": features.num_register_tokens,
@@ -283,23 +274,8 @@ class Unsupervised(Protocol):
             "libraries": _library_versions(),
         }
         metrics = {
-            "cbfe": {
-                "miou_mean": float(np.mean(cbfe_scores)),
-                "miou_std": float(np.std(cbfe_scores)),
-                "miou_per_seed": cbfe_scores,
-                "seeds": list(fg_seeds),
-                "k": int(k_fg),
-                "per_class_iou_mean": per_class_mean(cbfe_iou, val_set.class_names),
-            },
-            "cd": {
-                "miou_mean": float(np.mean(cd_scores)),
-                "miou_std": float(np.std(cd_scores)),
-                "miou_per_seed": cd_scores,
-                "num_communities_per_seed": cd_counts,
-                "seeds": list(cd_config.seeds),
-                "hyper_parameters": best,
-                "per_class_iou_mean": per_class_mean(cd_iou, val_set.class_names),
-            },
+            "cbfe": {**cbfe_metrics, "k": int(k_fg)},
+            "cd": {**cd_metrics, "num_communities_per_seed": cd_counts, "hyper_parameters": best},
             "foreground": foreground,
         }
         examples = None

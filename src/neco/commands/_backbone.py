@@ -1,0 +1,37 @@
+"""The backbone options of every command that runs a model (`eval`, `features`, `explore`, `demo`), declared once."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+__all__ = ["add_backbone_options", "load_backbone_of"]
+
+
+def add_backbone_options(group: Any, *, default: str | None = None) -> None:
+    """Add `--backbone` (required unless `default`), `--weights`, `--which` and `--random-init` to `group`."""
+    group.add_argument(
+        "--backbone",
+        default=default,
+        required=default is None,
+        help="registry name (`neco backbones` lists them) or a neco checkpoint file",
+    )
+    group.add_argument(
+        "--weights", default=None, help="weights file of any supported format for --backbone NAME"
+    )
+    group.add_argument(
+        "--which",
+        default="teacher",
+        choices=["teacher", "student"],
+        help="network of a checkpoint holding student and teacher (the teacher is the better model)",
+    )
+    group.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
+
+
+def load_backbone_of(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+    """The backbone the parsed options name, in eval mode, and its identity for result files."""
+    from neco.evaluation import load_backbone
+
+    return load_backbone(
+        args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which
+    )
