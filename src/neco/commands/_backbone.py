@@ -1,4 +1,4 @@
-"""The backbone options of every command that runs a model (`eval`, `features`, `explore`, `demo`), declared once."""
+"""The backbone options of every command that runs a model (`eval`, `features`, `explore`, `demo`, `train`), declared once."""
 
 from __future__ import annotations
 
@@ -8,22 +8,29 @@ from typing import Any
 __all__ = ["add_backbone_options", "load_backbone_of"]
 
 
-def add_backbone_options(group: Any, *, default: str | None = None) -> None:
-    """Add `--backbone` (required unless `default`), `--weights`, `--which` and `--random-init` to `group`."""
+def add_backbone_options(group: Any, *, default: str | None = None, optional: bool = False) -> None:
+    """Add `--backbone` (required unless `default` or `optional`), `--weights`, `--which` and `--random-init`.
+
+    `optional` (`neco train`): an option not given stays None, so the config's value holds.
+    """
     group.add_argument(
         "--backbone",
         default=default,
-        required=default is None,
+        required=default is None and not optional,
+        metavar="NAME|CHECKPOINT",
         help="registry name (`neco backbones` lists them) or a neco checkpoint file",
     )
     group.add_argument(
-        "--weights", default=None, help="weights file of any supported format for --backbone NAME"
+        "--weights",
+        default=None,
+        metavar="FILE",
+        help="weights file of any supported format for --backbone NAME",
     )
     group.add_argument(
         "--which",
-        default="teacher",
+        default=None if optional else "teacher",
         choices=["teacher", "student"],
-        help="network of a checkpoint holding student and teacher (the teacher is the better model)",
+        help="network of a checkpoint holding student and teacher (default: teacher, the better model)",
     )
     group.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
 

@@ -9,9 +9,27 @@ from typing import Any
 
 __all__ = ["build_config", "register"]
 
+# Options that set one config key each: (option, key, type, help).
+_OPTION_KEYS = (
+    ("--devices", "run.devices", str, "devices per node (int or 'auto')"),
+    ("--strategy", "run.strategy", str, "Lightning strategy (auto, ddp, ...)"),
+    ("--num-nodes", "run.num_nodes", int, "number of nodes"),
+    ("--accelerator", "run.accelerator", str, "auto, cpu or gpu"),
+    ("--out", "run.out_dir", str, "output folder"),
+    (
+        "--max-steps",
+        "optim.max_steps",
+        int,
+        "length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length (use "
+        "--resume to continue a run)",
+    ),
+)
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
+    from neco.commands._backbone import add_backbone_options
+
     parser = subparsers.add_parser(
         "train",
         help="post-train a ViT with NeCo",
@@ -32,53 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         nargs="*",
         help="dotted overrides section.key=value (values parsed as YAML), before or after the options",
     )
-    model = parser.add_argument_group(
-        "start weights", "one loading rule with neco eval / features: pretrained unless --random-init"
+    add_backbone_options(
+        parser.add_argument_group(
+            "start weights",
+            "one loading rule with neco eval / features, pretrained unless --random-init; each option sets "
+            "config keys: --backbone model.backbone (a neco checkpoint: its recorded backbone, and "
+            "model.weights the file), --weights model.weights, --which model.weights_which, --random-init "
+            "model.pretrained=false",
+        ),
+        optional=True,
     )
-    model.add_argument(
-        "--backbone",
-        default=None,
-        metavar="NAME|CHECKPOINT",
-        help="registry name (sets model.backbone), or a neco checkpoint to start from (sets model.backbone "
-        "to its recorded backbone and model.weights to the file) (default: the config's model.backbone)",
-    )
-    model.add_argument(
-        "--weights",
-        default=None,
-        metavar="FILE",
-        help="weights file of any supported format to start from; sets model.weights (default: the "
-        "config's, else the registered pretrained weights)",
-    )
-    model.add_argument(
-        "--which",
-        default=None,
-        choices=["teacher", "student"],
-        help="network of a training checkpoint that starts the run; sets model.weights_which "
-        "(default: teacher)",
-    )
-    model.add_argument(
-        "--random-init",
-        action="store_true",
-        help="no pretrained weights: sets model.pretrained=false (tests, from-scratch baselines)",
-    )
-    parser.add_argument(
-        "--devices", default=None, help="devices per node (int or 'auto'); overrides run.devices"
-    )
-    parser.add_argument(
-        "--strategy", default=None, help="Lightning strategy (auto, ddp, ...); overrides run.strategy"
-    )
-    parser.add_argument(
-        "--num-nodes", type=int, default=None, help="number of nodes; overrides run.num_nodes"
-    )
-    parser.add_argument("--accelerator", default=None, help="auto, cpu or gpu; overrides run.accelerator")
-    parser.add_argument("--out", default=None, help="output folder; overrides run.out_dir")
-    parser.add_argument(
-        "--max-steps",
-        type=int,
-        default=None,
-        help="length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length "
-        "(overrides optim.max_steps; use --resume to continue a run)",
-    )
+    for option, key, kind, text in _OPTION_KEYS:
+        parser.add_argument(option, type=kind, default=None, help=f"{text}; overrides {key}")
     parser.add_argument(
         "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
     )
@@ -138,16 +121,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-# Options that set one config key each: (option, dest, key).
-_OPTION_KEYS = (
-    ("--devices", "devices", "run.devices"),
-    ("--strategy", "strategy", "run.strategy"),
-    ("--num-nodes", "num_nodes", "run.num_nodes"),
-    ("--accelerator", "accelerator", "run.accelerator"),
-    ("--out", "out", "run.out_dir"),
-    ("--max-steps", "max_steps", "optim.max_steps"),
-    ("--which", "which", "model.weights_which"),
-)
 _PATH_KEYS = ("run.out_dir", "model.weights")
 
 
@@ -158,12 +131,11 @@ def build_config(args: argparse.Namespace) -> Any:
     """
     from neco.training.config import load_config
 
-    settings: list[tuple[str, str, Any]] = [
-        (f"{option} {getattr(args, dest)}", key, getattr(args, dest))
-        for option, dest, key in _OPTION_KEYS
-        if getattr(args, dest) is not None
-    ]
-    settings += _weight_settings(args)
+    settings = _weight_settings(args)
+    for option, key, _, _ in _OPTION_KEYS:
+        value = getattr(args, option[2:].replace("-", "_"))
+        if value is not None:
+            settings.append((f"{option} {value}", key, value))
     overrides = list(args.overrides)
     texts = [(option, key, _as_yaml(key, value)) for option, key, value in settings]
     for option, key, text in texts:
@@ -186,7 +158,7 @@ def _as_yaml(key: str, value: Any) -> str:
 
 
 def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
-    """(option, key, value) of --backbone / --weights / --random-init, resolved as `neco eval` does."""
+    """(option, key, value) of --backbone / --weights / --which / --random-init, resolved as `neco eval` does."""
     from pathlib import Path
 
     from neco.evaluation.features import resolve_backbone
@@ -205,6 +177,8 @@ def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
         settings.append((option, "model.weights", str(weights)))
     if args.random_init:
         settings.append(("--random-init", "model.pretrained", False))
+    if args.which is not None:
+        settings.append((f"--which {args.which}", "model.weights_which", args.which))
     return settings
 
 
