@@ -11,7 +11,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-__all__ = ["register", "save_state_dict"]
+__all__ = ["add_output_options", "register", "save_state_dict", "write_backbone"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,22 +31,33 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--format", default="official", choices=["official", "timm", "hf"], help="key names of the output"
     )
+    add_output_options(parser)
+    parser.set_defaults(func=lambda args: write_backbone(args, args.checkpoint))
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """`--which`, `--backbone`, `-o` and `--force` of `neco export` and `neco convert`."""
     parser.add_argument(
         "--which",
         default="teacher",
         choices=["teacher", "student"],
-        help="network to export (default: teacher, the better model)",
+        help="network of a training checkpoint (default: teacher, the better model)",
     )
     parser.add_argument(
         "--backbone",
         default=None,
-        help="registry name to verify the weights against (default: the name stored in a neco checkpoint)",
+        metavar="NAME",
+        help="registry name of the weights' architecture, checked by a strict load; needed by --format hf "
+        "for config.json when the input records none (default: the name a neco checkpoint records)",
     )
     parser.add_argument(
-        "-o", "--out", required=True, help="output file (.safetensors for safetensors, else torch.save)"
+        "-o",
+        "--out",
+        required=True,
+        help="output file (.safetensors for safetensors, else torch.save); for --format hf a path without "
+        "suffix is a model folder (OUT/model.safetensors + OUT/config.json)",
     )
     parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-    parser.set_defaults(func=_run)
 
 
 def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
@@ -85,7 +96,8 @@ def _timm_built_state(
     return meta_state_dict(model.model), info, "Meta DINOv3 keys"
 
 
-def _run(args: argparse.Namespace) -> int:
+def write_backbone(args: argparse.Namespace, source: str) -> int:
+    """Handler of `neco export` and `neco convert`: read the backbone of `source`, verify it, write it as `--format`."""
     from neco.backbones import create, get_config
     from neco.backbones.formats import convert
     from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
@@ -95,9 +107,14 @@ def _run(args: argparse.Namespace) -> int:
     check_new_file(out, args.force)  # before any work: a rerun must not silently overwrite
     if args.format == "hf":
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
-    checkpoint = read_checkpoint(args.checkpoint)
+    checkpoint = read_checkpoint(source)
     _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
     name = args.backbone or raw_info.backbone
+    if args.format == "hf" and name is None:
+        raise ValueError(
+            f"--format hf writes config.json, which needs the architecture (head count, registers), but "
+            f"{source} records no backbone name: pass --backbone NAME (e.g. dinov2_vits14_reg)"
+        )
     timm_built = name is not None and get_config(name).built_by_timm
     if timm_built:
         state, info, keys = _timm_built_state(args, name, checkpoint)
@@ -105,10 +122,10 @@ def _run(args: argparse.Namespace) -> int:
         official, info = read_state_dict(checkpoint, which=args.which)
         name = args.backbone or info.backbone
         state, keys = convert(official, to=args.format, source="official"), f"{args.format} keys"
-    info.source = str(args.checkpoint)
+    info.source = str(source)
     print(f"read {info.describe()}")
     if info.which is None and args.which == "student":
-        raise ValueError(f"{args.checkpoint} holds a single network; --which student does not apply")
+        raise ValueError(f"{source} holds a single network; --which student does not apply")
     if name is not None and not timm_built:
         overrides = {}
         if info.num_register_tokens is not None:
@@ -138,14 +155,11 @@ def _output_file(args: argparse.Namespace) -> Path:
     return out
 
 
-def _write_hf_config(name: str | None, info: Any, official: dict[str, Any], out: Path) -> None:
+def _write_hf_config(name: str, info: Any, official: dict[str, Any], out: Path) -> None:
     """config.json beside the weights, so `transformers.AutoModel.from_pretrained(folder)` loads them."""
     from neco.backbones import get_config
     from neco.backbones.hf_config import write_hf_config
 
-    if name is None:
-        print("no config.json written: pass --backbone NAME so the architecture is known")
-        return
     config = get_config(name)
     if info.num_register_tokens is not None:
         config = config.with_overrides(num_register_tokens=int(info.num_register_tokens))
