@@ -50,27 +50,6 @@ class CDConfig:
     infomap_trials: int = 5
     search_seed: int = 0
 
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        if not self.ks or any(int(k) < 2 for k in self.ks):
-            raise ValueError(f"`cd ks` must be non-empty cluster counts >= 2 but is {self.ks}")
-        lo, hi = self.threshold_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"`threshold_range` must be 0 <= lo <= hi <= 1 but is {self.threshold_range}")
-        lo, hi = self.markov_range
-        if not 0.0 < lo <= hi:
-            raise ValueError(f"`markov_range` must be 0 < lo <= hi but is {self.markov_range}")
-        if int(self.trials) < 1:
-            raise ValueError(f"`trials` must be >= 1 but is {self.trials}")
-        if not self.seeds:
-            raise ValueError("`cd seeds` must name at least one seed but is empty")
-        if not self.distances or any(int(d) < 1 for d in self.distances):
-            raise ValueError(f"`distances` must be positive integers but is {self.distances}")
-        if int(self.num_angles) < 1 or int(self.infomap_trials) < 1:
-            raise ValueError(
-                f"`num_angles` and `infomap_trials` must be >= 1 but are {self.num_angles}, {self.infomap_trials}"
-            )
-
 
 def glcm_offsets(distances: tuple[int, ...] = (1, 2), num_angles: int = 8) -> list[tuple[int, int]]:
     """(row, col) offsets, one per (distance, angle), angles evenly spaced from 0 (scikit-image rule)."""
