@@ -56,11 +56,10 @@ def _check(args: argparse.Namespace) -> None:
         raise ValueError(f"give IMAGES or --dataset, not both (got {len(args.inputs)} IMAGES and --dataset)")
     if args.dataset is not None and args.data_root is None:
         raise ValueError(f"--dataset {args.dataset} needs --data-root ROOT")
-    for option in ("k", "dims", "max_images", "batch_size"):
-        if getattr(args, option) < 1:
-            raise ValueError(f"--{option.replace('_', '-')} must be >= 1 but is {getattr(args, option)}")
-    if args.input_size is not None and args.input_size < 1:
-        raise ValueError(f"--input-size must be >= 1 but is {args.input_size}")
+    for option in ("k", "dims", "max_images", "batch_size", "input_size"):
+        value = getattr(args, option)
+        if value is not None and value < 1:  # --input-size None: the default size
+            raise ValueError(f"--{option.replace('_', '-')} must be >= 1 but is {value}")
     if args.out.suffix.lower() not in {".html", ".htm"}:
         raise ValueError(f"--out must name an .html file but is {args.out}")
 

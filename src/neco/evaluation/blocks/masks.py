@@ -30,15 +30,9 @@ def remove_small_components(masks: torch.Tensor, min_size: int) -> torch.Tensor:
 
     flat = masks.reshape(-1, *masks.shape[-2:]).cpu().numpy()
     out = np.zeros_like(flat)
-    structure = np.ones((3, 3), dtype=bool)
     for i, mask in enumerate(flat):
-        labels, count = ndimage.label(mask, structure=structure)
-        if count == 0:
-            continue
-        sizes = np.bincount(labels.ravel(), minlength=count + 1)
-        keep = sizes >= min_size
-        keep[0] = False  # label 0 is the background of `ndimage.label`
-        out[i] = keep[labels]
+        labels, _ = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        out[i] = (np.bincount(labels.ravel()) >= min_size)[labels] & mask  # `& mask`: label 0 is background
     return torch.from_numpy(out).reshape(masks.shape).to(masks.device)
 
 

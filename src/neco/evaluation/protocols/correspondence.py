@@ -172,7 +172,8 @@ class Correspondence(Protocol):
             collate_fn=_collate,
         )
         square = (ctx.input_size, ctx.input_size)
-        records: dict[str, list[Any]] = {k: [] for k in ("distance", "bbox", "image", "pair", "chance")}
+        records: dict[str, list[Any]] = {k: [] for k in ("distance", "bbox", "image", "pair")}
+        chance_parts: dict[str, list[np.ndarray]] = {}  # `pck_<kind>@<alpha>` -> per-keypoint chance
         pair_labels: dict[int, tuple[str, dict[str, int]]] = {}
         predictions: dict[int, np.ndarray] = {}
         skipped = outside = empty_pairs = 0
@@ -214,25 +215,18 @@ class Correspondence(Protocol):
                 records["bbox"].append(np.full(n, bbox_side))
                 records["image"].append(np.full(n, image_side))
                 records["pair"].append(np.full(n, index))
-                chance = [
-                    chance_pck(
-                        trg[keep],
-                        torch.full((n,), side, dtype=torch.float64),
-                        alpha,
-                        grid,
-                        square,
-                        batch["trg_size"][b].expand(n, 2),
-                    ).numpy()
-                    for alpha in config.alphas
-                    for side in (bbox_side, image_side)
-                ]
-                records["chance"].append(np.stack(chance, axis=1))  # (n, alphas * 2)
+                for alpha in config.alphas:
+                    for kind, side in (("bbox", bbox_side), ("image", image_side)):
+                        sides = torch.full((n,), side, dtype=torch.float64)
+                        chance = chance_pck(
+                            trg[keep], sides, alpha, grid, square, batch["trg_size"][b].expand(n, 2)
+                        )
+                        chance_parts.setdefault(f"pck_{kind}@{alpha:g}", []).append(chance.numpy())
         if not records["distance"]:
             raise ValueError("no pair has a keypoint present in both images; nothing to evaluate")
         distance = np.concatenate(records["distance"])
         references = {"bbox": np.concatenate(records["bbox"]), "image": np.concatenate(records["image"])}
         pair_index = np.concatenate(records["pair"])
-        chance_table = np.concatenate(records["chance"]).mean(0)
         categories = np.array([pair_labels[int(i)][0] for i in pair_index])
 
         metrics = summarise_pck(distance, references, pair_index, config.alphas)
@@ -245,11 +239,7 @@ class Correspondence(Protocol):
         for name in SPAIR_VARIATIONS:
             labels = np.array([variation_name(name, pair_labels[int(i)][1].get(name, 0)) for i in pair_index])
             per_variation[name] = breakdown(distance, references, pair_index, labels, config.alphas)
-        chance = {
-            f"pck_{kind}@{alpha:g}": 100.0 * float(chance_table[2 * a + k])
-            for a, alpha in enumerate(config.alphas)
-            for k, kind in enumerate(("bbox", "image"))
-        }
+        chance = {key: 100.0 * float(np.concatenate(parts).mean()) for key, parts in chance_parts.items()}
         if skipped:
             ctx.warn(f"{skipped} keypoints absent in the source or target image were skipped")
         if empty_pairs:

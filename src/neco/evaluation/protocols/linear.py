@@ -116,19 +116,15 @@ def _train_batches(
     train: Any,
     epoch: int,
     ctx: RunContext,
+    transform: Any,
 ):
-    """Yield (features, masks at target size) minibatches for one epoch."""
+    """Yield (features, masks at target size) minibatches for one epoch (`transform`: without a cache)."""
     if cache is not None:
         cached, masks = cache
         order = torch.randperm(len(cached), generator=torch.Generator().manual_seed(ctx.seed * 1000 + epoch))
         for idx in order.split(settings.probe_batch_size):
             yield cached[idx].float(), masks[idx].to(torch.int64)
         return
-    transform = (
-        LinearTrainTransform(ctx.input_size)
-        if settings.train_features == "augmented"
-        else EvalResize(ctx.input_size)
-    )
     loader = ctx.loader(train, transform, epoch=epoch, shuffle=True, batch_size=settings.probe_batch_size)
     for images, masks, _ in ctx.iterate(loader, f"linear epoch {epoch + 1}"):
         yield features(images).cpu(), resize_ids(masks, settings.target_size)
@@ -153,12 +149,14 @@ class Linear(Protocol):
         )
         val = data.val
         num_classes, ignore = val.num_classes, val.ignore_index
+        augmented = settings.train_features == "augmented"
+        transform = LinearTrainTransform(ctx.input_size) if augmented else EvalResize(ctx.input_size)
         cache = None
-        if settings.train_features == "cached":
+        if not augmented:
             with ctx.timer("cache"):
                 cache = cache_features(
                     features,
-                    ctx.iterate(ctx.loader(train, EvalResize(ctx.input_size)), "linear: caching features"),
+                    ctx.iterate(ctx.loader(train, transform), "linear: caching features"),
                     len(train),
                     settings.target_size,
                     _CACHE_DTYPES[settings.cache_dtype],
@@ -178,7 +176,7 @@ class Linear(Protocol):
             epochs = range(settings.epochs)
             for epoch in ctx.iterate(epochs, "linear probe epochs") if cache is not None else epochs:
                 total, count = 0.0, 0
-                for grids, masks in _train_batches(settings, cache, features, train, epoch, ctx):
+                for grids, masks in _train_batches(settings, cache, features, train, epoch, ctx, transform):
                     if probe is None:
                         probe = LinearProbe(grids.shape[1], num_classes, settings.target_size).to(ctx.device)
                         optimizer = torch.optim.SGD(
@@ -220,9 +218,7 @@ class Linear(Protocol):
         resolved = {
             "subset": subset,
             "feature_cache": None if cache is None else settings.cache_dtype,
-            "train_augmentation": LinearTrainTransform(ctx.input_size).describe()
-            if settings.train_features == "augmented"
-            else EvalResize(ctx.input_size).describe(),
+            "train_augmentation": transform.describe(),
         }
         metrics = {**confusion.summary(val.class_names), "train_loss_per_epoch": losses}
         return ProtocolOutput(metrics=metrics, settings=resolved, examples=keeper.examples())
