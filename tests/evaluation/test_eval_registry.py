@@ -51,10 +51,8 @@ class MeanFeature(Protocol):
         return "mean", metrics["mean"]
 
     def run(self, features, data, settings, ctx):
-        from neco.evaluation.blocks.transforms import EvalResize
-
         total = count = 0.0
-        for images, _, _ in ctx.iterate(ctx.loader(data.val, EvalResize(ctx.input_size)), "toy"):
+        for images, _, _ in ctx.batches(data.val, "toy"):
             grid = features(images)
             total, count = total + float(grid.sum()), count + grid.numel()
         return ProtocolOutput(

@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from neco.evaluation.blocks.loading import ExampleKeeper
-from neco.evaluation.blocks.transforms import PairDataset
+from neco.evaluation.blocks.transforms import EvalResize, PairDataset
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 
@@ -101,27 +101,30 @@ class RunContext:
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
 
-    def loader(
+    def batches(
         self,
         dataset: Any,
-        transform: Any,
+        desc: str,
+        transform: Any = None,
         *,
         epoch: int = 0,
         shuffle: bool = False,
         batch_size: int | None = None,
-    ) -> DataLoader:
-        """A non-dropping loader of (images, masks, indices) with per-item seeded transforms.
+    ) -> Iterator[Any]:
+        """(images, masks, indices) batches of `dataset`, the last one short, with a progress bar `desc`.
 
-        Ordered unless `shuffle`, in which case the order is seeded by (seed, epoch).
+        Items go through `transform` (default: `EvalResize` to the input size) with a per-item seeded
+        generator; ordered unless `shuffle`, in which case the order is seeded by (seed, epoch).
         """
-        return DataLoader(
-            PairDataset(dataset, transform, seed=self.seed, epoch=epoch),
+        loader = DataLoader(
+            PairDataset(dataset, transform or EvalResize(self.input_size), seed=self.seed, epoch=epoch),
             batch_size=batch_size or self.run.batch_size,
             shuffle=shuffle,
             generator=torch.Generator().manual_seed(self.seed * 1_000_003 + epoch) if shuffle else None,
             num_workers=self.run.num_workers,
             pin_memory=torch.cuda.is_available(),
         )
+        return self.iterate(loader, desc)
 
     def iterate(self, loader: Iterable[Any], desc: str) -> Iterator[Any]:
         """Iterate a loader (or any iterable) with a progress bar (unless progress is off)."""

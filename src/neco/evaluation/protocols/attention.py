@@ -22,7 +22,7 @@ import torch
 
 from neco.evaluation.blocks.loading import Examples
 from neco.evaluation.blocks.masks import foreground_masks, gt_foreground, jaccard_counts, jaccard_summary
-from neco.evaluation.blocks.transforms import EvalResize, resize_ids
+from neco.evaluation.blocks.transforms import resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -71,7 +71,7 @@ class Attention(Protocol):
         merged_i, merged_u, head_i, head_u = [], [], [], []
         keeper = ctx.keeper()
         num_heads = 0
-        for images, masks, _ in ctx.iterate(ctx.loader(val, EvalResize(ctx.input_size)), "attention"):
+        for images, masks, _ in ctx.batches(val, "attention"):
             attn = features.attention(images)  # (B, heads, T, T)
             num_heads = attn.shape[1]
             fg, valid = gt_foreground(masks, val.ignore_index)

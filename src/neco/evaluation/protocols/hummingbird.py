@@ -22,7 +22,7 @@ from neco.evaluation.blocks.matching import apply_mapping, hungarian_match
 from neco.evaluation.blocks.memory_bank import MemoryBank, patch_label_histograms, select_rare_patches
 from neco.evaluation.blocks.metrics import ConfusionMatrix, iou_from_confusion, percent_per_class
 from neco.evaluation.blocks.search import SEARCH_BACKENDS, build_searcher
-from neco.evaluation.blocks.transforms import EvalResize, HummingbirdTrainTransform
+from neco.evaluation.blocks.transforms import HummingbirdTrainTransform
 from neco.evaluation.features import Features
 from neco.evaluation.options import option, parse_fraction
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -240,8 +240,9 @@ class Hummingbird(Protocol):
 
         def train_stream():
             for epoch in range(settings.augmentation_epochs):
-                loader = ctx.loader(train, train_tf, epoch=epoch)
-                for images, masks, _ in ctx.iterate(loader, f"memory bank pass {epoch + 1}"):
+                for images, masks, _ in ctx.batches(
+                    train, f"memory bank pass {epoch + 1}", train_tf, epoch=epoch
+                ):
                     yield features(images), masks
 
         with ctx.timer("build"):
@@ -264,9 +265,7 @@ class Hummingbird(Protocol):
         keeper = ctx.keeper()
         confusion = ConfusionMatrix(val.num_classes, val.ignore_index, device=ctx.device)
         with ctx.timer("query"):
-            for images, masks, _ in ctx.iterate(
-                ctx.loader(val, EvalResize(ctx.input_size)), "hummingbird queries"
-            ):
+            for images, masks, _ in ctx.batches(val, "hummingbird queries"):
                 grids, masks = features(images), masks.to(ctx.device)
                 size = (masks.shape[-2], masks.shape[-1])
                 pred = predict_masks(grids, bank, searcher, size, settings.k, settings.temperature)

@@ -125,8 +125,15 @@ def _train_batches(
         for idx in order.split(settings.probe_batch_size):
             yield cached[idx].float(), masks[idx].to(torch.int64)
         return
-    loader = ctx.loader(train, transform, epoch=epoch, shuffle=True, batch_size=settings.probe_batch_size)
-    for images, masks, _ in ctx.iterate(loader, f"linear epoch {epoch + 1}"):
+    batches = ctx.batches(
+        train,
+        f"linear epoch {epoch + 1}",
+        transform,
+        epoch=epoch,
+        shuffle=True,
+        batch_size=settings.probe_batch_size,
+    )
+    for images, masks, _ in batches:
         yield features(images).cpu(), resize_ids(masks, settings.target_size)
 
 
@@ -156,7 +163,7 @@ class Linear(Protocol):
             with ctx.timer("cache"):
                 cache = cache_features(
                     features,
-                    ctx.iterate(ctx.loader(train, transform), "linear: caching features"),
+                    ctx.batches(train, "linear: caching features", transform),
                     len(train),
                     settings.target_size,
                     _CACHE_DTYPES[settings.cache_dtype],
@@ -207,9 +214,7 @@ class Linear(Protocol):
         confusion = ConfusionMatrix(num_classes, ignore, device=ctx.device)
         keeper = ctx.keeper()
         with ctx.timer("eval"), torch.no_grad():
-            for images, masks, _ in ctx.iterate(
-                ctx.loader(val, EvalResize(ctx.input_size)), "linear: validation"
-            ):
+            for images, masks, _ in ctx.batches(val, "linear: validation"):
                 grids = features(images)
                 pred = probe(grids.to(ctx.device)).argmax(dim=1)  # (B, T, T)
                 target = resize_ids(masks, settings.target_size).to(ctx.device)

@@ -19,7 +19,7 @@ from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
 from neco.evaluation.blocks.loading import Examples, collect_tokens
 from neco.evaluation.blocks.matching import map_ids, matched_miou
 from neco.evaluation.blocks.metrics import seed_summary
-from neco.evaluation.blocks.transforms import EvalResize, resize_ids
+from neco.evaluation.blocks.transforms import resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -63,7 +63,7 @@ class Overcluster(Protocol):
         val = data.val
         num_classes, ignore, size = val.num_classes, val.ignore_index, settings.target_size
         with ctx.timer("features"):
-            batches = ctx.iterate(ctx.loader(val, EvalResize(ctx.input_size)), "overcluster: features")
+            batches = ctx.batches(val, "overcluster: features")
             split = collect_tokens(batches, features, len(val), size, ctx.run.num_figures)
         gt, (h, w), images = split.gt, split.grid, split.images
         with ctx.timer("pca"):

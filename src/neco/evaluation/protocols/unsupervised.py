@@ -31,7 +31,7 @@ from neco.evaluation.blocks.loading import Examples, TokenSplit, collect_tokens
 from neco.evaluation.blocks.masks import foreground_masks, gt_foreground, jaccard_counts, jaccard_summary
 from neco.evaluation.blocks.matching import map_ids, matched_miou
 from neco.evaluation.blocks.metrics import seed_summary
-from neco.evaluation.blocks.transforms import EvalResize, resize_ids
+from neco.evaluation.blocks.transforms import resize_ids
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -190,8 +190,7 @@ class Unsupervised(Protocol):
             )
 
         def collect(dataset: Any, desc: str, keep: int) -> TokenSplit:
-            batches = ctx.iterate(ctx.loader(dataset, EvalResize(ctx.input_size)), desc)
-            return collect_tokens(batches, features, len(dataset), size, keep, noisy)
+            return collect_tokens(ctx.batches(dataset, desc), features, len(dataset), size, keep, noisy)
 
         with ctx.timer("features"):
             train = collect(train_set, "unsupervised: train", 0)
