@@ -240,9 +240,8 @@ class Hummingbird(Protocol):
 
         def train_stream():
             for epoch in range(settings.augmentation_epochs):
-                for images, masks, _ in ctx.batches(
-                    train, f"memory bank pass {epoch + 1}", train_tf, epoch=epoch
-                ):
+                batches = ctx.batches(train, f"memory bank pass {epoch + 1}", train_tf, epoch=epoch)
+                for images, masks, _ in batches:
                     yield features(images), masks
 
         with ctx.timer("build"):

@@ -125,15 +125,8 @@ def _train_batches(
         for idx in order.split(settings.probe_batch_size):
             yield cached[idx].float(), masks[idx].to(torch.int64)
         return
-    batches = ctx.batches(
-        train,
-        f"linear epoch {epoch + 1}",
-        transform,
-        epoch=epoch,
-        shuffle=True,
-        batch_size=settings.probe_batch_size,
-    )
-    for images, masks, _ in batches:
+    desc, size = f"linear epoch {epoch + 1}", settings.probe_batch_size
+    for images, masks, _ in ctx.batches(train, desc, transform, epoch=epoch, shuffle=True, batch_size=size):
         yield features(images).cpu(), resize_ids(masks, settings.target_size)
 
 
