@@ -156,10 +156,6 @@ def segment_communities(
     return out, int(communities.max()) + 1
 
 
-def _with_background(maps: np.ndarray, num_fg: int) -> torch.Tensor:
-    return torch.from_numpy(np.where(maps >= 0, maps, num_fg))
-
-
 def search_cd(
     cluster_maps_by_k: dict[int, np.ndarray],
     gt: torch.Tensor,
@@ -196,7 +192,7 @@ def search_cd(
             counts=counts_by_k[k],
         )
         miou, _, _ = matched_miou(
-            upsample(_with_background(maps, num)), gt, num + 1, num_classes, ignore_index
+            upsample(torch.from_numpy(np.where(maps >= 0, maps, num))), gt, num + 1, num_classes, ignore_index
         )
         trial.set_user_attr("num_communities", num)
         return miou

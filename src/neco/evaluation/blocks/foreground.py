@@ -27,7 +27,6 @@ from neco.evaluation.blocks.transforms import resize_ids
 __all__ = [
     "CBFEConfig",
     "CBFEModel",
-    "spherical_kmeans",
     "assign_spherical",
     "rank_clusters",
     "cut_candidates",
@@ -61,22 +60,6 @@ class CBFEConfig:
 def _unit(points: np.ndarray) -> np.ndarray:
     points = np.ascontiguousarray(points, dtype=np.float32)
     return points / np.maximum(np.linalg.norm(points, axis=1, keepdims=True), 1e-12)
-
-
-def spherical_kmeans(
-    points: np.ndarray, k: int, *, seed: int, niter: int, nredo: int = 1, max_points_per_centroid: int = 256
-) -> np.ndarray:
-    """Unit-norm centroids (k, D) of spherical k-means (faiss, cosine) over (N, D) points."""
-    kmeans = faiss_kmeans(
-        _unit(points),
-        k,
-        seed=seed,
-        niter=niter,
-        nredo=nredo,
-        max_points_per_centroid=max_points_per_centroid,
-        spherical=True,
-    )
-    return _unit(kmeans.centroids)
 
 
 def assign_spherical(points: np.ndarray, centroids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
@@ -162,14 +145,16 @@ def fit_cbfe(
             f"`noisy_fg` must hold one value per token ({n_points}) but holds {noisy_fg.numel()}"
         )
     k = min(int(config.k), n_points)
-    centroids = spherical_kmeans(
-        tokens,
+    kmeans = faiss_kmeans(
+        _unit(tokens),
         k,
         seed=config.seed,
         niter=config.niter,
         nredo=config.nredo,
         max_points_per_centroid=config.max_points_per_centroid,
+        spherical=True,
     )
+    centroids = _unit(kmeans.centroids)  # spherical k-means: unit centroids, cosine assignment
     assign = assign_spherical(tokens, centroids)
     rank, precision = rank_clusters(assign, noisy_fg.reshape(-1).numpy(), k)
     jaccards = cut_jaccards(torch.from_numpy(assign).reshape(-1, *grid), rank, fg, valid)
