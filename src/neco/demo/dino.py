@@ -142,6 +142,11 @@ class DinoLoss(nn.Module):
         return total / pairs
 
 
+def _entropy(p: Tensor) -> Tensor:
+    """Entropy (nats) over the last dimension."""
+    return -(p * p.clamp_min(1e-12).log()).sum(dim=-1)
+
+
 def _views(
     images: np.ndarray,
     sampler: MultiCropSampler,
@@ -206,7 +211,9 @@ def pretrain_tiny_dino(
         return out
 
     student.train()
-    losses, entropies = [], []
+    losses: list[float] = []
+    entropies: list[float] = []
+    batch_entropies: list[float] = []
     start = time.perf_counter()
     bar = tqdm(range(cfg.steps), desc="pretrain-tiny (dino)", disable=not progress)
     for step in bar:
@@ -226,19 +233,28 @@ def pretrain_tiny_dino(
         optimizer.step()
         ema_update_(teacher, student, ema_at(step))
         with torch.no_grad():
-            mean_target = F.softmax((teacher_out[0] - loss_fn.center) / cfg.teacher_temp, dim=-1).mean(dim=0)
-            # Entropy of the batch-mean teacher distribution: near 0 is collapse to one prototype.
-            entropies.append(float(-(mean_target * mean_target.clamp_min(1e-12).log()).sum()))
+            targets = F.softmax((teacher_out[0] - loss_fn.center) / cfg.teacher_temp, dim=-1)
+            # Healthy: sharp per image (low entropy), spread over prototypes across the batch (high entropy of
+            # the mean). Both near ln(out_dim) is the uniform collapse; both near 0, collapse to one prototype.
+            entropies.append(_entropy(targets).mean().item())
+            batch_entropies.append(_entropy(targets.mean(dim=0)).item())
         losses.append(loss.item())
         if step % 10 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", entropy=f"{np.mean(entropies[-20:]):.2f}")
+            bar.set_postfix(
+                loss=f"{np.mean(losses[-20:]):.3f}",
+                entropy=f"{np.mean(entropies[-20:]):.2f}",
+                batch_entropy=f"{np.mean(batch_entropies[-20:]):.2f}",
+            )
     backbone = teacher["backbone"].eval()
     log = {
         "config": {"method": "dino", **asdict(cfg)},
         "seconds": time.perf_counter() - start,
         "final_loss": float(np.mean(losses[-50:])),
         "final_teacher_entropy": float(np.mean(entropies[-50:])),
+        "final_teacher_batch_entropy": float(np.mean(batch_entropies[-50:])),
         "loss_curve": [float(v) for v in losses],
+        "teacher_entropy_curve": entropies,
+        "teacher_batch_entropy_curve": batch_entropies,
     }
     if out_path is not None:
         save_tiny_asset(backbone, log, out_path)
