@@ -11,7 +11,6 @@ used anywhere. Deterministic for a given seed and thread count.
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,9 +24,11 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from neco.backbones import create
-from neco.demo.pretrain import make_scene_pool, save_tiny_asset
+from neco.demo.pretrain import make_scene_pool, save_tiny_asset, warmup_cosine_lr
 from neco.method.crops import MultiCropSampler
 from neco.method.ema import ema_update_, make_teacher
+from neco.method.head import ProjectionHead
+from neco.method.optim import is_no_decay
 from neco.method.schedules import cosine_schedule
 
 __all__ = ["DinoHead", "DinoLoss", "TinyDinoConfig", "pretrain_tiny_dino"]
@@ -73,7 +74,7 @@ class TinyDinoConfig:
 
 
 class DinoHead(nn.Module):
-    """MLP `D -> hidden -> hidden -> bottleneck`, L2 normalisation, then a weight-normalised prototype layer.
+    """NeCo's projection MLP (`D -> hidden -> hidden -> bottleneck`, L2-normalised), then weight-normalised prototypes.
 
     Example:
         >>> head = DinoHead(192, out_dim=256)
@@ -83,17 +84,7 @@ class DinoHead(nn.Module):
 
     def __init__(self, in_dim: int, out_dim: int, hidden_dim: int = 512, bottleneck_dim: int = 128) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, hidden_dim),
-            nn.GELU(),
-            nn.Linear(hidden_dim, bottleneck_dim),
-        )
-        for module in self.mlp:
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                nn.init.zeros_(module.bias)
+        self.projection = ProjectionHead(in_dim, hidden_dim, bottleneck_dim)
         # The prototypes' norms are fixed at 1 (DINO's norm_last_layer): only their directions are learnt.
         self.last_layer = nn.utils.parametrizations.weight_norm(
             nn.Linear(bottleneck_dim, out_dim, bias=False)
@@ -103,7 +94,7 @@ class DinoHead(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, D) image embeddings -> (B, out_dim) prototype logits."""
-        return self.last_layer(F.normalize(self.mlp(x), dim=-1))
+        return self.last_layer(self.projection(x))
 
 
 class DinoLoss(nn.Module):
@@ -182,10 +173,9 @@ def pretrain_tiny_dino(
     student = nn.ModuleDict({"backbone": backbone, "head": DinoHead(backbone.embed_dim, cfg.out_dim)})
     teacher = make_teacher(student)
     loss_fn = DinoLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
-    decay = [p for n, p in student.named_parameters() if p.requires_grad and p.ndim > 1 and "token" not in n]
-    no_decay = [
-        p for n, p in student.named_parameters() if p.requires_grad and not (p.ndim > 1 and "token" not in n)
-    ]
+    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
+    decay = [p for n, p in trainable if not is_no_decay(n, p.ndim)]
+    no_decay = [p for n, p in trainable if is_no_decay(n, p.ndim)]
     optimizer = torch.optim.AdamW(
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr,
@@ -194,12 +184,6 @@ def pretrain_tiny_dino(
     last_layer = [
         p for n, p in student["head"].named_parameters() if n.startswith("last_layer") and p.requires_grad
     ]
-
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
 
     def embed(net: nn.Module, views: list[Tensor]) -> list[Tensor]:
         # Views of one size go through the backbone together, as in DINO's multi-crop wrapper.
@@ -219,7 +203,7 @@ def pretrain_tiny_dino(
     for step in bar:
         views = _views(images, sampler, cfg.batch_size, rng, gen)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         with torch.no_grad():
             teacher_out = embed(teacher, views[:2])
         student_out = embed(student, views)

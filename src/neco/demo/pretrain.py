@@ -76,6 +76,14 @@ def make_scene_pool(num: int, size: int, seed: int, progress: bool = True) -> tu
     return images, labels
 
 
+def warmup_cosine_lr(step: int, lr: float, warmup_steps: int, total_steps: int) -> float:
+    """Linear warm-up over `warmup_steps`, then a cosine decay to 0 at `total_steps`."""
+    if step < warmup_steps:
+        return lr * (step + 1) / warmup_steps
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    return lr * 0.5 * (1 + math.cos(math.pi * t))
+
+
 def _sample_batch(
     images: np.ndarray, labels: np.ndarray, cfg: TinyPretrainConfig, rng: np.random.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +100,9 @@ def _sample_batch(
         h = int(min(side, max(8, round(math.sqrt(area / aspect)))))
         x0, y0 = int(rng.integers(0, side - w + 1)), int(rng.integers(0, side - h + 1))
         patch = torch.from_numpy(images[index, y0 : y0 + h, x0 : x0 + w]).permute(2, 0, 1).float() / 255.0
-        patch = F.interpolate(patch[None], size=(cfg.crop_size, cfg.crop_size), mode="bilinear", antialias=True)[0]
+        patch = F.interpolate(
+            patch[None], size=(cfg.crop_size, cfg.crop_size), mode="bilinear", antialias=True
+        )[0]
         crops.append((patch - mean) / std)
         counts = np.bincount(labels[index, y0 : y0 + h, x0 : x0 + w].ravel(), minlength=num_classes + 1)
         present = counts[1:] >= cfg.min_class_fraction * h * w
@@ -112,12 +122,6 @@ def pretrain_tiny(
     params = list(model.parameters()) + list(head.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    def lr_at(step: int) -> float:
-        if step < cfg.warmup_steps:
-            return cfg.lr * (step + 1) / cfg.warmup_steps
-        t = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-        return cfg.lr * 0.5 * (1 + math.cos(math.pi * t))
-
     model.train()
     losses, accuracies = [], []
     start = time.perf_counter()
@@ -125,9 +129,11 @@ def pretrain_tiny(
     for step in bar:
         x, y = _sample_batch(images, labels, cfg, rng)
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step)
+            group["lr"] = warmup_cosine_lr(step, cfg.lr, cfg.warmup_steps, cfg.steps)
         out = model.forward_features(x)
-        pooled = out["x_norm_patchtokens"].mean(dim=1) if cfg.pool == "mean" else out["x_norm_clstoken"]  # (B, D)
+        pooled = (
+            out["x_norm_patchtokens"].mean(dim=1) if cfg.pool == "mean" else out["x_norm_clstoken"]
+        )  # (B, D)
         logits = head(pooled)  # (B, C)
         loss = F.binary_cross_entropy_with_logits(logits, y)
         optimizer.zero_grad(set_to_none=True)
@@ -153,7 +159,9 @@ def pretrain_tiny(
 
 def save_tiny_asset(model: nn.Module, log: dict[str, Any], path: str | Path) -> Path:
     """Save the backbone as an fp16 official-format state dict with its provenance (small, weights_only-safe)."""
-    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    state = {
+        k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()
+    }
     # A neco checkpoint whose student and teacher are the same tensors (stored once by torch.save).
     payload = {
         "format": "neco-checkpoint",
