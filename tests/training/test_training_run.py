@@ -114,10 +114,16 @@ def test_second_ctrl_c_aborts_without_a_mid_step_save(
         return original(self, batch, batch_idx)
 
     monkeypatch.setattr(module_mod.NeCoModule, "training_step", interrupting)
-    with pytest.raises(TrainingAborted) as aborted:
-        train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=1"))
-    assert aborted.value.signum == signal.SIGINT
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler was removed
+    # A shell starts background jobs with SIGINT ignored: give the run the interactive default, and
+    # check that it puts back exactly what it found.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(TrainingAborted) as aborted:
+            train(_config(tmp_path, scenes, "optim.max_steps=4", "run.ckpt_every_steps=1"))
+        assert aborted.value.signum == signal.SIGINT
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # our handler was removed
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(p.name for p in (tmp_path / "checkpoints").glob("step_*.ckpt")) == ["step_00000001.ckpt"]
     assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 1
 
