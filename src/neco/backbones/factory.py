@@ -6,13 +6,30 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from neco.backbones.download import download_weights, weight_source
 from neco.backbones.registry import get_config
 from neco.backbones.timm_vit import TimmViT
 from neco.backbones.vit import VisionTransformer
 from neco.backbones.weights import load_weights
 
-__all__ = ["create"]
+__all__ = ["create", "recorded_register_tokens"]
+
+
+def recorded_register_tokens(weights: str | Path | Mapping[str, Any]) -> int | None:
+    """The register-token count a neco or Lightning training checkpoint records; None for other files."""
+    obj: Any = weights
+    if not isinstance(weights, Mapping):
+        path = Path(weights)
+        if path.suffix == ".safetensors" or not path.is_file():
+            return None
+        try:  # memory-mapped: only the top-level entries are touched, the tensors are not read
+            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception:  # noqa: BLE001 - the real read (`load_weights`) reports what is wrong with the file
+            return None
+    value = obj.get("num_register_tokens") if isinstance(obj, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def create(
@@ -36,6 +53,11 @@ def create(
         progress: show a download progress bar.
         **overrides: config fields to change, e.g. `drop_path_rate=0.1`, `num_register_tokens=0`.
     """
+    if weights is not None and "num_register_tokens" not in overrides and not get_config(name).built_by_timm:
+        recorded = recorded_register_tokens(weights)
+        if recorded is not None and recorded != get_config(name).num_register_tokens:
+            # e.g. an "XR" run: register-trained weights post-trained without registers
+            overrides["num_register_tokens"] = recorded
     config = get_config(name).with_overrides(**overrides)
     model_class = TimmViT if config.built_by_timm else VisionTransformer
     model = model_class(config, init=weights is None and not pretrained)

@@ -1,0 +1,30 @@
+"""A checkpoint trained with another register count than its registry entry builds with the recorded count."""
+
+from __future__ import annotations
+
+import torch
+
+from neco.backbones import create
+from neco.backbones.factory import recorded_register_tokens
+from neco.demo.pretrain import save_tiny_asset
+from neco.evaluation.features import load_backbone
+
+
+def test_xr_checkpoint_loads_with_its_recorded_register_count(tmp_path):
+    torch.manual_seed(0)
+    xr = create("vit_tiny_reg", num_register_tokens=0)  # the XR recipe: register weights, no registers
+    path = save_tiny_asset(xr, {"config": {"backbone": "vit_tiny_reg"}}, tmp_path / "xr.pth")
+    assert recorded_register_tokens(path) == 0
+    x = torch.randn(1, 3, 32, 32)
+    for model in (create("vit_tiny_reg", weights=path), load_backbone(str(path))[0]):
+        assert model.num_register_tokens == 0
+        with torch.no_grad():
+            assert torch.allclose(model.eval()(x), xr.eval()(x), atol=5e-2)  # fp16 asset
+
+
+def test_other_files_record_nothing(tmp_path):
+    torch.save(create("vit_tiny").state_dict(), tmp_path / "plain.pth")
+    (tmp_path / "text.pth").write_text("not a checkpoint")
+    assert recorded_register_tokens(tmp_path / "plain.pth") is None
+    assert recorded_register_tokens(tmp_path / "text.pth") is None
+    assert recorded_register_tokens({"num_register_tokens": 4}) == 4
