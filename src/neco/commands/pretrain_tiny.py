@@ -39,7 +39,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: the method's setting)")
     parser.add_argument(
-        "--pool", choices=["mean", "cls"], default=None, help="token(s) the classifier reads (multilabel only)"
+        "--pool",
+        choices=["mean", "cls"],
+        default=None,
+        help="token(s) the classifier reads (multilabel only)",
     )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
     parser.set_defaults(func=_run)
@@ -47,6 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import dataclasses
+    import math
 
     import torch
 
@@ -71,10 +75,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.method == "dino":
         cfg = dataclasses.replace(TinyDinoConfig(), **overrides)
         _, log = pretrain_tiny_dino(cfg, args.out)
-        quality = f"teacher entropy {log['final_teacher_entropy']:.2f} (0 = collapsed)"
+        quality = (
+            f"teacher entropy per image {log['final_teacher_entropy']:.2f}, over the batch "
+            f"{log['final_teacher_batch_entropy']:.2f} (healthy: low per image, high over the batch; both near "
+            f"ln {cfg.out_dim} = {math.log(cfg.out_dim):.2f} is the uniform collapse)"
+        )
     else:
         cfg = dataclasses.replace(TinyPretrainConfig(), **overrides)
         _, log = pretrain_tiny(cfg, args.out)
         quality = f"label accuracy {log['final_label_accuracy']:.3f}"
-    print(f"wrote {args.out}: {cfg.steps} steps in {log['seconds']:.0f} s, final loss {log['final_loss']:.4f}, {quality}")
+    print(
+        f"wrote {args.out}: {cfg.steps} steps in {log['seconds']:.0f} s, final loss {log['final_loss']:.4f}, {quality}"
+    )
     return 0
