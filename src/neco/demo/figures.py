@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from neco.utils.io import save_png
+from neco.viz.explore import patch_labels
 from neco.viz.overlay import colourise
 from neco.viz.pca import denormalise, pca_rgb
 
@@ -18,7 +19,6 @@ __all__ = [
     "save_pca_comparison",
     "save_segmentation_comparison",
     "save_retrieval_figure",
-    "patch_labels",
     "save_curves",
     "save_diagnostics",
 ]
@@ -87,14 +87,6 @@ def _mark(
     return image
 
 
-def patch_labels(masks: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """(N, H, W) label maps -> (N, H/p, W/p) majority label of each patch (ignore labels vote too)."""
-    n, height, width = masks.shape
-    h, w = height // patch_size, width // patch_size
-    cells = masks[:, : h * patch_size, : w * patch_size].reshape(n, h, patch_size, w, patch_size)
-    return cells.permute(0, 1, 3, 2, 4).reshape(n, h, w, -1).mode(dim=-1).values
-
-
 _SAME, _OTHER, _QUERY = (0, 200, 0), (230, 0, 0), (0, 120, 255)
 
 
@@ -113,8 +105,9 @@ def save_retrieval_figure(
 ) -> dict[str, float]:
     """For each query patch (image index, row, col): its `top_k` nearest pool patches per model.
 
-    A retrieved patch is framed green when its majority label is the query patch's, red otherwise,
-    and each model's column titles give the fraction of same-class neighbours over all the queries.
+    A retrieved patch is framed green when its majority label (`neco.viz.explore.patch_labels`) is the
+    query patch's, red otherwise (an ignore-labelled patch is never a match), and each model's column
+    titles give the fraction of same-class neighbours over all the queries.
 
     Args:
         query_images: (Q, 3, H, W) normalised images holding the query patches.
@@ -127,17 +120,18 @@ def save_retrieval_figure(
         model label -> fraction of the retrieved patches that share the query's class.
     """
     queries, pool = denormalise(query_images), denormalise(pool_images)
-    query_labels, pool_labels = patch_labels(query_masks, patch_size), patch_labels(pool_masks, patch_size)
+    query_labels = torch.from_numpy(patch_labels(query_masks, patch_size))  # (Q, h*w), -1: ignored
+    flat_labels = torch.from_numpy(patch_labels(pool_masks, patch_size)).reshape(-1)  # (M*h*w,)
     columns: dict[str, list[list[Image.Image]]] = {}
     agreement: dict[str, float] = {}
     for label, (query_feats, pool_feats) in features.items():
         m, d, h, w = pool_feats.shape
         bank = F.normalize(pool_feats.permute(0, 2, 3, 1).reshape(-1, d), dim=1)  # (M*h*w, D)
-        flat_labels = pool_labels.reshape(-1)
         same, tiles = 0, []
         for index, r, c in query_cells:
             best = (bank @ F.normalize(query_feats[index, :, r, c], dim=0)).topk(top_k).indices
-            hits = flat_labels[best] == query_labels[index, r, c]
+            neighbours = flat_labels[best]
+            hits = (neighbours == query_labels[index, r * w + c]) & (neighbours >= 0)
             same += int(hits.sum())
             row = []
             for flat, hit in zip(best.tolist(), hits.tolist()):
