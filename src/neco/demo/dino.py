@@ -29,10 +29,10 @@ from tqdm import tqdm
 
 from neco.backbones import create
 from neco.demo.pretrain import make_scene_pool, save_tiny_asset, warmup_cosine_lr
-from neco.method.crops import MultiCropSampler
+from neco.method.crops import MultiCropSampler, collate_multicrop
 from neco.method.ema import ema_update_, make_teacher
 from neco.method.head import ProjectionHead
-from neco.method.optim import is_no_decay
+from neco.method.optim import build_param_groups
 from neco.method.schedules import cosine_schedule
 
 __all__ = ["DinoHead", "DinoLoss", "TinyDinoConfig", "pretrain_tiny_dino"]
@@ -150,10 +150,8 @@ def _views(
     gen: torch.Generator,
 ) -> list[Tensor]:
     """One batch of multi-crop views: a list of V tensors (B, 3, H_v, W_v), global views first."""
-    samples = [
-        sampler(Image.fromarray(images[i]), gen)["views"] for i in rng.integers(0, len(images), batch_size)
-    ]
-    return [torch.stack([views[v] for views in samples]) for v in range(sampler.num_views)]
+    samples = [sampler(Image.fromarray(images[i]), gen) for i in rng.integers(0, len(images), batch_size)]
+    return collate_multicrop(samples)["views"]
 
 
 def pretrain_tiny_dino(
@@ -177,12 +175,8 @@ def pretrain_tiny_dino(
     student = nn.ModuleDict({"backbone": backbone, "head": DinoHead(backbone.embed_dim, cfg.out_dim)})
     teacher = make_teacher(student)
     loss_fn = DinoLoss(cfg.out_dim, cfg.student_temp, cfg.center_momentum)
-    trainable = [(n, p) for n, p in student.named_parameters() if p.requires_grad]
-    decay = [p for n, p in trainable if not is_no_decay(n, p.ndim)]
-    no_decay = [p for n, p in trainable if is_no_decay(n, p.ndim)]
     optimizer = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr,
+        build_param_groups(student["backbone"], student["head"], cfg.lr, cfg.lr, cfg.weight_decay), lr=cfg.lr
     )
     ema_at = cosine_schedule(cfg.ema_start, 1.0, cfg.steps)
     last_layer = [
