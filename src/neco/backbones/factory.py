@@ -53,12 +53,13 @@ def create(
         progress: show a download progress bar.
         **overrides: config fields to change, e.g. `drop_path_rate=0.1`, `num_register_tokens=0`.
     """
-    if weights is not None and "num_register_tokens" not in overrides and not get_config(name).built_by_timm:
+    registered = get_config(name)
+    if weights is not None and "num_register_tokens" not in overrides and not registered.built_by_timm:
         recorded = recorded_register_tokens(weights)
-        if recorded is not None and recorded != get_config(name).num_register_tokens:
+        if recorded is not None and recorded != registered.num_register_tokens:
             # e.g. an "XR" run: register-trained weights post-trained without registers
             overrides["num_register_tokens"] = recorded
-    config = get_config(name).with_overrides(**overrides)
+    config = registered.with_overrides(**overrides)
     model_class = TimmViT if config.built_by_timm else VisionTransformer
     model = model_class(config, init=weights is None and not pretrained)
     if weights is not None:
