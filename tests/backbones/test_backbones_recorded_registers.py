@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from neco.backbones import create
@@ -28,3 +29,16 @@ def test_other_files_record_nothing(tmp_path):
     assert recorded_register_tokens(tmp_path / "plain.pth") is None
     assert recorded_register_tokens(tmp_path / "text.pth") is None
     assert recorded_register_tokens({"num_register_tokens": 4}) == 4
+
+
+def test_random_init_with_a_weights_file_is_refused_by_every_loader(tmp_path, capsys):
+    from neco.cli import main
+
+    path = tmp_path / "w.pth"
+    torch.save(create("vit_tiny").state_dict(), path)
+    with pytest.raises(ValueError, match="--random-init.*--weights"):
+        load_backbone("vit_tiny", weights=path, pretrained=False)  # eval / features / explore
+    argv = ["features", str(tmp_path), "--backbone", "vit_tiny", "--weights", str(path), "--random-init"]
+    assert main([*argv, "-o", str(tmp_path / "f.pt")]) == 2
+    assert "--random-init" in capsys.readouterr().err
+    assert not (tmp_path / "f.pt").exists()

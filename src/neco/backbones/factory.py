@@ -6,27 +6,25 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from neco.backbones.download import download_weights, weight_source
 from neco.backbones.registry import get_config
 from neco.backbones.timm_vit import TimmViT
 from neco.backbones.vit import VisionTransformer
-from neco.backbones.weights import load_weights
+from neco.backbones.weights import load_weights, read_checkpoint
 
 __all__ = ["create", "recorded_register_tokens"]
 
 
 def recorded_register_tokens(weights: str | Path | Mapping[str, Any]) -> int | None:
     """The register-token count a neco or Lightning training checkpoint records; None for other files."""
-    obj: Any = weights
-    if not isinstance(weights, Mapping):
-        path = Path(weights)
-        if path.suffix == ".safetensors" or not path.is_file():
-            return None
-        try:  # memory-mapped: only the top-level entries are touched, the tensors are not read
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except Exception:  # noqa: BLE001 - the real read (`load_weights`) reports what is wrong with the file
+    if isinstance(weights, Mapping):
+        obj: Any = weights
+    elif Path(weights).suffix == ".safetensors":
+        return None  # a plain tensor file records nothing
+    else:
+        try:  # memory-mapped: the top-level entries are read, the tensors are not
+            obj = read_checkpoint(weights, mmap=True)
+        except (OSError, ValueError):  # not a readable checkpoint: `load_weights` reports it, naming the file
             return None
     value = obj.get("num_register_tokens") if isinstance(obj, Mapping) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None

@@ -109,8 +109,10 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> Any:
+def read_checkpoint(path: str | Path, *, weights_only: bool = True, mmap: bool = False) -> Any:
     """Read a checkpoint file (`torch.save` pickle with `weights_only` by default, or safetensors).
+
+    `mmap` memory-maps a zip-format torch file, so reading its top-level entries does not read its tensors.
 
     The one reader of weight files for every command: a file that is empty, text, an HTML page, or
     truncated gets a ValueError naming it and saying what it is not.
@@ -138,7 +140,9 @@ def read_checkpoint(path: str | Path, *, weights_only: bool = True) -> Any:
             f"{_looks_like(head)} (starts with {head[:16]!r})"
         )
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
+        return torch.load(
+            path, map_location="cpu", weights_only=weights_only, mmap=mmap and head.startswith(_ZIP_MAGIC)
+        )
     except pickle.UnpicklingError as err:
         refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
         if refused:

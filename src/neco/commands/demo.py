@@ -40,9 +40,8 @@ def _run(args: argparse.Namespace) -> int:
     from neco.demo.run import DemoConfig, run_demo
     from neco.evaluation.features import resolve_backbone
 
-    backbone, weights = resolve_backbone(args.backbone, args.weights)  # a neco checkpoint names both
-    if args.random_init and weights is not None:
-        raise ValueError("--random-init and --weights (or a checkpoint as --backbone) exclude each other")
+    # a neco checkpoint names both; --random-init with a weights file is refused there
+    backbone, weights = resolve_backbone(args.backbone, args.weights, random_init=args.random_init)
     options = dict(
         out=args.out,
         backbone=backbone,

@@ -166,14 +166,17 @@ def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     settings: list[tuple[str, str, Any]] = []
     weights = args.weights
     if args.backbone is not None:
-        name, weights = resolve_backbone(args.backbone, args.weights)
+        name, weights = resolve_backbone(args.backbone, args.weights, random_init=args.random_init)
         settings.append((f"--backbone {args.backbone}", "model.backbone", name))
-    elif weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: file not found")
+    elif weights is not None:  # --weights alone: the backbone is the config's
+        if not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights {weights}: file not found")
+        if args.random_init:
+            raise ValueError(
+                f"`--random-init` and `--weights {weights}` contradict each other: give one of them"
+            )
     if weights is not None:
         option = f"--weights {args.weights}" if args.weights is not None else f"--backbone {args.backbone}"
-        if args.random_init:
-            raise ValueError(f"`--random-init` and `{option}` contradict each other: give one of them")
         settings.append((option, "model.weights", str(weights)))
     if args.random_init:
         settings.append(("--random-init", "model.pretrained", False))

@@ -168,24 +168,34 @@ def backbone_identity(model: torch.nn.Module, name: str, weights: str | Path | N
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 
 
-def resolve_backbone(spec: str, weights: str | Path | None = None) -> tuple[str, str | Path | None]:
-    """(registry name, weights file) of `--backbone SPEC [--weights FILE]`; a neco checkpoint file names both."""
+def resolve_backbone(
+    spec: str, weights: str | Path | None = None, *, random_init: bool = False
+) -> tuple[str, str | Path | None]:
+    """(registry name, weights file) of `--backbone SPEC [--weights FILE]`; a neco checkpoint file names both.
+
+    `random_init` (`--random-init`) contradicts any weights file and is refused with one.
+    """
     from neco.backbones.weights import read_checkpoint
 
     path = Path(spec)
     if weights is None and (path.suffix in CHECKPOINT_SUFFIXES or path.is_file()):
         if not path.is_file():
             raise FileNotFoundError(f"--backbone {spec}: checkpoint file not found")
-        checkpoint = read_checkpoint(path)
+        checkpoint = read_checkpoint(path, mmap=True)  # only its `format` and `backbone` entries are read
         if not (isinstance(checkpoint, dict) and checkpoint.get("format") == "neco-checkpoint"):
             raise ValueError(
                 f"--backbone {spec}: a file must be a neco checkpoint (format 'neco-checkpoint'); "
                 "for other weight files pass --backbone NAME --weights FILE"
             )
-        return str(checkpoint["backbone"]), path
-    if weights is not None and not Path(weights).is_file():
-        raise FileNotFoundError(f"--weights {weights}: file not found")
-    return spec, weights
+        name, resolved = str(checkpoint["backbone"]), path
+    else:
+        if weights is not None and not Path(weights).is_file():
+            raise FileNotFoundError(f"--weights {weights}: file not found")
+        name, resolved = spec, weights
+    if random_init and resolved is not None:
+        given = f"--weights {weights}" if weights is not None else f"--backbone {spec}"
+        raise ValueError(f"`--random-init` and `{given}` contradict each other: give one of them")
+    return name, resolved
 
 
 def load_backbone(
@@ -199,7 +209,7 @@ def load_backbone(
     """
     from neco import backbones
 
-    name, weights = resolve_backbone(spec, weights)
+    name, weights = resolve_backbone(spec, weights, random_init=not pretrained)
     try:
         model = backbones.create(
             name, pretrained=pretrained and weights is None, weights=weights, which=which
