@@ -133,18 +133,12 @@ def add_options(group: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
     """Build the settings `cls` from parsed arguments (fields absent from `args` keep their defaults)."""
-    values = {}
     hints = _resolve(cls)
-    for field in dataclasses.fields(cls):
-        if not hasattr(args, field.name):
-            continue
-        value = getattr(args, field.name)
-        base, _ = _base(hints[field.name])
-        if typing.get_origin(base) is tuple and isinstance(value, list):
-            value = tuple(value)
-        values[field.name] = value
-    values.update(overrides)
-    return cls(**values)
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
+    for name, value in values.items():
+        if typing.get_origin(_base(hints[name])[0]) is tuple and isinstance(value, list):
+            values[name] = tuple(value)  # argparse's nargs gives lists
+    return cls(**{**values, **overrides})
 
 
 def validate(settings: Any) -> None:

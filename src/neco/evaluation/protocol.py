@@ -67,11 +67,9 @@ class EvalData:
 
     def describe(self) -> dict[str, Any]:
         """Dataset identity for a result file."""
-        splits = {"val": _describe(self.val, "val")}
-        if self.train is not None:
-            splits["train"] = _describe(self.train, "train")
-        name = self.name or str(getattr(self.val, "name", ""))
-        return {"name": name, "root": self.root, "splits": splits}
+        roles = {"val": self.val, "train": self.train}
+        splits = {role: _describe(split, role) for role, split in roles.items() if split is not None}
+        return {"name": self.name or str(getattr(self.val, "name", "")), "root": self.root, "splits": splits}
 
 
 def _describe(dataset: Any, role: str) -> dict[str, Any]:
