@@ -27,10 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
-from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 from neco.evaluation.blocks.keypoints import (
     REFINEMENTS,
     breakdown,
@@ -40,6 +38,7 @@ from neco.evaluation.blocks.keypoints import (
     summarise_pck,
     transfer_keypoints,
 )
+from neco.evaluation.blocks.transforms import to_input
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -74,12 +73,6 @@ class _PairTensors(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _image(self, image: Image.Image) -> torch.Tensor:
-        from torchvision.transforms import functional as TF
-
-        resized = image.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
-        return TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.dataset[index]
         square = (self.input_size, self.input_size)
@@ -88,8 +81,8 @@ class _PairTensors(torch.utils.data.Dataset):
         trg_kps = np.where(valid[:, None], pair.trg_kps, np.nan)
         box = pair.trg_bbox
         return {
-            "src": self._image(pair.src_image),
-            "trg": self._image(pair.trg_image),
+            "src": to_input(pair.src_image, self.input_size),
+            "trg": to_input(pair.trg_image, self.input_size),
             "src_kps": torch.as_tensor(
                 resize_keypoints(src_kps, pair.src_image.size, square), dtype=torch.float32
             ),
