@@ -237,15 +237,14 @@ class Hummingbird(Protocol):
         iou = iou_from_confusion(counts if mapping is None else apply_mapping(counts, mapping))
         if settings.miou_average == "all":
             iou = np.nan_to_num(iou, nan=0.0)
+        changed = None if mapping is None else int((mapping != np.arange(len(mapping))).sum())
         metrics = {
             "miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
             "miou_unmatched_present": 100.0 * confusion.miou(),
             "pixel_accuracy": 100.0 * confusion.pixel_accuracy(),
             "per_class_iou": percent_per_class(iou, val.class_names),
             "num_pixels": int(counts.sum()),
-            "matched_classes_changed": None
-            if mapping is None
-            else int((mapping != np.arange(len(mapping))).sum()),
+            "matched_classes_changed": changed,
         }
         resolved = {
             "subset": subset,
