@@ -97,12 +97,9 @@ def transfer_keypoints(
     if refine == "argmax":
         predicted = centres[best]  # (B, K, 2)
     else:
-        rows, cols = best // width, best % width
-        cell_rows = torch.arange(height, device=similarity.device).repeat_interleave(width)  # (h*w,)
-        cell_cols = torch.arange(width, device=similarity.device).repeat(height)  # (h*w,)
-        near = ((cell_rows - rows[..., None]).abs() <= window) & (
-            (cell_cols - cols[..., None]).abs() <= window
-        )
+        # the cells within `window` rows and columns of the best one; (row, column) of every cell: (h*w, 2)
+        cells = torch.cartesian_prod(torch.arange(height), torch.arange(width)).to(similarity.device)
+        near = (cells[best][..., None, :] - cells).abs().amax(dim=-1) <= window  # (B, K, h*w)
         logits = (similarity / temperature).masked_fill(~near, float("-inf"))
         weights = torch.softmax(logits, dim=-1)  # (B, K, h*w)
         predicted = torch.einsum("bkn,nc->bkc", weights, centres)  # (B, K, 2)
@@ -179,6 +176,7 @@ def breakdown(
     labels: np.ndarray,
     alphas: Sequence[float],
 ) -> dict[str, dict[str, float]]:
+    """`summarise_pck` of the keypoints of every label (sorted), with their numbers of pairs and keypoints."""
     out = {}
     for label in sorted(set(labels.tolist())):
         keep = labels == label

@@ -53,8 +53,7 @@ def hungarian_match(confusion: np.ndarray | torch.Tensor) -> np.ndarray:
 
 def many_to_one_match(confusion: np.ndarray | torch.Tensor) -> np.ndarray:
     """Map each cluster to the class with the highest precision (largest share of its pixels), (K,)."""
-    counts = _as_counts(confusion)
-    return counts.argmax(axis=0).astype(np.int64)
+    return _as_counts(confusion).argmax(axis=0).astype(np.int64)
 
 
 def apply_mapping(confusion: np.ndarray | torch.Tensor, mapping: np.ndarray) -> np.ndarray:

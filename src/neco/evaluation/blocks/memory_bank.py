@@ -35,12 +35,10 @@ def patch_label_histograms(
             f"mask values must be in [0, {num_classes}) or the ignore index {ignore_index} but include {bad}"
         )
     labels = masks.masked_fill(invalid, num_classes)  # an extra bin that is dropped below
-    rows = torch.arange(h * ph, device=masks.device) // ph
-    cols = torch.arange(w * pw, device=masks.device) // pw
-    patch = (rows[:, None] * w + cols[None, :]).expand(b, -1, -1)  # (B, h*ph, w*pw) patch id
-    image = torch.arange(b, device=masks.device)[:, None, None]
-    flat = ((image * (h * w) + patch) * (num_classes + 1) + labels).reshape(-1)
-    counts = torch.bincount(flat, minlength=b * h * w * (num_classes + 1))
+    # (B*h*w, ph*pw): the pixels of every patch, in row-major patch order
+    patches = labels.reshape(b, h, ph, w, pw).transpose(2, 3).reshape(b * h * w, ph * pw)
+    offsets = torch.arange(b * h * w, device=masks.device)[:, None] * (num_classes + 1)
+    counts = torch.bincount((patches + offsets).reshape(-1), minlength=b * h * w * (num_classes + 1))
     return counts.reshape(b, h * w, num_classes + 1)[..., :num_classes].float()  # (B, N, C)
 
 
@@ -115,7 +113,4 @@ class MemoryBank:
 
     def nbytes(self) -> int:
         """Bytes allocated for features and labels."""
-        return (
-            self.features.element_size() * self.features.numel()
-            + self.labels.element_size() * self.labels.numel()
-        )
+        return sum(t.element_size() * t.numel() for t in (self.features, self.labels))

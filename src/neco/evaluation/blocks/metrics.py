@@ -70,12 +70,9 @@ class ConfusionMatrix:
             )
         pred = pred.reshape(-1).to(self.matrix.device, torch.int64)
         target = target.reshape(-1).to(self.matrix.device, torch.int64)
-        keep = (
-            target != self.ignore_index
-            if self.ignore_index is not None
-            else torch.ones_like(target, dtype=torch.bool)
-        )
-        pred, target = pred[keep], target[keep]
+        if self.ignore_index is not None:
+            keep = target != self.ignore_index
+            pred, target = pred[keep], target[keep]
         if target.numel() == 0:
             return
         if int(target.min()) < 0 or int(target.max()) >= self.num_classes:

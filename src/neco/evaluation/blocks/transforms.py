@@ -29,12 +29,20 @@ __all__ = [
     "LinearTrainTransform",
     "PairDataset",
     "resize_ids",
+    "to_input",
 ]
 
 # The public Hummingbird code has 0.255 as the last std (a typo); neco uses the standard 0.225.
 
 
-def _normalise(image: Image.Image) -> torch.Tensor:
+# colour-jitter components in their fixed order, each with its "no change" factor
+_JITTER = ((TF.adjust_brightness, 1), (TF.adjust_contrast, 1), (TF.adjust_saturation, 1), (TF.adjust_hue, 0))
+
+
+def to_input(image: Image.Image, size: int | None = None) -> torch.Tensor:
+    """ImageNet-normalised float tensor (3, H, W) of an RGB image, first resized to a square `size` (bilinear)."""
+    if size is not None:
+        image = image.resize((size, size), Image.BILINEAR)
     return TF.normalize(TF.to_tensor(image), IMAGENET_MEAN, IMAGENET_STD)
 
 
@@ -58,23 +66,25 @@ def _uniform(low: float, high: float, generator: torch.Generator) -> float:
     return low + (high - low) * float(torch.rand(1, generator=generator))
 
 
-def _joint_resized_crop(
-    image: Image.Image, mask: np.ndarray, box: tuple[int, int, int, int], size: int
-) -> tuple[Image.Image, torch.Tensor]:
-    """Crop `box` (x1, y1, x2, y2) from image and mask and resize both to size x size (mask: nearest-exact)."""
-    left, top, right, bottom = box
-    h, w = bottom - top, right - left
-    image = TF.resized_crop(image, top, left, h, w, [size, size], InterpolationMode.BILINEAR)
-    mask_t = TF.resized_crop(
-        torch.from_numpy(mask)[None], top, left, h, w, [size, size], InterpolationMode.NEAREST_EXACT
-    )[0]  # (size, size)
-    return image, mask_t
-
-
 def _check_size(size: int) -> int:
     if int(size) < 1:
         raise ValueError(f"`input_size` must be a positive integer but is {size}")
     return int(size)
+
+
+class _JointRandomResizedCrop:
+    """Base of the training transforms: joint RandomResizedCrop(size, scale, ratio) of image and mask."""
+
+    def __init__(self, size: int, scale: tuple[float, float], ratio: tuple[float, float]) -> None:
+        self.size = _check_size(size)
+        self.scale, self.ratio = tuple(scale), tuple(ratio)
+
+    def crop(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator):
+        """(PIL image, int64 mask): a `sample_crop_box` box of both resized to size x size (mask: nearest-exact)."""
+        x1, y1, x2, y2 = sample_crop_box(image.width, image.height, self.scale, self.ratio, generator)
+        box = (y1, x1, y2 - y1, x2 - x1, [self.size, self.size])  # top, left, height, width, size
+        mask_t = TF.resized_crop(torch.from_numpy(mask)[None], *box, InterpolationMode.NEAREST_EXACT)[0]
+        return TF.resized_crop(image, *box, InterpolationMode.BILINEAR), mask_t  # mask (size, size)
 
 
 class EvalResize:
@@ -84,15 +94,14 @@ class EvalResize:
         self.size = _check_size(size)
 
     def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator | None = None):
-        image = image.resize((self.size, self.size), Image.BILINEAR)
-        return _normalise(image), resize_ids(torch.from_numpy(mask), self.size)
+        return to_input(image, self.size), resize_ids(torch.from_numpy(mask), self.size)
 
     def describe(self) -> dict[str, Any]:
         """Settings for a result file."""
         return {"resize": [self.size, self.size], "image": "bilinear", "mask": "nearest"}
 
 
-class HummingbirdTrainTransform:
+class HummingbirdTrainTransform(_JointRandomResizedCrop):
     """Memory-bank augmentation: RandomResizedCrop(size, scale, ratio) + per-component colour jitter.
 
     The crop box is drawn like torchvision's `RandomResizedCrop.get_params` (`sample_crop_box`): ten
@@ -113,27 +122,20 @@ class HummingbirdTrainTransform:
         jitter: float = 0.1,
         jitter_p: float = 0.5,
     ) -> None:
-        self.size = _check_size(size)
+        super().__init__(size, scale, ratio)
         if not 0 < scale[0] <= scale[1]:
             raise ValueError(f"`scale` must be 0 < low <= high but is {scale}")
         if not 0 <= jitter <= 0.5:
             raise ValueError(f"`jitter` must be in [0, 0.5] but is {jitter}")
-        self.scale, self.ratio, self.jitter, self.jitter_p = tuple(scale), tuple(ratio), jitter, jitter_p
+        self.jitter, self.jitter_p = jitter, jitter_p
 
     def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator):
-        box = sample_crop_box(image.width, image.height, self.scale, self.ratio, generator)
-        image, mask_t = _joint_resized_crop(image, mask, box, self.size)
+        image, mask_t = self.crop(image, mask, generator)
         j = self.jitter
-        adjust = [
-            (TF.adjust_brightness, 1),
-            (TF.adjust_contrast, 1),
-            (TF.adjust_saturation, 1),
-            (TF.adjust_hue, 0),
-        ]
-        for apply, centre in adjust if j > 0 else []:  # fixed order; each drawn only when applied
+        for apply, centre in _JITTER if j > 0 else []:  # fixed order; each drawn only when applied
             if float(torch.rand(1, generator=generator)) < self.jitter_p:
                 image = apply(image, _uniform(centre - j, centre + j, generator))
-        return _normalise(image), mask_t
+        return to_input(image), mask_t
 
     def describe(self) -> dict[str, Any]:
         """Settings for a result file."""
@@ -144,19 +146,18 @@ class HummingbirdTrainTransform:
         }
 
 
-class LinearTrainTransform:
+class LinearTrainTransform(_JointRandomResizedCrop):
     """Linear-probe augmentation: joint RandomResizedCrop(size, scale (0.8, 1)) and horizontal flip."""
 
     def __init__(self, size: int, scale: tuple[float, float] = (0.8, 1.0), flip_p: float = 0.5) -> None:
-        self.size = _check_size(size)
-        self.scale, self.flip_p = tuple(scale), flip_p
+        super().__init__(size, scale, (3 / 4, 4 / 3))
+        self.flip_p = flip_p
 
     def __call__(self, image: Image.Image, mask: np.ndarray, generator: torch.Generator):
-        box = sample_crop_box(image.width, image.height, self.scale, (3 / 4, 4 / 3), generator)
-        image, mask_t = _joint_resized_crop(image, mask, box, self.size)
+        image, mask_t = self.crop(image, mask, generator)
         if float(torch.rand(1, generator=generator)) < self.flip_p:
             image, mask_t = TF.hflip(image), mask_t.flip(-1)
-        return _normalise(image), mask_t
+        return to_input(image), mask_t
 
     def describe(self) -> dict[str, Any]:
         """Settings for a result file."""

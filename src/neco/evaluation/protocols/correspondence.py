@@ -27,10 +27,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.nn.utils.rnn import pad_sequence
 
-from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 from neco.evaluation.blocks.keypoints import (
     REFINEMENTS,
     breakdown,
@@ -40,6 +38,7 @@ from neco.evaluation.blocks.keypoints import (
     summarise_pck,
     transfer_keypoints,
 )
+from neco.evaluation.blocks.transforms import to_input
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -74,12 +73,6 @@ class _PairTensors(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def _image(self, image: Image.Image) -> torch.Tensor:
-        from torchvision.transforms import functional as TF
-
-        resized = image.resize((self.input_size, self.input_size), Image.Resampling.BILINEAR)
-        return TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD)
-
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.dataset[index]
         square = (self.input_size, self.input_size)
@@ -88,8 +81,8 @@ class _PairTensors(torch.utils.data.Dataset):
         trg_kps = np.where(valid[:, None], pair.trg_kps, np.nan)
         box = pair.trg_bbox
         return {
-            "src": self._image(pair.src_image),
-            "trg": self._image(pair.trg_image),
+            "src": to_input(pair.src_image, self.input_size),
+            "trg": to_input(pair.trg_image, self.input_size),
             "src_kps": torch.as_tensor(
                 resize_keypoints(src_kps, pair.src_image.size, square), dtype=torch.float32
             ),
@@ -107,11 +100,13 @@ class _PairTensors(torch.utils.data.Dataset):
 
 
 def _collate(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Lists per key; images and target sizes stacked, source keypoints NaN-padded to (B, Kmax, 2)."""
+    """Lists per key; images, target sizes and box sides stacked, keypoints NaN-padded to (B, Kmax, 2)."""
     batch = {key: [item[key] for item in items] for key in items[0]}
     for key in ("src", "trg", "trg_size"):
         batch[key] = torch.stack(batch[key])
-    batch["src_kps"] = pad_sequence(batch["src_kps"], batch_first=True, padding_value=float("nan"))
+    for key in ("src_kps", "trg_kps"):
+        batch[key] = pad_sequence(batch[key], batch_first=True, padding_value=float("nan"))
+    batch["bbox_size"] = torch.tensor(batch["bbox_size"], dtype=torch.float64)
     return batch
 
 
@@ -172,10 +167,11 @@ class Correspondence(Protocol):
             collate_fn=_collate,
         )
         square = (ctx.input_size, ctx.input_size)
-        records: dict[str, list[Any]] = {k: [] for k in ("distance", "bbox", "image", "pair")}
+        # per kept keypoint, in pair order: error, reference sides (`bbox`, `image`) and pair index
+        records: dict[str, list[np.ndarray]] = {k: [] for k in ("distance", "bbox", "image", "pair")}
         chance_parts: dict[str, list[np.ndarray]] = {}  # `pck_<kind>@<alpha>` -> per-keypoint chance
         pair_labels: dict[int, tuple[str, dict[str, int]]] = {}
-        predictions: dict[int, np.ndarray] = {}
+        predictions: list[tuple[int, np.ndarray, float]] = []  # (index, (K, 2), box side) for the figure
         skipped = outside = empty_pairs = 0
         grid: tuple[int, int] | None = None
         for batch in ctx.iterate(loader, "correspondence"):
@@ -197,44 +193,37 @@ class Correspondence(Protocol):
             predicted = predicted.double() * scale[:, None]
             outside += sum(batch["src_outside"])
             skipped += sum(batch["absent"])
-            for b in range(count):
-                index = batch["index"][b]
-                pair_labels[index] = (batch["category"][b], batch["variations"][b])
-                trg = batch["trg_kps"][b]
-                pred = predicted[b, : len(trg)]  # NaN where the source keypoint is absent
-                keep = torch.isfinite(trg).all(-1) & torch.isfinite(pred).all(-1)
-                if len(predictions) < num_examples:
-                    predictions[index] = pred.numpy()
-                if not keep.any():
-                    empty_pairs += 1
-                    continue
-                n = int(keep.sum())
-                image_side = float(batch["trg_size"][b].max())
-                bbox_side = float(batch["bbox_size"][b])
-                records["distance"].append((pred[keep] - trg[keep]).norm(dim=-1).numpy())
-                records["bbox"].append(np.full(n, bbox_side))
-                records["image"].append(np.full(n, image_side))
-                records["pair"].append(np.full(n, index))
-                for alpha in config.alphas:
-                    for kind, side in (("bbox", bbox_side), ("image", image_side)):
-                        sides = torch.full((n,), side, dtype=torch.float64)
-                        chance = chance_pck(
-                            trg[keep], sides, alpha, grid, square, batch["trg_size"][b].expand(n, 2)
-                        )
-                        chance_parts.setdefault(f"pck_{kind}@{alpha:g}", []).append(chance.numpy())
-        if not records["distance"]:
-            raise ValueError("no pair has a keypoint present in both images; nothing to evaluate")
+            pair_labels.update(zip(batch["index"], zip(batch["category"], batch["variations"])))
+            take = max(0, num_examples - len(predictions))
+            predictions += zip(
+                batch["index"][:take], predicted[:take].numpy(), batch["bbox_size"][:take].tolist()
+            )
+            trg = batch["trg_kps"]  # (B, K, 2), NaN where absent (either image) or padded
+            keep = torch.isfinite(trg).all(-1) & torch.isfinite(predicted).all(-1)  # (B, K)
+            kept = keep.sum(1)  # (B,)
+            empty_pairs += int((kept == 0).sum())
+            records["distance"].append((predicted - trg).norm(dim=-1)[keep].numpy())
+            per_pair = {"pair": torch.tensor(batch["index"]), "bbox": batch["bbox_size"]}
+            per_pair["image"] = batch["trg_size"].amax(1)  # (B,) each
+            for key, values in per_pair.items():
+                records[key].append(values.repeat_interleave(kept).numpy())
+            targets, sizes = trg[keep], batch["trg_size"].repeat_interleave(kept, dim=0)  # (N, 2) each
+            for alpha in config.alphas:
+                for kind in ("bbox", "image"):
+                    sides = torch.from_numpy(records[kind][-1])
+                    chance = chance_pck(targets, sides, alpha, grid, square, sizes)
+                    chance_parts.setdefault(f"pck_{kind}@{alpha:g}", []).append(chance.numpy())
         distance = np.concatenate(records["distance"])
+        if len(distance) == 0:
+            raise ValueError("no pair has a keypoint present in both images; nothing to evaluate")
         references = {"bbox": np.concatenate(records["bbox"]), "image": np.concatenate(records["image"])}
         pair_index = np.concatenate(records["pair"])
         categories = np.array([pair_labels[int(i)][0] for i in pair_index])
 
         metrics = summarise_pck(distance, references, pair_index, config.alphas)
         per_category = breakdown(distance, references, pair_index, categories, config.alphas)
-        for kind in references:
-            for alpha in config.alphas:
-                key = f"pck_{kind}@{alpha:g}"
-                metrics[f"{key}_category_mean"] = float(np.mean([v[key] for v in per_category.values()]))
+        for key in [k for k in metrics if not k.endswith("_per_pair")]:  # pck_<kind>@<alpha>
+            metrics[f"{key}_category_mean"] = float(np.mean([v[key] for v in per_category.values()]))
         per_variation = {}
         for name in SPAIR_VARIATIONS:
             labels = np.array([variation_name(name, pair_labels[int(i)][1].get(name, 0)) for i in pair_index])
@@ -248,13 +237,10 @@ class Correspondence(Protocol):
             ctx.warn(f"{outside} source keypoints lie outside their image (features clamped to the border)")
 
         examples = []
-        for index, pred in predictions.items():
+        for index, pred, side in predictions:
             pair = dataset[index]
-            box = pair.trg_bbox
-            side = max(box[2] - box[0], box[3] - box[1])
-            correct = np.isfinite(pair.trg_kps).all(1) & pck_correct(
-                pred, pair.trg_kps, side, config.figure_alpha
-            )
+            pred = pred[: len(pair.trg_kps)]  # without the batch padding
+            correct = pck_correct(pred, pair.trg_kps, side, config.figure_alpha)  # False where NaN
             examples.append(
                 KeypointMatch(
                     src_image=np.asarray(pair.src_image),

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from neco.evaluation.blocks.file_sets import SUBSET_MODES, select_subset
+from neco.evaluation.blocks.loading import ExampleKeeper
 from neco.evaluation.blocks.matching import apply_mapping, hungarian_match
 from neco.evaluation.blocks.memory_bank import MemoryBank, patch_label_histograms, select_rare_patches
 from neco.evaluation.blocks.metrics import ConfusionMatrix, iou_from_confusion, percent_per_class
@@ -34,8 +35,6 @@ __all__ = [
     "build_memory_bank",
     "predict_soft_labels",
     "evaluate_queries",
-    "predict_masks",
-    "scored_miou",
 ]
 
 _BANK_DTYPES = {"fp32": torch.float32, "fp16": torch.float16}
@@ -120,18 +119,14 @@ def build_memory_bank(
         if bank is None:
             capacity = num_images * augmentation_epochs * min(k, h * w)
             bank = MemoryBank(capacity, dim, num_classes, dtype=dtype, device=device)
-        hist = patch_label_histograms(
-            masks.to(features.device), (h, w), num_classes, ignore_index
-        )  # (B, N, C)
-        # one contiguous, normalised copy per batch: per-image row gathers are then cheap
-        tokens = F.normalize(features.flatten(2).transpose(1, 2).float(), dim=-1).contiguous()  # (B, N, D)
+        # (B, N, C) label histograms and (B, N, D) unit tokens, one contiguous, normalised copy per
+        # batch: per-image row gathers are then cheap
+        hist = patch_label_histograms(masks.to(features.device), (h, w), num_classes, ignore_index)
+        tokens = F.normalize(features.flatten(2).transpose(1, 2).float(), dim=-1).contiguous()
+        on_bank = bank.features.device
         for i in range(b):
             keep = select_rare_patches(hist[i], k, generator)
-            bank.add(
-                tokens[i, keep].to(bank.features.device),
-                hist[i, keep].to(bank.features.device),
-                normalised=True,
-            )
+            bank.add(tokens[i, keep].to(on_bank), hist[i, keep].to(on_bank), normalised=True)
     if bank is None:
         raise ValueError("the training set yielded no images for the memory bank")
     if bank.size == 0:
@@ -145,71 +140,39 @@ def predict_soft_labels(
 ) -> torch.Tensor:
     """Class scores (B, C, h, w) of every query patch from its k nearest memory patches."""
     b, _, h, w = features.shape
-    queries = F.normalize(
-        features.flatten(2).transpose(1, 2).reshape(b * h * w, -1).float(), dim=-1
-    )  # (Q, D)
+    # q = query patch (Q = B*h*w), k = neighbour, c = class
+    queries = F.normalize(features.flatten(2).transpose(1, 2).reshape(b * h * w, -1).float(), dim=-1)
     _, labels = bank.stored()
     sims, idx = searcher.search(queries, min(k, bank.size))  # (Q, k)
     sims, idx = sims.to(labels.device), idx.to(labels.device)
-    missing = idx < 0  # approximate search may return fewer than k neighbours
-    sims = sims.masked_fill(missing, float("-inf"))
+    sims = sims.masked_fill(idx < 0, float("-inf"))  # approximate search may return fewer than k
     weights = torch.softmax(sims.float() / temperature, dim=1).nan_to_num(0.0)  # (Q, k)
     neighbour_labels = labels[idx.clamp_min(0)].float()  # (Q, k, C)
-    scores = torch.einsum(
-        "qk,qkc->qc", weights, neighbour_labels
-    )  # q = query patch, k = neighbour, c = class
+    scores = torch.einsum("qk,qkc->qc", weights, neighbour_labels)  # (Q, C)
     return scores.reshape(b, h, w, -1).permute(0, 3, 1, 2)  # (B, C, h, w)
 
 
 @torch.no_grad()
-def predict_masks(
-    features: torch.Tensor,
-    bank: MemoryBank,
-    searcher: Any,
-    size: tuple[int, int],
-    k: int = 30,
-    temperature: float = 0.02,
-) -> torch.Tensor:
-    """Class maps (B, *size): soft labels of the k nearest memory patches, bilinearly upsampled, argmax."""
-    scores = predict_soft_labels(features, bank, searcher, k, temperature)
-    return F.interpolate(scores, size=size, mode="bilinear", align_corners=False).argmax(dim=1)
-
-
-@torch.no_grad()
 def evaluate_queries(
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, ...]],
     bank: MemoryBank,
     searcher: Any,
     confusion: ConfusionMatrix,
-    *,
     k: int = 30,
     temperature: float = 0.02,
+    keeper: ExampleKeeper | None = None,
 ) -> ConfusionMatrix:
-    """Predict every (features, masks) batch at the mask size and count it in `confusion`."""
-    for features, masks in batches:
-        confusion.update(
-            predict_masks(features, bank, searcher, tuple(masks.shape[-2:]), k, temperature), masks
-        )
-    return confusion
+    """Predict every (features, masks[, images]) batch at the mask size, count it and offer it to `keeper`.
 
-
-def scored_miou(
-    confusion: ConfusionMatrix, matching: str, average: str
-) -> tuple[np.ndarray, np.ndarray | None]:
-    """Per-class IoU (C,) after optional Hungarian matching of predicted to true classes, and the mapping.
-
-    `average="all"` counts classes absent from both prediction and GT as 0 (the public evaluator's
-    mean over all classes); `"present"` leaves them out (NaN).
+    A prediction takes the soft labels of the k nearest memory patches, bilinearly upsampled, argmax.
     """
-    counts = confusion.numpy()
-    mapping = None
-    if matching == "hungarian":
-        mapping = hungarian_match(counts)
-        counts = apply_mapping(counts, mapping)
-    iou = iou_from_confusion(counts)
-    if average == "all":
-        iou = np.nan_to_num(iou, nan=0.0)
-    return iou, mapping
+    for features, masks, *images in batches:
+        scores = predict_soft_labels(features, bank, searcher, k, temperature)  # (B, C, h, w)
+        pred = F.interpolate(scores, masks.shape[-2:], mode="bilinear", align_corners=False).argmax(dim=1)
+        confusion.update(pred, masks)
+        if keeper is not None:
+            keeper.offer(images=images[0], masks=masks, predictions=pred, features=features)
+    return confusion
 
 
 @register_protocol
@@ -264,22 +227,24 @@ class Hummingbird(Protocol):
         keeper = ctx.keeper()
         confusion = ConfusionMatrix(val.num_classes, val.ignore_index, device=ctx.device)
         with ctx.timer("query"):
-            for images, masks, _ in ctx.batches(val, "hummingbird queries"):
-                grids, masks = features(images), masks.to(ctx.device)
-                size = (masks.shape[-2], masks.shape[-1])
-                pred = predict_masks(grids, bank, searcher, size, settings.k, settings.temperature)
-                confusion.update(pred, masks)
-                keeper.offer(images=images, masks=masks, predictions=pred, features=grids)
-        iou, mapping = scored_miou(confusion, settings.matching, settings.miou_average)
+            batches = ctx.batches(val, "hummingbird queries")
+            queries = ((features(images), masks, images) for images, masks, _ in batches)
+            evaluate_queries(queries, bank, searcher, confusion, settings.k, settings.temperature, keeper)
+        # Hungarian matching of predicted to true classes; `miou_average` "all" counts classes absent
+        # from both prediction and GT as 0 (the public evaluator's mean), "present" leaves them out (NaN)
+        counts = confusion.numpy()
+        mapping = hungarian_match(counts) if settings.matching == "hungarian" else None
+        iou = iou_from_confusion(counts if mapping is None else apply_mapping(counts, mapping))
+        if settings.miou_average == "all":
+            iou = np.nan_to_num(iou, nan=0.0)
+        changed = None if mapping is None else int((mapping != np.arange(len(mapping))).sum())
         metrics = {
             "miou": 100.0 * float(np.nanmean(iou)) if np.isfinite(iou).any() else None,
             "miou_unmatched_present": 100.0 * confusion.miou(),
             "pixel_accuracy": 100.0 * confusion.pixel_accuracy(),
             "per_class_iou": percent_per_class(iou, val.class_names),
-            "num_pixels": int(confusion.numpy().sum()),
-            "matched_classes_changed": None
-            if mapping is None
-            else int((mapping != np.arange(len(mapping))).sum()),
+            "num_pixels": int(counts.sum()),
+            "matched_classes_changed": changed,
         }
         resolved = {
             "subset": subset,

@@ -109,27 +109,6 @@ def cache_features(
     return cache
 
 
-def _train_batches(
-    settings: LinearSettings,
-    cache: tuple[torch.Tensor, torch.Tensor] | None,
-    features: Features,
-    train: Any,
-    epoch: int,
-    ctx: RunContext,
-    transform: Any,
-):
-    """Yield (features, masks at target size) minibatches for one epoch (`transform`: without a cache)."""
-    if cache is not None:
-        cached, masks = cache
-        order = torch.randperm(len(cached), generator=torch.Generator().manual_seed(ctx.seed * 1000 + epoch))
-        for idx in order.split(settings.probe_batch_size):
-            yield cached[idx].float(), masks[idx].to(torch.int64)
-        return
-    desc, size = f"linear epoch {epoch + 1}", settings.probe_batch_size
-    for images, masks, _ in ctx.batches(train, desc, transform, epoch=epoch, shuffle=True, batch_size=size):
-        yield features(images).cpu(), resize_ids(masks, settings.target_size)
-
-
 @register_protocol
 class Linear(Protocol):
     """Linear segmentation probe on frozen patch features."""
@@ -167,6 +146,19 @@ class Linear(Protocol):
                     f"the feature cache would exceed --cache-gb {settings.cache_gb}: features recomputed every epoch"
                 )
 
+        def train_batches(epoch: int):
+            """(features, masks at target size) minibatches of one epoch: from the cache, else computed."""
+            if cache is not None:
+                seed = torch.Generator().manual_seed(ctx.seed * 1000 + epoch)
+                for idx in torch.randperm(len(cache[0]), generator=seed).split(settings.probe_batch_size):
+                    yield cache[0][idx].float(), cache[1][idx].to(torch.int64)
+                return
+            desc, size = f"linear epoch {epoch + 1}", settings.probe_batch_size
+            for images, masks, _ in ctx.batches(
+                train, desc, transform, epoch=epoch, shuffle=True, batch_size=size
+            ):
+                yield features(images).cpu(), resize_ids(masks, settings.target_size)
+
         torch.manual_seed(ctx.seed)
         probe: LinearProbe | None = None
         optimizer = scheduler = None
@@ -176,7 +168,7 @@ class Linear(Protocol):
             epochs = range(settings.epochs)
             for epoch in ctx.iterate(epochs, "linear probe epochs") if cache is not None else epochs:
                 total, count = 0.0, 0
-                for grids, masks in _train_batches(settings, cache, features, train, epoch, ctx, transform):
+                for grids, masks in train_batches(epoch):
                     if probe is None:
                         probe = LinearProbe(grids.shape[1], num_classes, settings.target_size).to(ctx.device)
                         optimizer = torch.optim.SGD(
