@@ -120,7 +120,6 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
         state, info, keys = _timm_built_state(args, name, checkpoint)
     else:
         official, info = read_state_dict(checkpoint, which=args.which)
-        name = args.backbone or info.backbone
         state, keys = convert(official, to=args.format, source="official"), f"{args.format} keys"
     info.source = str(source)
     print(f"read {info.describe()}")
