@@ -56,9 +56,7 @@ def _run(args: argparse.Namespace) -> int:
         options["lr_backbone"] = args.lr
     if args.teacher_steepness is not None:
         options["teacher_steepness"] = args.teacher_steepness
-    if args.quick:
-        cfg = DemoConfig.quick(**options, **({"minutes": args.minutes} if args.minutes != 5.0 else {}))
-    else:
-        cfg = DemoConfig(minutes=args.minutes, **options)
-    run_demo(cfg)
+    if not args.quick or args.minutes != 5.0:  # --quick has its own budget unless --minutes is given
+        options["minutes"] = args.minutes
+    run_demo((DemoConfig.quick if args.quick else DemoConfig)(**options))
     return 0

@@ -110,9 +110,8 @@ def _run(args: argparse.Namespace) -> int:
         device=device,
         title=args.title or f"neco explore: {source}",
     )
-    megabytes = out.stat().st_size / 2**20
     print(
-        f"wrote {out} ({megabytes:.1f} MB, {len(views.names)} images, {size} px, "
+        f"wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {len(views.names)} images, {size} px, "
         f"{time.perf_counter() - started:.0f} s); open it in a browser"
     )
     return 0

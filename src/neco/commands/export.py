@@ -120,17 +120,17 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
         state, info, keys = _timm_built_state(args, name, checkpoint)
     else:
         official, info = read_state_dict(checkpoint, which=args.which)
-        name = args.backbone or info.backbone
         state, keys = convert(official, to=args.format, source="official"), f"{args.format} keys"
     info.source = str(source)
     print(f"read {info.describe()}")
     if info.which is None and args.which == "student":
         raise ValueError(f"{source} holds a single network; --which student does not apply")
+    # the register count a training checkpoint records (an "XR" run may differ from the registered one)
+    recorded = (
+        {} if info.num_register_tokens is None else {"num_register_tokens": int(info.num_register_tokens)}
+    )
     if name is not None and not timm_built:
-        overrides = {}
-        if info.num_register_tokens is not None:
-            overrides["num_register_tokens"] = int(info.num_register_tokens)
-        load_weights(create(name, **overrides), official)  # a clear error for an unknown name or a mismatch
+        load_weights(create(name, **recorded), official)  # a clear error for an unknown name or a mismatch
     if name is not None:
         print(f"verified: the weights load strictly into {name}")
     else:
@@ -143,7 +143,7 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
             "the weights stay under Meta's DINOv3 license (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
         )
     if args.format == "hf":
-        _write_hf_config(name, info, official, out)
+        _write_hf_config(name, recorded, official, out)
     return 0
 
 
@@ -155,14 +155,12 @@ def _output_file(args: argparse.Namespace) -> Path:
     return out
 
 
-def _write_hf_config(name: str, info: Any, official: dict[str, Any], out: Path) -> None:
+def _write_hf_config(name: str, recorded: dict[str, int], official: dict[str, Any], out: Path) -> None:
     """config.json beside the weights, so `transformers.AutoModel.from_pretrained(folder)` loads them."""
     from neco.backbones import get_config
     from neco.backbones.hf_config import write_hf_config
 
-    config = get_config(name)
-    if info.num_register_tokens is not None:
-        config = config.with_overrides(num_register_tokens=int(info.num_register_tokens))
+    config = get_config(name).with_overrides(**recorded)
     if config.family != "dinov2":
         print(f"no config.json written: {name} (family {config.family}) has no Dinov2Model equivalent")
         return

@@ -59,7 +59,6 @@ def _run(args: argparse.Namespace) -> int:
     import torch
     from torchvision.transforms import functional as TF
 
-    from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
     from neco.commands._backbone import load_backbone_of
     from neco.data.base import BadImageError, load_rgb
     from neco.evaluation.runner import check_divisible, resolve_device
@@ -73,8 +72,7 @@ def _run(args: argparse.Namespace) -> int:
     model, identity = load_backbone_of(args)
     check_divisible(args.input_size, int(model.patch_size))
     files = collect_images(args.inputs)
-    config = getattr(model, "config", None)
-    mean, std = list(getattr(config, "mean", IMAGENET_MEAN)), list(getattr(config, "std", IMAGENET_STD))
+    mean, std = list(model.config.mean), list(model.config.std)  # every neco backbone names its own
     size = args.input_size
 
     kept: list[Path] = []

@@ -25,19 +25,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "(default: multilabel)",
     )
     parser.add_argument("-o", "--out", required=True, help="output file (.pth)")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="optimisation steps (default: the method's setting)"
-    )
-    parser.add_argument(
-        "--batch-size", type=int, default=None, help="scenes per step (default: the method's setting)"
-    )
-    parser.add_argument(
-        "--num-scenes",
-        type=int,
-        default=None,
-        help="generated training scenes (default: the method's setting)",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: the method's setting)")
+    for option, text in (
+        ("--steps", "optimisation steps"),
+        ("--batch-size", "scenes per step"),
+        ("--num-scenes", "generated training scenes"),
+        ("--seed", "random seed"),
+    ):
+        parser.add_argument(option, type=int, default=None, help=f"{text} (default: the method's setting)")
     parser.add_argument(
         "--pool",
         choices=["mean", "cls"],
@@ -49,31 +43,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import dataclasses
     import math
-
-    import torch
 
     from neco.demo.dino import TinyDinoConfig, pretrain_tiny_dino
     from neco.demo.pretrain import TinyPretrainConfig, pretrain_tiny
 
     if args.method == "dino" and args.pool is not None:
         raise SystemExit("error: --pool applies to --method multilabel only (DINO reads the CLS token)")
-    if args.threads:
-        torch.set_num_threads(args.threads)
     overrides = {
-        k: v
-        for k, v in {
-            "steps": args.steps,
-            "batch_size": args.batch_size,
-            "num_scenes": args.num_scenes,
-            "seed": args.seed,
-            "pool": args.pool,
-        }.items()
-        if v is not None
+        name: getattr(args, name)
+        for name in ("steps", "batch_size", "num_scenes", "seed", "pool")
+        if getattr(args, name) is not None
     }
     if args.method == "dino":
-        cfg = dataclasses.replace(TinyDinoConfig(), **overrides)
+        cfg = TinyDinoConfig(**overrides)
         _, log = pretrain_tiny_dino(cfg, args.out)
         quality = (
             f"teacher entropy per image {log['final_teacher_entropy']:.2f}, over the batch "
@@ -81,7 +64,7 @@ def _run(args: argparse.Namespace) -> int:
             f"ln {cfg.out_dim} = {math.log(cfg.out_dim):.2f} is the uniform collapse)"
         )
     else:
-        cfg = dataclasses.replace(TinyPretrainConfig(), **overrides)
+        cfg = TinyPretrainConfig(**overrides)
         _, log = pretrain_tiny(cfg, args.out)
         quality = f"label accuracy {log['final_label_accuracy']:.3f}"
     print(

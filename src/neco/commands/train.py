@@ -131,22 +131,21 @@ def build_config(args: argparse.Namespace) -> Any:
     """
     from neco.training.config import load_config
 
-    settings = _weight_settings(args)
-    for option, key, _, _ in _OPTION_KEYS:
-        value = getattr(args, option[2:].replace("-", "_"))
-        if value is not None:
-            settings.append((f"{option} {value}", key, value))
-    overrides = list(args.overrides)
+    settings = _weight_settings(args) + [
+        (f"{option} {value}", key, value)
+        for option, key, _, _ in _OPTION_KEYS
+        if (value := getattr(args, option[2:].replace("-", "_"))) is not None
+    ]
     texts = [(option, key, _as_yaml(key, value)) for option, key, value in settings]
     for option, key, text in texts:
-        for override in overrides:
+        for override in args.overrides:
             name, _, raw = override.partition("=")
             if name.strip() == key and _parsed(raw) != _parsed(text):
                 raise ValueError(
                     f"`{option}` and the override `{override}` both set `{key}` to different values: "
                     "give one of them"
                 )
-    overrides += [f"{key}={text}" for _, key, text in texts]
+    overrides = [*args.overrides, *(f"{key}={text}" for _, key, text in texts)]
     return load_config(_config_file(args.config), overrides)
 
 
@@ -159,30 +158,18 @@ def _as_yaml(key: str, value: Any) -> str:
 
 def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     """(option, key, value) of --backbone / --weights / --which / --random-init, resolved as `neco eval` does."""
-    from pathlib import Path
-
     from neco.evaluation.features import resolve_backbone
 
-    settings: list[tuple[str, str, Any]] = []
-    weights = args.weights
-    if args.backbone is not None:
-        name, weights = resolve_backbone(args.backbone, args.weights, random_init=args.random_init)
-        settings.append((f"--backbone {args.backbone}", "model.backbone", name))
-    elif weights is not None:  # --weights alone: the backbone is the config's
-        if not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights {weights}: file not found")
-        if args.random_init:
-            raise ValueError(
-                f"`--random-init` and `--weights {weights}` contradict each other: give one of them"
-            )
-    if weights is not None:
-        option = f"--weights {args.weights}" if args.weights is not None else f"--backbone {args.backbone}"
-        settings.append((option, "model.weights", str(weights)))
-    if args.random_init:
-        settings.append(("--random-init", "model.pretrained", False))
-    if args.which is not None:
-        settings.append((f"--which {args.which}", "model.weights_which", args.which))
-    return settings
+    # without --backbone the config's backbone holds ("" names none); --weights is checked all the same
+    name, weights = resolve_backbone(args.backbone or "", args.weights, random_init=args.random_init)
+    given = f"--weights {args.weights}" if args.weights is not None else f"--backbone {args.backbone}"
+    settings = [
+        (f"--backbone {args.backbone}", "model.backbone", None if args.backbone is None else name),
+        (given, "model.weights", None if weights is None else str(weights)),
+        ("--random-init", "model.pretrained", False if args.random_init else None),
+        (f"--which {args.which}", "model.weights_which", args.which),
+    ]
+    return [setting for setting in settings if setting[2] is not None]
 
 
 def _parsed(raw: str) -> Any:
