@@ -17,16 +17,15 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from neco.evaluation.blocks.matching import matched_miou
+from neco.evaluation.blocks.transforms import resize_ids
 
 __all__ = [
-    "CDConfig",
     "glcm_offsets",
     "cooccurrence",
     "cooccurrence_graph",
@@ -34,21 +33,6 @@ __all__ = [
     "segment_communities",
     "search_cd",
 ]
-
-
-@dataclass
-class CDConfig:
-    """CD settings: the search space, the number of optuna trials and the validation seeds."""
-
-    ks: tuple[int, ...] = (50, 100, 200)
-    threshold_range: tuple[float, float] = (0.0, 0.3)
-    markov_range: tuple[float, float] = (0.5, 2.0)
-    trials: int = 30
-    seeds: tuple[int, ...] = tuple(range(10))
-    distances: tuple[int, ...] = (1, 2)
-    num_angles: int = 8
-    infomap_trials: int = 5
-    search_seed: int = 0
 
 
 def glcm_offsets(distances: tuple[int, ...] = (1, 2), num_angles: int = 8) -> list[tuple[int, int]]:
@@ -161,51 +145,51 @@ def search_cd(
     gt: torch.Tensor,
     num_classes: int,
     ignore_index: int | None,
-    config: CDConfig,
-    upsample: Any,
     *,
+    threshold_range: tuple[float, float] = (0.0, 0.3),
+    markov_range: tuple[float, float] = (0.5, 2.0),
+    trials: int = 30,
+    infomap_trials: int = 5,
+    seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Optuna search of (K, threshold, Markov time) maximising train Hungarian mIoU.
 
     `cluster_maps_by_k[K]` are (N, h, w) overcluster maps of the train split (-1 background);
-    `upsample(maps (N, h, w) int64) -> (N, T, T)` brings predictions to the GT resolution.
+    predictions are nearest-upsampled to the (N, T, T) GT maps. Defaults are the published search space.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    counts_by_k = {
-        k: cooccurrence(m, k, config.distances, config.num_angles) for k, m in cluster_maps_by_k.items()
-    }
+    counts_by_k = {k: cooccurrence(m, k) for k, m in cluster_maps_by_k.items()}
 
     def objective(trial: Any) -> float:
         k = trial.suggest_categorical("k", sorted(cluster_maps_by_k))
-        threshold = trial.suggest_float("threshold", *config.threshold_range)
-        markov = trial.suggest_float("markov_time", *config.markov_range, log=True)
+        threshold = trial.suggest_float("threshold", *threshold_range)
+        markov = trial.suggest_float("markov_time", *markov_range, log=True)
         maps, num = segment_communities(
             cluster_maps_by_k[k],
             k,
             threshold=threshold,
             markov_time=markov,
-            seed=config.search_seed,
-            infomap_trials=config.infomap_trials,
+            seed=seed,
+            infomap_trials=infomap_trials,
             counts=counts_by_k[k],
         )
-        miou, _, _ = matched_miou(
-            upsample(torch.from_numpy(np.where(maps >= 0, maps, num))), gt, num + 1, num_classes, ignore_index
-        )
+        pred = resize_ids(np.where(maps >= 0, maps, num), gt.shape[-2:])
+        miou, _, _ = matched_miou(pred, gt, num + 1, num_classes, ignore_index)
         trial.set_user_attr("num_communities", num)
         return miou
 
-    sampler = optuna.samplers.TPESampler(seed=config.search_seed)
+    sampler = optuna.samplers.TPESampler(seed=seed)
     study = optuna.create_study(direction="maximize", sampler=sampler)
     from tqdm.auto import tqdm
 
     # our own bar (optuna's is experimental and logs a warning); one tick per finished trial
-    with tqdm(total=int(config.trials), desc="community search", disable=not progress, leave=False) as bar:
+    with tqdm(total=int(trials), desc="community search", disable=not progress, leave=False) as bar:
         study.optimize(
             objective,
-            n_trials=int(config.trials),
+            n_trials=int(trials),
             show_progress_bar=False,
             callbacks=[lambda *_: bar.update()],
         )
@@ -216,6 +200,6 @@ def search_cd(
         "markov_time": float(best.params["markov_time"]),
         "train_miou": float(best.value),
         "train_num_communities": int(best.user_attrs["num_communities"]),
-        "trials": int(config.trials),
+        "trials": int(trials),
         "sampler": "optuna-tpe",
     }

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
-from neco.evaluation.blocks.community import CDConfig, search_cd, segment_communities
-from neco.evaluation.blocks.foreground import CBFEConfig, fit_cbfe
+from neco.evaluation.blocks.community import search_cd, segment_communities
+from neco.evaluation.blocks.foreground import fit_cbfe
 from neco.evaluation.blocks.loading import Examples, TokenSplit, collect_tokens
 from neco.evaluation.blocks.masks import foreground_masks, gt_foreground, jaccard_counts, jaccard_summary
 from neco.evaluation.blocks.matching import map_ids, matched_miou
@@ -165,19 +165,6 @@ class Unsupervised(Protocol):
         num_classes, ignore = val_set.num_classes, val_set.ignore_index
         size = settings.target_size
         num_examples = ctx.run.num_figures
-        cbfe_config = CBFEConfig(
-            k=settings.cbfe_k, cut_range=tuple(settings.cut_range), seed=ctx.seed, niter=settings.niter
-        )
-        cd_config = CDConfig(
-            ks=tuple(settings.cd_ks),
-            threshold_range=tuple(settings.threshold_range),
-            markov_range=tuple(settings.markov_range),
-            trials=settings.trials,
-            seeds=tuple(range(ctx.seed, ctx.seed + settings.cd_seeds)),
-            infomap_trials=settings.infomap_trials,
-            search_seed=ctx.seed,
-        )
-        fg_seeds = range(ctx.seed, ctx.seed + settings.fg_seeds)
 
         def noisy(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
             return foreground_masks(
@@ -199,7 +186,17 @@ class Unsupervised(Protocol):
 
         with ctx.timer("cbfe"):
             fg_train, valid_train = gt_foreground(train.gt, train_set.ignore_index)
-            cbfe = fit_cbfe(train.tokens, grid, train.noisy, fg_train, valid_train, cbfe_config)
+            cbfe = fit_cbfe(
+                train.tokens,
+                grid,
+                train.noisy,
+                fg_train,
+                valid_train,
+                k=settings.cbfe_k,
+                cut_range=settings.cut_range,
+                seed=ctx.seed,
+                niter=settings.niter,
+            )
             train_fg, _ = cbfe.predict(train.tokens, grid)
             val_fg, _ = cbfe.predict(val.tokens, grid)
         foreground = {
@@ -230,23 +227,27 @@ class Unsupervised(Protocol):
             return {**seed_summary(scores, ious, val_set.class_names), "seeds": list(seeds)}, counts, example
 
         cbfe_metrics, _, cbfe_example = scored(
-            fg_seeds,
+            range(ctx.seed, ctx.seed + settings.fg_seeds),
             "foreground clustering",
             lambda seed: (_kmeans_maps(val_points, val_fg, k_fg, seed, config), k_fg),
         )
 
         train_points, _ = _fg_points(train, train_fg, config.pca_dim, "train")
-        ks = sorted({min(int(k), train_points.shape[0], val_points.shape[0]) for k in cd_config.ks})
-        if ks != sorted(int(k) for k in cd_config.ks):
-            ctx.warn(f"CD cluster counts {list(cd_config.ks)} capped to {ks} by the foreground patch counts")
-        maps_by_k = {k: _kmeans_maps(train_points, train_fg, k, cd_config.search_seed, config) for k in ks}
+        ks = sorted({min(int(k), train_points.shape[0], val_points.shape[0]) for k in settings.cd_ks})
+        if ks != sorted(int(k) for k in settings.cd_ks):
+            ctx.warn(
+                f"CD cluster counts {list(settings.cd_ks)} capped to {ks} by the foreground patch counts"
+            )
         best = search_cd(
-            maps_by_k,
+            {k: _kmeans_maps(train_points, train_fg, k, ctx.seed, config) for k in ks},
             train.gt,
             num_classes,
             train_set.ignore_index,
-            cd_config,
-            lambda m: _upsample(m, size),
+            threshold_range=settings.threshold_range,
+            markov_range=settings.markov_range,
+            trials=settings.trials,
+            infomap_trials=settings.infomap_trials,
+            seed=ctx.seed,
             progress=ctx.progress,
         )
 
@@ -257,12 +258,12 @@ class Unsupervised(Protocol):
                 threshold=best["threshold"],
                 markov_time=best["markov_time"],
                 seed=seed,
-                distances=cd_config.distances,
-                num_angles=cd_config.num_angles,
-                infomap_trials=cd_config.infomap_trials,
+                infomap_trials=settings.infomap_trials,
             )
 
-        cd_metrics, cd_counts, cd_example = scored(cd_config.seeds, "community detection", communities)
+        cd_metrics, cd_counts, cd_example = scored(
+            range(ctx.seed, ctx.seed + settings.cd_seeds), "community detection", communities
+        )
         resolved = {
             "grid": list(grid),
             "num_register_tokens": features.num_register_tokens,
