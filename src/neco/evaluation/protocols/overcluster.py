@@ -72,6 +72,7 @@ class Overcluster(Protocol):
         metrics: dict[str, Any] = {}
         example = None
         seeds = range(ctx.seed, ctx.seed + settings.num_seeds)
+        kmeans = {name: getattr(settings, name) for name in ("niter", "nredo", "max_points_per_centroid")}
         with ctx.timer("kmeans"):
             for k_option in settings.ks:
                 k = num_classes if int(k_option) == 0 else int(k_option)
@@ -83,14 +84,7 @@ class Overcluster(Protocol):
                 mode = "hungarian" if k <= num_classes else "many_to_one"
                 scores, per_class = [], []
                 for seed in ctx.iterate(seeds, f"overcluster K={k}"):
-                    assign = kmeans_assign(
-                        points,
-                        k,
-                        seed=int(seed),
-                        niter=settings.niter,
-                        nredo=settings.nredo,
-                        max_points_per_centroid=settings.max_points_per_centroid,
-                    )
+                    assign = kmeans_assign(points, k, seed=int(seed), **kmeans)
                     maps = resize_ids(torch.from_numpy(assign).reshape(-1, h, w), size)  # (N, T, T)
                     miou, mapping, iou = matched_miou(maps, gt, k, num_classes, ignore, mode)
                     scores.append(miou)
