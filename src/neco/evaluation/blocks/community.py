@@ -37,12 +37,10 @@ __all__ = [
 
 def glcm_offsets(distances: tuple[int, ...] = (1, 2), num_angles: int = 8) -> list[tuple[int, int]]:
     """(row, col) offsets, one per (distance, angle), angles evenly spaced from 0 (scikit-image rule)."""
-    out = []
-    for d in distances:
-        for i in range(num_angles):
-            angle = 2.0 * math.pi * i / num_angles
-            out.append((int(np.round(math.sin(angle) * d)), int(np.round(math.cos(angle) * d))))
-    return out
+    angles = [2.0 * math.pi * i / num_angles for i in range(num_angles)]
+    return [
+        (int(np.round(math.sin(a) * d)), int(np.round(math.cos(a) * d))) for d in distances for a in angles
+    ]
 
 
 def cooccurrence(
@@ -91,11 +89,9 @@ def infomap_communities(
     im = Infomap(
         silent=True, two_level=True, seed=int(seed) + 1, num_trials=int(num_trials), markov_time=markov_time
     )
-    for node in range(k):
-        im.add_node(node)
+    im.add_nodes(range(k))
     rows, cols = np.nonzero(np.triu(weights, 1))
-    for a, b in zip(rows.tolist(), cols.tolist()):
-        im.add_link(a, b, float(weights[a, b]))
+    im.add_links(zip(rows.tolist(), cols.tolist(), weights[rows, cols].tolist()))
     result = im.run()
     modules = _read_modules(result)
     raw = np.array([modules.get(node, -1 - node) for node in range(k)])  # unseen nodes: own module
