@@ -17,6 +17,8 @@
 from __future__ import annotations
 
 import math
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -93,25 +95,18 @@ def infomap_communities(
     rows, cols = np.nonzero(np.triu(weights, 1))
     im.add_links(zip(rows.tolist(), cols.tolist(), weights[rows, cols].tolist()))
     result = im.run()
-    modules = _read_modules(result)
-    raw = np.array([modules.get(node, -1 - node) for node in range(k)])  # unseen nodes: own module
-    # renumber by first appearance so ids do not depend on Infomap's module numbering
-    _, first, ids = np.unique(raw, return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[ids].astype(np.int64)
-
-
-def _read_modules(result: Any) -> dict[int, int]:
     # Infomap's node accessors iterate SWIG vectors from Python; with faiss (another SWIG module) loaded
     # first, the shared SWIG runtime can hand them faiss's iterator class and segfault (seen under
     # pytest). The C++ .clu writer avoids Python-side iteration altogether.
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "modules.clu"
         result.write_clu(str(path))
-        rows = np.loadtxt(path, comments="#", usecols=(0, 1), dtype=np.int64, ndmin=2)  # node, module
-    return dict(rows.tolist())
+        clu = np.loadtxt(path, comments="#", usecols=(0, 1), dtype=np.int64, ndmin=2)  # node, module
+    raw = -1 - np.arange(k)  # unseen nodes: a module of their own
+    raw[clu[:, 0]] = clu[:, 1]
+    # renumber by first appearance so ids do not depend on Infomap's module numbering
+    _, first, ids = np.unique(raw, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[ids].astype(np.int64)
 
 
 def segment_communities(
@@ -161,13 +156,11 @@ def search_cd(
 
     def objective(trial: Any) -> float:
         k = trial.suggest_categorical("k", sorted(cluster_maps_by_k))
-        threshold = trial.suggest_float("threshold", *threshold_range)
-        markov = trial.suggest_float("markov_time", *markov_range, log=True)
         maps, num = segment_communities(
             cluster_maps_by_k[k],
             k,
-            threshold=threshold,
-            markov_time=markov,
+            threshold=trial.suggest_float("threshold", *threshold_range),
+            markov_time=trial.suggest_float("markov_time", *markov_range, log=True),
             seed=seed,
             infomap_trials=infomap_trials,
             counts=counts_by_k[k],
@@ -177,8 +170,7 @@ def search_cd(
         trial.set_user_attr("num_communities", num)
         return miou
 
-    sampler = optuna.samplers.TPESampler(seed=seed)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     from tqdm.auto import tqdm
 
     # our own bar (optuna's is experimental and logs a warning); one tick per finished trial

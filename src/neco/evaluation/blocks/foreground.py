@@ -58,9 +58,7 @@ def rank_clusters(assign: np.ndarray, noisy_fg: np.ndarray, k: int) -> tuple[np.
     hits = np.bincount(assign, weights=noisy_fg.astype(np.float64), minlength=k)
     precision = np.divide(hits, counts, out=np.zeros(k), where=counts > 0)
     order = np.lexsort((-counts, -precision))  # by precision, then size, both descending
-    rank = np.empty(k, dtype=np.int64)
-    rank[order] = np.arange(k)
-    return rank, precision
+    return np.argsort(order), precision  # the inverse permutation: each cluster's place in `order`
 
 
 def cut_candidates(k: int, cut_range: tuple[float, float]) -> list[int]:
