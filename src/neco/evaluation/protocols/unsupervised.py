@@ -18,7 +18,7 @@ so the background id is matched like any other segment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
@@ -145,15 +145,10 @@ class Unsupervised(Protocol):
         num_examples = ctx.run.num_figures
         kmeans = {name: getattr(settings, name) for name in ("niter", "nredo", "max_points_per_centroid")}
 
+        masks = {f.name: getattr(settings, f.name) for f in fields(MaskSettings)}  # foreground_masks keywords
+
         def noisy(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-            return foreground_masks(
-                features.attention(images),
-                features.num_register_tokens,
-                grid,
-                mass=settings.mass,
-                sigma=settings.sigma,
-                min_component=settings.min_component,
-            )
+            return foreground_masks(features.attention(images), features.num_register_tokens, grid, **masks)
 
         def collect(dataset: Any, desc: str, keep: int) -> TokenSplit:
             return collect_tokens(ctx.batches(dataset, desc), features, len(dataset), size, keep, noisy)
