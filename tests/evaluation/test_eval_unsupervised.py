@@ -21,7 +21,6 @@ from neco.evaluation.blocks.community import (
     segment_communities,
 )
 from neco.evaluation.blocks.foreground import (
-    CBFEConfig,
     cut_candidates,
     cut_jaccards,
     fit_cbfe,
@@ -228,9 +227,7 @@ def test_cbfe_recovers_gt_foreground_from_oracle_features():
     # noisy attention: GT foreground with 15% of the patches flipped
     patch_fg = decode_classes(images) > 0
     flips = torch.rand(patch_fg.shape, generator=torch.Generator().manual_seed(0)) < 0.15
-    model = fit_cbfe(
-        tokens, (GRID, GRID), patch_fg ^ flips, fg, valid, CBFEConfig(k=20, cut_range=(0.05, 0.95))
-    )
+    model = fit_cbfe(tokens, (GRID, GRID), patch_fg ^ flips, fg, valid, k=20, cut_range=(0.05, 0.95))
     pred, _ = model.predict(tokens, (GRID, GRID))
     assert torch.equal(pred, patch_fg)
     assert model.info["train_jaccard_at_cut"] == pytest.approx(100.0)
@@ -292,13 +289,12 @@ def test_heavy_dependencies_are_imported_lazily():
 
 
 def test_cd_search_shows_progress(capsys):
-    from neco.evaluation.blocks.community import CDConfig, search_cd
+    from neco.evaluation.blocks.community import search_cd
 
     maps = np.full((4, 6, 6), -1)
     maps[:, :3, :3] = np.tile([[0, 1, 0], [1, 0, 1], [0, 1, 0]], (4, 1, 1))
     maps[:, 3:, 3:] = np.tile([[2, 3, 2], [3, 2, 3], [2, 3, 2]], (4, 1, 1))
     gt = torch.from_numpy(np.where(maps >= 0, 1, 0))
-    config = CDConfig(trials=3)
-    best = search_cd({4: maps}, gt, 2, None, config, lambda m: m, progress=True)
+    best = search_cd({4: maps}, gt, 2, None, trials=3, progress=True)
     assert best["k"] == 4
     assert "community search" in capsys.readouterr().err

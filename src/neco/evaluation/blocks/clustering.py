@@ -63,12 +63,7 @@ def faiss_kmeans(
     return kmeans
 
 
-def kmeans_assign(
-    points: np.ndarray, k: int, *, seed: int, niter: int, nredo: int, max_points_per_centroid: int
-) -> np.ndarray:
-    """faiss k-means on (N, d) float32 points; the cluster id of every point (N,) int64."""
-    kmeans = faiss_kmeans(
-        points, k, seed=seed, niter=niter, nredo=nredo, max_points_per_centroid=max_points_per_centroid
-    )
-    _, assign = kmeans.index.search(points, 1)
+def kmeans_assign(points: np.ndarray, k: int, **options: Any) -> np.ndarray:
+    """Cluster id (N,) int64 of every one of (N, d) float32 points after `faiss_kmeans(points, k, **options)`."""
+    _, assign = faiss_kmeans(points, k, **options).index.search(points, 1)
     return assign[:, 0].astype(np.int64)

@@ -17,16 +17,17 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from neco.evaluation.blocks.matching import matched_miou
+from neco.evaluation.blocks.transforms import resize_ids
 
 __all__ = [
-    "CDConfig",
     "glcm_offsets",
     "cooccurrence",
     "cooccurrence_graph",
@@ -36,29 +37,12 @@ __all__ = [
 ]
 
 
-@dataclass
-class CDConfig:
-    """CD settings: the search space, the number of optuna trials and the validation seeds."""
-
-    ks: tuple[int, ...] = (50, 100, 200)
-    threshold_range: tuple[float, float] = (0.0, 0.3)
-    markov_range: tuple[float, float] = (0.5, 2.0)
-    trials: int = 30
-    seeds: tuple[int, ...] = tuple(range(10))
-    distances: tuple[int, ...] = (1, 2)
-    num_angles: int = 8
-    infomap_trials: int = 5
-    search_seed: int = 0
-
-
 def glcm_offsets(distances: tuple[int, ...] = (1, 2), num_angles: int = 8) -> list[tuple[int, int]]:
     """(row, col) offsets, one per (distance, angle), angles evenly spaced from 0 (scikit-image rule)."""
-    out = []
-    for d in distances:
-        for i in range(num_angles):
-            angle = 2.0 * math.pi * i / num_angles
-            out.append((int(np.round(math.sin(angle) * d)), int(np.round(math.cos(angle) * d))))
-    return out
+    angles = [2.0 * math.pi * i / num_angles for i in range(num_angles)]
+    return [
+        (int(np.round(math.sin(a) * d)), int(np.round(math.cos(a) * d))) for d in distances for a in angles
+    ]
 
 
 def cooccurrence(
@@ -107,31 +91,22 @@ def infomap_communities(
     im = Infomap(
         silent=True, two_level=True, seed=int(seed) + 1, num_trials=int(num_trials), markov_time=markov_time
     )
-    for node in range(k):
-        im.add_node(node)
+    im.add_nodes(range(k))
     rows, cols = np.nonzero(np.triu(weights, 1))
-    for a, b in zip(rows.tolist(), cols.tolist()):
-        im.add_link(a, b, float(weights[a, b]))
+    im.add_links(zip(rows.tolist(), cols.tolist(), weights[rows, cols].tolist()))
     result = im.run()
-    modules = _read_modules(result)
-    raw = np.array([modules.get(node, -1 - node) for node in range(k)])  # unseen nodes: own module
-    # renumber by first appearance so ids do not depend on Infomap's module numbering
-    _, first, ids = np.unique(raw, return_index=True, return_inverse=True)
-    return np.argsort(np.argsort(first))[ids].astype(np.int64)
-
-
-def _read_modules(result: Any) -> dict[int, int]:
     # Infomap's node accessors iterate SWIG vectors from Python; with faiss (another SWIG module) loaded
     # first, the shared SWIG runtime can hand them faiss's iterator class and segfault (seen under
     # pytest). The C++ .clu writer avoids Python-side iteration altogether.
-    import tempfile
-    from pathlib import Path
-
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "modules.clu"
         result.write_clu(str(path))
-        rows = np.loadtxt(path, comments="#", usecols=(0, 1), dtype=np.int64, ndmin=2)  # node, module
-    return dict(rows.tolist())
+        clu = np.loadtxt(path, comments="#", usecols=(0, 1), dtype=np.int64, ndmin=2)  # node, module
+    raw = -1 - np.arange(k)  # unseen nodes: a module of their own
+    raw[clu[:, 0]] = clu[:, 1]
+    # renumber by first appearance so ids do not depend on Infomap's module numbering
+    _, first, ids = np.unique(raw, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[ids].astype(np.int64)
 
 
 def segment_communities(
@@ -161,51 +136,48 @@ def search_cd(
     gt: torch.Tensor,
     num_classes: int,
     ignore_index: int | None,
-    config: CDConfig,
-    upsample: Any,
     *,
+    threshold_range: tuple[float, float] = (0.0, 0.3),
+    markov_range: tuple[float, float] = (0.5, 2.0),
+    trials: int = 30,
+    infomap_trials: int = 5,
+    seed: int = 0,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Optuna search of (K, threshold, Markov time) maximising train Hungarian mIoU.
 
     `cluster_maps_by_k[K]` are (N, h, w) overcluster maps of the train split (-1 background);
-    `upsample(maps (N, h, w) int64) -> (N, T, T)` brings predictions to the GT resolution.
+    predictions are nearest-upsampled to the (N, T, T) GT maps. Defaults are the published search space.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    counts_by_k = {
-        k: cooccurrence(m, k, config.distances, config.num_angles) for k, m in cluster_maps_by_k.items()
-    }
+    counts_by_k = {k: cooccurrence(m, k) for k, m in cluster_maps_by_k.items()}
 
     def objective(trial: Any) -> float:
         k = trial.suggest_categorical("k", sorted(cluster_maps_by_k))
-        threshold = trial.suggest_float("threshold", *config.threshold_range)
-        markov = trial.suggest_float("markov_time", *config.markov_range, log=True)
         maps, num = segment_communities(
             cluster_maps_by_k[k],
             k,
-            threshold=threshold,
-            markov_time=markov,
-            seed=config.search_seed,
-            infomap_trials=config.infomap_trials,
+            threshold=trial.suggest_float("threshold", *threshold_range),
+            markov_time=trial.suggest_float("markov_time", *markov_range, log=True),
+            seed=seed,
+            infomap_trials=infomap_trials,
             counts=counts_by_k[k],
         )
-        miou, _, _ = matched_miou(
-            upsample(torch.from_numpy(np.where(maps >= 0, maps, num))), gt, num + 1, num_classes, ignore_index
-        )
+        pred = resize_ids(np.where(maps >= 0, maps, num), gt.shape[-2:])
+        miou, _, _ = matched_miou(pred, gt, num + 1, num_classes, ignore_index)
         trial.set_user_attr("num_communities", num)
         return miou
 
-    sampler = optuna.samplers.TPESampler(seed=config.search_seed)
-    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=seed))
     from tqdm.auto import tqdm
 
     # our own bar (optuna's is experimental and logs a warning); one tick per finished trial
-    with tqdm(total=int(config.trials), desc="community search", disable=not progress, leave=False) as bar:
+    with tqdm(total=int(trials), desc="community search", disable=not progress, leave=False) as bar:
         study.optimize(
             objective,
-            n_trials=int(config.trials),
+            n_trials=int(trials),
             show_progress_bar=False,
             callbacks=[lambda *_: bar.update()],
         )
@@ -216,6 +188,6 @@ def search_cd(
         "markov_time": float(best.params["markov_time"]),
         "train_miou": float(best.value),
         "train_num_communities": int(best.user_attrs["num_communities"]),
-        "trials": int(config.trials),
+        "trials": int(trials),
         "sampler": "optuna-tpe",
     }

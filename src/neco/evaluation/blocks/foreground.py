@@ -25,7 +25,6 @@ from neco.evaluation.blocks.clustering import faiss_kmeans
 from neco.evaluation.blocks.transforms import resize_ids
 
 __all__ = [
-    "CBFEConfig",
     "CBFEModel",
     "assign_spherical",
     "rank_clusters",
@@ -33,28 +32,6 @@ __all__ = [
     "cut_jaccards",
     "fit_cbfe",
 ]
-
-
-@dataclass
-class CBFEConfig:
-    """CBFE settings; defaults are the published ones."""
-
-    k: int = 200
-    cut_range: tuple[float, float] = (0.55, 0.75)
-    niter: int = 50
-    nredo: int = 1
-    seed: int = 0
-    max_points_per_centroid: int = 256
-
-    def validate(self) -> None:
-        """Raise ValueError naming the first bad option."""
-        if int(self.k) < 2:
-            raise ValueError(f"`cbfe k` must be >= 2 but is {self.k}")
-        lo, hi = self.cut_range
-        if not 0.0 <= lo <= hi <= 1.0:
-            raise ValueError(f"`cut_range` must be 0 <= lo <= hi <= 1 but is {self.cut_range}")
-        if int(self.niter) < 1 or int(self.nredo) < 1:
-            raise ValueError(f"`niter` and `nredo` must be >= 1 but are {self.niter}, {self.nredo}")
 
 
 def _unit(points: np.ndarray) -> np.ndarray:
@@ -81,9 +58,7 @@ def rank_clusters(assign: np.ndarray, noisy_fg: np.ndarray, k: int) -> tuple[np.
     hits = np.bincount(assign, weights=noisy_fg.astype(np.float64), minlength=k)
     precision = np.divide(hits, counts, out=np.zeros(k), where=counts > 0)
     order = np.lexsort((-counts, -precision))  # by precision, then size, both descending
-    rank = np.empty(k, dtype=np.int64)
-    rank[order] = np.arange(k)
-    return rank, precision
+    return np.argsort(order), precision  # the inverse permutation: each cluster's place in `order`
 
 
 def cut_candidates(k: int, cut_range: tuple[float, float]) -> list[int]:
@@ -134,35 +109,42 @@ def fit_cbfe(
     noisy_fg: torch.Tensor,
     fg: torch.Tensor,
     valid: torch.Tensor,
-    config: CBFEConfig | None = None,
+    *,
+    k: int = 200,
+    cut_range: tuple[float, float] = (0.55, 0.75),
+    niter: int = 50,
+    nredo: int = 1,
+    seed: int = 0,
+    max_points_per_centroid: int = 256,
 ) -> CBFEModel:
-    """Fit CBFE on one split: (N*h*w, D) tokens, (N, h, w) noisy attention masks, (N, T, T) GT fg/valid."""
-    config = config or CBFEConfig()
-    config.validate()
+    """Fit CBFE on one split: (N*h*w, D) tokens, (N, h, w) noisy attention masks, (N, T, T) GT fg/valid.
+
+    Defaults are the published settings; the unsupervised protocol's settings validate them.
+    """
     n_points = tokens.shape[0]
     if noisy_fg.numel() != n_points:
         raise ValueError(
             f"`noisy_fg` must hold one value per token ({n_points}) but holds {noisy_fg.numel()}"
         )
-    k = min(int(config.k), n_points)
+    k = min(int(k), n_points)
     kmeans = faiss_kmeans(
         _unit(tokens),
         k,
-        seed=config.seed,
-        niter=config.niter,
-        nredo=config.nredo,
-        max_points_per_centroid=config.max_points_per_centroid,
+        seed=seed,
+        niter=niter,
+        nredo=nredo,
+        max_points_per_centroid=max_points_per_centroid,
         spherical=True,
     )
     centroids = _unit(kmeans.centroids)  # spherical k-means: unit centroids, cosine assignment
     assign = assign_spherical(tokens, centroids)
     rank, precision = rank_clusters(assign, noisy_fg.reshape(-1).numpy(), k)
     jaccards = cut_jaccards(torch.from_numpy(assign).reshape(-1, *grid), rank, fg, valid)
-    candidates = cut_candidates(k, config.cut_range)
+    candidates = cut_candidates(k, cut_range)
     cut = max(candidates, key=lambda c: (jaccards[c], -c))
     info = {
         "k": k,
-        "cut_range": list(config.cut_range),
+        "cut_range": list(cut_range),
         "cut_candidates": [candidates[0], candidates[-1]],
         "cut": int(cut),
         "cut_fraction": cut / k,
@@ -170,9 +152,9 @@ def fit_cbfe(
         "train_jaccard_best_any_cut": 100.0 * float(jaccards.max()),
         "train_best_any_cut": int(jaccards.argmax()),
         "precision_at_cut": float(precision[np.argsort(rank)][cut - 1]),
-        "seed": config.seed,
-        "niter": config.niter,
-        "nredo": config.nredo,
+        "seed": seed,
+        "niter": niter,
+        "nredo": nredo,
         "kmeans": "spherical-faiss",
     }
     return CBFEModel(centroids=centroids, rank=rank, cut=int(cut), info=info)

@@ -50,13 +50,7 @@ class ExampleKeeper:
         """The kept items, or None when nothing was kept."""
         if self.count == 0:
             return None
-        cat = {k: torch.cat(v) for k, v in self.parts.items()}
-        return Examples(
-            images=cat["images"],
-            masks=cat["masks"],
-            predictions=cat["predictions"],
-            features=cat.get("features"),
-        )
+        return Examples(**{k: torch.cat(v) for k, v in self.parts.items()})
 
 
 @dataclass
@@ -80,7 +74,8 @@ def collect_tokens(
 ) -> TokenSplit:
     """Patch tokens of every image (float16, allocated once), GT at `target_size`, and `noisy_fn(images, grid)`."""
     tokens: np.ndarray | None = None
-    gts, kept, noisy = [], [], []
+    gts, noisy = [], []
+    keeper = ExampleKeeper(keep)
     grid, row = (0, 0), 0
     for images, masks, _ in batches:
         grids = features(images).float().cpu()  # (B, D, h, w)
@@ -93,9 +88,8 @@ def collect_tokens(
         gts.append(resize_ids(masks, target_size))
         if noisy_fn is not None:
             noisy.append(noisy_fn(images, grid))
-        if sum(x.shape[0] for x in kept) < keep:
-            kept.append(images[:keep])
+        keeper.offer(images=images)
     if tokens is None:
         raise ValueError("the split holds no image")
-    images = torch.cat(kept)[:keep] if kept else torch.empty(0)
+    images = torch.cat(keeper.parts["images"]) if keeper.count else torch.empty(0)
     return TokenSplit(tokens, torch.cat(gts), grid, images, torch.cat(noisy) if noisy else None)

@@ -64,10 +64,10 @@ def gt_foreground(masks: torch.Tensor, ignore_index: int | None) -> tuple[torch.
 def jaccard_counts(
     pred: torch.Tensor, fg: torch.Tensor, valid: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-image intersection and union (B,) of bool maps (B, H, W), counting valid pixels only."""
+    """Per-map intersection and union (...,) of bool maps (..., H, W) (broadcast), counting valid pixels only."""
     pred = pred & valid
-    inter = (pred & fg).flatten(1).sum(1)
-    union = (pred | fg).flatten(1).sum(1)
+    inter = (pred & fg).flatten(-2).sum(-1)
+    union = (pred | fg).flatten(-2).sum(-1)
     return inter.to(torch.int64), union.to(torch.int64)
 
 

@@ -68,25 +68,22 @@ class Attention(Protocol):
         size = (ctx.input_size,) * 2
         options = {"mass": settings.mass, "sigma": settings.sigma, "min_component": settings.min_component}
         regs = features.num_register_tokens
-        merged_i, merged_u, head_i, head_u = [], [], [], []
+        inters, unions = [], []  # (B, 1 + heads) each: the head-merged mask, then every head
         keeper = ctx.keeper()
-        num_heads = 0
         for images, masks, _ in ctx.batches(val, "attention"):
             attn = features.attention(images)  # (B, heads, T, T)
-            num_heads = attn.shape[1]
             fg, valid = gt_foreground(masks, val.ignore_index)
             merged = resize_ids(foreground_masks(attn, regs, grid, **options), size)
-            inter, union = jaccard_counts(merged, fg, valid)
-            merged_i.append(inter)
-            merged_u.append(union)
             heads = resize_ids(foreground_masks(attn, regs, grid, **options, per_head=True), size)
-            per_head = [jaccard_counts(heads[:, h], fg, valid) for h in range(num_heads)]
-            head_i.append(torch.stack([p[0] for p in per_head], 1))  # (B, heads)
-            head_u.append(torch.stack([p[1] for p in per_head], 1))
+            inter, union = jaccard_counts(torch.cat([merged[:, None], heads], 1), fg[:, None], valid[:, None])
+            inters.append(inter)
+            unions.append(union)
             keeper.offer(images=images, masks=torch.where(valid, fg.long(), 255), predictions=merged.long())
-        merged_summary = jaccard_summary(torch.cat(merged_i).numpy(), torch.cat(merged_u).numpy())
-        inter_h, union_h = torch.cat(head_i).numpy(), torch.cat(head_u).numpy()
-        heads_summary = [jaccard_summary(inter_h[:, h], union_h[:, h]) for h in range(num_heads)]
+        inter, union = torch.cat(inters).numpy(), torch.cat(unions).numpy()
+        merged_summary, *heads_summary = [
+            jaccard_summary(inter[:, i], union[:, i]) for i in range(inter.shape[1])
+        ]
+        num_heads = len(heads_summary)
         best = int(np.argmax([s["jaccard"] for s in heads_summary]))
         metrics = {
             "head_merged": merged_summary,

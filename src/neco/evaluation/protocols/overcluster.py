@@ -70,45 +70,31 @@ class Overcluster(Protocol):
             points, pca_info = standardise_pca(split.tokens, settings.pca_dim)
         del split
         metrics: dict[str, Any] = {}
-        example = None
+        example, n, num_points = None, images.shape[0], int(points.shape[0])
         seeds = range(ctx.seed, ctx.seed + settings.num_seeds)
+        kmeans = {name: getattr(settings, name) for name in ("niter", "nredo", "max_points_per_centroid")}
         with ctx.timer("kmeans"):
             for k_option in settings.ks:
-                k = num_classes if int(k_option) == 0 else int(k_option)
-                if k > points.shape[0]:
-                    ctx.warn(
-                        f"K={k} exceeds the {points.shape[0]} validation points: capped to {points.shape[0]}"
-                    )
-                    k = points.shape[0]
+                k = int(k_option) or num_classes
+                if k > num_points:
+                    ctx.warn(f"K={k} exceeds the {num_points} validation points: capped to {num_points}")
+                    k = num_points
                 mode = "hungarian" if k <= num_classes else "many_to_one"
-                scores, per_class = [], []
+                scores, ious = [], []
                 for seed in ctx.iterate(seeds, f"overcluster K={k}"):
-                    assign = kmeans_assign(
-                        points,
-                        k,
-                        seed=int(seed),
-                        niter=settings.niter,
-                        nredo=settings.nredo,
-                        max_points_per_centroid=settings.max_points_per_centroid,
-                    )
+                    assign = kmeans_assign(points, k, seed=int(seed), **kmeans)
                     maps = resize_ids(torch.from_numpy(assign).reshape(-1, h, w), size)  # (N, T, T)
                     miou, mapping, iou = matched_miou(maps, gt, k, num_classes, ignore, mode)
                     scores.append(miou)
-                    per_class.append(iou)
-                    if example is None and images.shape[0]:
-                        example = map_ids(maps[: images.shape[0]], mapping)
-                metrics[f"K={k}"] = {
-                    "k": k,
-                    "matching": mode,
-                    **seed_summary(scores, per_class, val.class_names),
-                }
+                    ious.append(iou)
+                    if example is None:  # the first n validation items, first K and seed
+                        example = map_ids(maps[:n], mapping)
+                metrics[f"K={k}"] = {"k": k, "matching": mode, **seed_summary(scores, ious, val.class_names)}
         resolved = {
             **pca_info,
             "ks_resolved": [m["k"] for m in metrics.values()],
             "seeds": list(seeds),
-            "num_points": int(points.shape[0]),
+            "num_points": num_points,
         }
-        examples = None
-        if example is not None:
-            examples = Examples(images=images, masks=gt[: images.shape[0]], predictions=example)
+        examples = Examples(images=images, masks=gt[:n], predictions=example) if n else None
         return ProtocolOutput(metrics=metrics, settings=resolved, examples=examples)

@@ -18,15 +18,15 @@ so the background id is matched like any other segment.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import numpy as np
 import torch
 
 from neco.evaluation.blocks.clustering import kmeans_assign, standardise_pca
-from neco.evaluation.blocks.community import CDConfig, search_cd, segment_communities
-from neco.evaluation.blocks.foreground import CBFEConfig, fit_cbfe
+from neco.evaluation.blocks.community import search_cd, segment_communities
+from neco.evaluation.blocks.foreground import fit_cbfe
 from neco.evaluation.blocks.loading import Examples, TokenSplit, collect_tokens
 from neco.evaluation.blocks.masks import foreground_masks, gt_foreground, jaccard_counts, jaccard_summary
 from neco.evaluation.blocks.matching import map_ids, matched_miou
@@ -87,31 +87,10 @@ class UnsupervisedExamples(Examples):
     attention_foreground: torch.Tensor | None = None  # (n, T, T) attention foreground 0/1
 
 
-def _upsample(ids: torch.Tensor | np.ndarray, size: int) -> torch.Tensor:
-    return resize_ids(torch.as_tensor(ids), size).long()
-
-
 def _jaccard(pred: torch.Tensor, gt: torch.Tensor, ignore: int | None, size: int) -> dict[str, float]:
     fg, valid = gt_foreground(gt, ignore)
-    inter, union = jaccard_counts(_upsample(pred.long(), size).bool(), fg, valid)
+    inter, union = jaccard_counts(resize_ids(pred, size), fg, valid)
     return jaccard_summary(inter.numpy(), union.numpy())
-
-
-def _kmeans_maps(
-    points: np.ndarray, fg: torch.Tensor, k: int, seed: int, config: UnsupervisedSettings
-) -> np.ndarray:
-    """(N, h, w) maps: k-means cluster of each foreground token, -1 on background."""
-    assign = kmeans_assign(
-        points,
-        k,
-        seed=seed,
-        niter=config.niter,
-        nredo=config.nredo,
-        max_points_per_centroid=config.max_points_per_centroid,
-    )
-    maps = np.full(fg.numel(), -1, dtype=np.int64)
-    maps[fg.reshape(-1).numpy()] = assign
-    return maps.reshape(fg.shape)
 
 
 def _fg_points(
@@ -161,33 +140,15 @@ class Unsupervised(Protocol):
         self, features: Features, data: EvalData, settings: UnsupervisedSettings, ctx: RunContext
     ) -> ProtocolOutput:
         """CBFE fitted on train, applied to val; foreground clustering and CD mIoU on val."""
-        config, train_set, val_set = settings, data.train, data.val
-        num_classes, ignore = val_set.num_classes, val_set.ignore_index
-        size = settings.target_size
+        train_set, val_set = data.train, data.val
+        num_classes, ignore, size = val_set.num_classes, val_set.ignore_index, settings.target_size
         num_examples = ctx.run.num_figures
-        cbfe_config = CBFEConfig(
-            k=settings.cbfe_k, cut_range=tuple(settings.cut_range), seed=ctx.seed, niter=settings.niter
-        )
-        cd_config = CDConfig(
-            ks=tuple(settings.cd_ks),
-            threshold_range=tuple(settings.threshold_range),
-            markov_range=tuple(settings.markov_range),
-            trials=settings.trials,
-            seeds=tuple(range(ctx.seed, ctx.seed + settings.cd_seeds)),
-            infomap_trials=settings.infomap_trials,
-            search_seed=ctx.seed,
-        )
-        fg_seeds = range(ctx.seed, ctx.seed + settings.fg_seeds)
+        kmeans = {name: getattr(settings, name) for name in ("niter", "nredo", "max_points_per_centroid")}
+
+        masks = {f.name: getattr(settings, f.name) for f in fields(MaskSettings)}  # foreground_masks keywords
 
         def noisy(images: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
-            return foreground_masks(
-                features.attention(images),
-                features.num_register_tokens,
-                grid,
-                mass=settings.mass,
-                sigma=settings.sigma,
-                min_component=settings.min_component,
-            )
+            return foreground_masks(features.attention(images), features.num_register_tokens, grid, **masks)
 
         def collect(dataset: Any, desc: str, keep: int) -> TokenSplit:
             return collect_tokens(ctx.batches(dataset, desc), features, len(dataset), size, keep, noisy)
@@ -198,8 +159,16 @@ class Unsupervised(Protocol):
         grid = val.grid
 
         with ctx.timer("cbfe"):
-            fg_train, valid_train = gt_foreground(train.gt, train_set.ignore_index)
-            cbfe = fit_cbfe(train.tokens, grid, train.noisy, fg_train, valid_train, cbfe_config)
+            cbfe = fit_cbfe(
+                train.tokens,
+                grid,
+                train.noisy,
+                *gt_foreground(train.gt, train_set.ignore_index),
+                k=settings.cbfe_k,
+                cut_range=settings.cut_range,
+                seed=ctx.seed,
+                niter=settings.niter,
+            )
             train_fg, _ = cbfe.predict(train.tokens, grid)
             val_fg, _ = cbfe.predict(val.tokens, grid)
         foreground = {
@@ -209,18 +178,19 @@ class Unsupervised(Protocol):
             "cbfe_train": _jaccard(train_fg, train.gt, train_set.ignore_index, size),
         }
 
-        val_points, pca_info = _fg_points(val, val_fg, config.pca_dim, "val")
-        k_fg = config.fg_clusters or num_classes - 1
-        if k_fg > val_points.shape[0]:
-            ctx.warn(f"foreground clusters {k_fg} capped to the {val_points.shape[0]} foreground patches")
-            k_fg = val_points.shape[0]
+        def kmeans_maps(points: np.ndarray, fg: torch.Tensor, k: int, seed: int) -> np.ndarray:
+            """(N, h, w) maps: k-means cluster of each foreground token, -1 on background."""
+            maps = np.full(fg.shape, -1, dtype=np.int64)
+            maps[fg.numpy()] = kmeans_assign(points, k, seed=seed, **kmeans)
+            return maps
 
-        def scored(seeds: Any, desc: str, segment: Any) -> tuple[dict[str, Any], list[int], torch.Tensor]:
+        def scored(num_seeds: int, desc: str, segment: Any) -> tuple[dict[str, Any], list[int], torch.Tensor]:
             """Per seed `segment(seed) -> (maps (N, h, w), -1 background; #segments)` matched to val GT."""
+            seeds = range(ctx.seed, ctx.seed + num_seeds)
             scores, ious, counts, example = [], [], [], None
             for seed in ctx.iterate(seeds, desc):
-                maps, num = segment(int(seed))
-                pred = _upsample(np.where(maps >= 0, maps, num), size)
+                maps, num = segment(seed)
+                pred = resize_ids(np.where(maps >= 0, maps, num), size)
                 miou, mapping, iou = matched_miou(pred, val.gt, num + 1, num_classes, ignore)
                 scores.append(miou)
                 ious.append(iou)
@@ -229,40 +199,46 @@ class Unsupervised(Protocol):
                     example = map_ids(pred[:num_examples], mapping)
             return {**seed_summary(scores, ious, val_set.class_names), "seeds": list(seeds)}, counts, example
 
+        val_points, pca_info = _fg_points(val, val_fg, settings.pca_dim, "val")
+        k_fg = settings.fg_clusters or num_classes - 1
+        if k_fg > val_points.shape[0]:
+            ctx.warn(f"foreground clusters {k_fg} capped to the {val_points.shape[0]} foreground patches")
+            k_fg = val_points.shape[0]
         cbfe_metrics, _, cbfe_example = scored(
-            fg_seeds,
+            settings.fg_seeds,
             "foreground clustering",
-            lambda seed: (_kmeans_maps(val_points, val_fg, k_fg, seed, config), k_fg),
+            lambda seed: (kmeans_maps(val_points, val_fg, k_fg, seed), k_fg),
         )
 
-        train_points, _ = _fg_points(train, train_fg, config.pca_dim, "train")
-        ks = sorted({min(int(k), train_points.shape[0], val_points.shape[0]) for k in cd_config.ks})
-        if ks != sorted(int(k) for k in cd_config.ks):
-            ctx.warn(f"CD cluster counts {list(cd_config.ks)} capped to {ks} by the foreground patch counts")
-        maps_by_k = {k: _kmeans_maps(train_points, train_fg, k, cd_config.search_seed, config) for k in ks}
+        train_points, _ = _fg_points(train, train_fg, settings.pca_dim, "train")
+        cd_ks = [int(k) for k in settings.cd_ks]
+        ks = sorted({min(k, train_points.shape[0], val_points.shape[0]) for k in cd_ks})
+        if ks != sorted(cd_ks):
+            ctx.warn(f"CD cluster counts {cd_ks} capped to {ks} by the foreground patch counts")
         best = search_cd(
-            maps_by_k,
+            {k: kmeans_maps(train_points, train_fg, k, ctx.seed) for k in ks},
             train.gt,
             num_classes,
             train_set.ignore_index,
-            cd_config,
-            lambda m: _upsample(m, size),
+            threshold_range=settings.threshold_range,
+            markov_range=settings.markov_range,
+            trials=settings.trials,
+            infomap_trials=settings.infomap_trials,
+            seed=ctx.seed,
             progress=ctx.progress,
         )
 
         def communities(seed: int) -> tuple[np.ndarray, int]:
             return segment_communities(
-                _kmeans_maps(val_points, val_fg, best["k"], seed, config),
+                kmeans_maps(val_points, val_fg, best["k"], seed),
                 best["k"],
                 threshold=best["threshold"],
                 markov_time=best["markov_time"],
                 seed=seed,
-                distances=cd_config.distances,
-                num_angles=cd_config.num_angles,
-                infomap_trials=cd_config.infomap_trials,
+                infomap_trials=settings.infomap_trials,
             )
 
-        cd_metrics, cd_counts, cd_example = scored(cd_config.seeds, "community detection", communities)
+        cd_metrics, cd_counts, cd_example = scored(settings.cd_seeds, "community detection", communities)
         resolved = {
             "grid": list(grid),
             "num_register_tokens": features.num_register_tokens,
@@ -278,17 +254,16 @@ class Unsupervised(Protocol):
             "foreground": foreground,
         }
         examples = None
-        n = val.images.shape[0]
-        if n:
+        if n := val.images.shape[0]:  # the first n validation items; the example maps hold n already
             fg_val, valid_val = gt_foreground(val.gt[:n], ignore)
             examples = UnsupervisedExamples(
                 images=val.images,
                 masks=val.gt[:n],
-                predictions=cd_example[:n],
-                cbfe_predictions=cbfe_example[:n],
+                predictions=cd_example,
+                cbfe_predictions=cbfe_example,
                 foreground=torch.where(valid_val, fg_val.long(), 255),
-                cbfe_foreground=_upsample(val_fg[:n].long(), size),
-                attention_foreground=_upsample(val.noisy[:n].long(), size),
+                cbfe_foreground=resize_ids(val_fg[:n].long(), size),
+                attention_foreground=resize_ids(val.noisy[:n].long(), size),
             )
         return ProtocolOutput(metrics=metrics, settings=resolved, examples=examples)
 
