@@ -47,7 +47,7 @@ def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
 def register(subparsers: Any) -> None:
     """Add `neco eval` with one sub-command per registered protocol."""
     from neco.evaluation.options import add_options
-    from neco.evaluation.registry import get_protocol, protocol_names
+    from neco.evaluation.protocol import get_protocol, protocol_names
 
     names = protocol_names()
     parser = subparsers.add_parser(

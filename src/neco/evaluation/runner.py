@@ -14,8 +14,7 @@ import torch
 
 from neco.evaluation.features import Features
 from neco.evaluation.options import validate
-from neco.evaluation.protocol import EvalData, ProtocolOutput, RunContext, RunSettings
-from neco.evaluation.registry import get_protocol
+from neco.evaluation.protocol import EvalData, ProtocolOutput, RunContext, RunSettings, get_protocol
 from neco.evaluation.schema import SCHEMA_VERSION, environment, jsonable, validate_result, write_result
 
 __all__ = ["Evaluation", "evaluate", "resolve_device", "check_divisible"]
