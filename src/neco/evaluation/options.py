@@ -2,8 +2,8 @@
 
 A settings class is a dataclass whose fields are made with `option(default, help, ...)`. The same
 declaration gives the `neco eval` options (`add_options`), builds the settings from parsed
-arguments (`from_args`) and validates them (`validate`: bounds and choices, with messages that
-name the option). Example:
+arguments (`from_args`) and validates them (`validate`, which `from_args` calls: bounds and
+choices, with messages that name the option). Example:
 
     @dataclass
     class ProbeSettings:
@@ -132,13 +132,15 @@ def add_options(group: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """Build the settings `cls` from parsed arguments (fields absent from `args` keep their defaults)."""
+    """The validated settings `cls` of parsed arguments (fields absent from `args` keep their defaults)."""
     hints = _resolve(cls)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     for name, value in values.items():
         if typing.get_origin(_base(hints[name])[0]) is tuple and isinstance(value, list):
             values[name] = tuple(value)  # argparse's nargs gives lists
-    return cls(**{**values, **overrides})
+    settings = cls(**{**values, **overrides})
+    validate(settings)
+    return settings
 
 
 def validate(settings: Any) -> None:
