@@ -70,11 +70,10 @@ class Features:
     ) -> Features:
         """Features of a neco backbone (anything with `forward_features`, `patch_size`), moved to `device`."""
         model = model.to(device).eval()
-        attention = getattr(model, "get_last_self_attention", None)
         return cls(
             lambda images: patch_grid(model, images),
             int(model.patch_size),
-            attention_fn=attention,
+            attention_fn=getattr(model, "get_last_self_attention", None),
             num_register_tokens=int(getattr(model, "num_register_tokens", 0)),
             device=device,
             precision=precision,
@@ -144,9 +143,7 @@ def state_dict_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> str
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
         # view as bytes so every dtype (bf16 included) hashes its exact bit pattern
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -177,7 +174,7 @@ def resolve_backbone(
     """
     from neco.backbones.weights import read_checkpoint
 
-    path = Path(spec)
+    path, name, resolved = Path(spec), spec, weights
     if weights is None and (path.suffix in CHECKPOINT_SUFFIXES or path.is_file()):
         if not path.is_file():
             raise FileNotFoundError(f"--backbone {spec}: checkpoint file not found")
@@ -188,10 +185,8 @@ def resolve_backbone(
                 "for other weight files pass --backbone NAME --weights FILE"
             )
         name, resolved = str(checkpoint["backbone"]), path
-    else:
-        if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights {weights}: file not found")
-        name, resolved = spec, weights
+    elif weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found")
     if random_init and resolved is not None:
         given = f"--weights {weights}" if weights is not None else f"--backbone {spec}"
         raise ValueError(f"`--random-init` and `{given}` contradict each other: give one of them")
