@@ -187,11 +187,8 @@ class Protocol:
         from neco.data import build_segmentation_dataset
 
         val = build_segmentation_dataset(dataset, root, val_split or self.val_split)
-        train = None
-        if self.needs_train:
-            train = build_segmentation_dataset(
-                dataset, root, train_split or self.default_train_split(dataset)
-            )
+        train_split = train_split or self.default_train_split(dataset)
+        train = build_segmentation_dataset(dataset, root, train_split) if self.needs_train else None
         return EvalData(val=val, train=train, name=dataset, root=str(Path(root).resolve()))
 
     def run(self, features: Features, data: EvalData, settings: Any, ctx: RunContext) -> ProtocolOutput:
