@@ -80,12 +80,9 @@ class Features:
             name=str(getattr(getattr(model, "config", None), "name", type(model).__name__)),
         )
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Patch grids (B, D, H/p, W/p) float32 of normalised images (B, 3, H, W)."""
-        with autocast(self.device, self.precision):
-            grid = self.grid_fn(images.to(self.device, non_blocking=True))
-        return grid.float()
+        return self._forward(self.grid_fn, images).float()
 
     def require_attention(self) -> None:
         """Raise a ValueError naming the backbone when it exposes no last-block attention."""
@@ -95,13 +92,16 @@ class Features:
                 "the attention-based protocols (attention, unsupervised) cannot run on it"
             )
 
-    @torch.no_grad()
     def attention(self, images: torch.Tensor) -> torch.Tensor:
         """Last-block attention probabilities (B, heads, T, T) float32 on the CPU; tokens [CLS, registers, patches]."""
         self.require_attention()
+        return self._forward(self.attention_fn, images).float().cpu()
+
+    @torch.no_grad()
+    def _forward(self, fn: ImagesFn, images: torch.Tensor) -> torch.Tensor:
+        """`fn` of the images sent to the device, without gradients, under the `precision` autocast."""
         with autocast(self.device, self.precision):
-            attn = self.attention_fn(images.to(self.device, non_blocking=True))
-        return attn.float().cpu()
+            return fn(images.to(self.device, non_blocking=True))
 
 
 def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
