@@ -52,9 +52,7 @@ def option(
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    if default is _MISSING:
-        return dataclasses.field(metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)  # MISSING: a required field
 
 
 def flag_of(field: dataclasses.Field) -> str:
