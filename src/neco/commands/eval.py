@@ -38,9 +38,8 @@ def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
         "--val-split", default=protocol.val_split, help=f"split scored (default: {protocol.val_split})"
     )
     if protocol.needs_train:
-        default = (
-            "trainaug for voc, else train" if protocol.default_train_split("voc") == "trainaug" else "train"
-        )
+        voc = protocol.default_train_split("voc")
+        default = "train" if voc == "train" else f"{voc} for voc, else train"
         data.add_argument("--train-split", default=None, help=f"training split (default: {default})")
     add_backbone_options(parser.add_argument_group("backbone"))
     run = parser.add_argument_group("run")

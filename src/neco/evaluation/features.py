@@ -126,10 +126,9 @@ def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[
     except ValueError:
         return tensors
     official.pop("mask_token", None)
-    pos = official.get("pos_embed")
-    if "register_tokens" in official and "cls_token" in official and pos is not None:
-        official["cls_token"] = official["cls_token"] + pos[:, :1]
-        official["pos_embed"] = pos[:, 1:]
+    if {"register_tokens", "cls_token", "pos_embed"} <= official.keys():
+        official["cls_token"] = official["cls_token"] + official["pos_embed"][:, :1]
+        official["pos_embed"] = official["pos_embed"][:, 1:]
     return official
 
 

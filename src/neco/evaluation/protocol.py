@@ -143,11 +143,10 @@ class RunContext:
     @contextlib.contextmanager
     def timer(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to `timings[name + '_s']`."""
-        start = time.perf_counter()
+        key, start = f"{name}_s", time.perf_counter()
         try:
             yield
         finally:
-            key = f"{name}_s"
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     def warn(self, message: str) -> None:
