@@ -16,10 +16,9 @@ from neco.evaluation.protocol import (
     Protocol,
     ProtocolOutput,
     RunSettings,
-    get_protocol,
-    protocol_names,
     register_protocol,
 )
+from neco.evaluation.registry import get_protocol, protocol_names
 from neco.evaluation.runner import Evaluation, evaluate
 
 __all__ = [

@@ -1,4 +1,4 @@
-"""The `Protocol` abstraction, its registry (lookup by name) and the run context every protocol receives.
+"""The `Protocol` abstraction, its registry and the run context every protocol receives.
 
 A protocol is one module in `neco/evaluation/protocols/` holding a `Protocol` subclass decorated
 with `@register_protocol`. It declares its name, its typed settings (a dataclass of `option(...)`
@@ -11,13 +11,9 @@ figures) is shared: see `neco.evaluation.runner.evaluate` and `neco eval`.
 from __future__ import annotations
 
 import contextlib
-import difflib
-import importlib
-import pkgutil
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -37,8 +33,6 @@ __all__ = [
     "RunContext",
     "register_protocol",
     "registered_protocols",
-    "protocol_names",
-    "get_protocol",
 ]
 
 
@@ -234,30 +228,5 @@ def register_protocol(cls: type[Protocol]) -> type[Protocol]:
 
 
 def registered_protocols() -> dict[str, type[Protocol]]:
-    """Every registered protocol by name: those of `neco/evaluation/protocols/` and any registered since."""
-    _discover()
+    """The protocols registered so far (see `neco.evaluation.registry` for discovery by name)."""
     return _REGISTRY
-
-
-@cache
-def _discover() -> None:
-    """Import every module of `neco.evaluation.protocols` once (each registers its protocol)."""
-    import neco.evaluation.protocols as package
-
-    for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
-        importlib.import_module(f"{package.__name__}.{info.name}")
-
-
-def protocol_names() -> list[str]:
-    """Names of every registered protocol, sorted."""
-    return sorted(registered_protocols())
-
-
-def get_protocol(name: str) -> Protocol:
-    """An instance of the protocol called `name`; ValueError listing the known names otherwise."""
-    known = registered_protocols()
-    if name not in known:
-        close = difflib.get_close_matches(name, list(known), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(f"protocol must be one of {sorted(known)} but is {name!r}{hint}")
-    return known[name]()

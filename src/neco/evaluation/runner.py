@@ -14,7 +14,8 @@ import torch
 
 from neco.evaluation.features import Features
 from neco.evaluation.options import validate
-from neco.evaluation.protocol import EvalData, ProtocolOutput, RunContext, RunSettings, get_protocol
+from neco.evaluation.protocol import EvalData, ProtocolOutput, RunContext, RunSettings
+from neco.evaluation.registry import get_protocol
 from neco.evaluation.schema import SCHEMA_VERSION, environment, jsonable, validate_result, write_result
 from neco.utils.io import ensure_writable_dir
 
