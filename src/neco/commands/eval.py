@@ -40,13 +40,11 @@ def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
     if protocol.needs_train:
         voc = protocol.default_train_split("voc")
         default = "train" if voc == "train" else f"{voc} for voc, else train"
-        data.add_argument("--train-split", default=None, help=f"training split (default: {default})")
+        data.add_argument("--train-split", help=f"training split (default: {default})")
     add_backbone_options(parser.add_argument_group("backbone"))
     run = parser.add_argument_group("run")
     add_options(run, RunSettings)
-    run.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: eval_out/<backbone>/<protocol>)"
-    )
+    run.add_argument("--out", type=Path, help="output folder (default: eval_out/<backbone>/<protocol>)")
 
 
 def register(subparsers: Any) -> None:

@@ -207,10 +207,9 @@ def load_backbone(
     try:
         model = backbones.create(
             name, pretrained=pretrained and weights is None, weights=weights, which=which
-        )
+        ).eval()
     except ValueError as err:
         if "has no pretrained weights" not in str(err):
             raise
         raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
-    model.eval()
     return model, {**backbone_identity(model, name, weights), "which": which}
