@@ -13,17 +13,23 @@ import sys
 from pathlib import Path
 from typing import Any
 
+# register() needs the protocols (and so torch) and the dataset names to build its options: nothing
+# would be gained by importing inside the functions
+import torch
+
+from neco.commands._backbone import add_backbone_options, load_backbone_of
+from neco.data import SEGMENTATION_DATASETS
+from neco.evaluation import Features, RunSettings, evaluate, get_protocol, protocol_names
+from neco.evaluation.options import add_options, from_args
+from neco.evaluation.runner import resolve_device
+from neco.utils.logging import get_logger
+
 __all__ = ["register"]
 
 _FORMATTER = argparse.RawDescriptionHelpFormatter
 
 
 def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
-    from neco.commands._backbone import add_backbone_options
-    from neco.data import SEGMENTATION_DATASETS
-    from neco.evaluation.options import add_options
-    from neco.evaluation.protocol import RunSettings
-
     names = protocol.datasets or tuple(sorted(SEGMENTATION_DATASETS))
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", required=True, choices=names, help=f"dataset layout ({', '.join(names)})")
@@ -32,23 +38,17 @@ def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
         "--val-split", default=protocol.val_split, help=f"split scored (default: {protocol.val_split})"
     )
     if protocol.needs_train:
-        default = (
-            "trainaug for voc, else train" if protocol.default_train_split("voc") == "trainaug" else "train"
-        )
-        data.add_argument("--train-split", default=None, help=f"training split (default: {default})")
+        voc = protocol.default_train_split("voc")
+        default = "train" if voc == "train" else f"{voc} for voc, else train"
+        data.add_argument("--train-split", help=f"training split (default: {default})")
     add_backbone_options(parser.add_argument_group("backbone"))
     run = parser.add_argument_group("run")
     add_options(run, RunSettings)
-    run.add_argument(
-        "--out", type=Path, default=None, help="output folder (default: eval_out/<backbone>/<protocol>)"
-    )
+    run.add_argument("--out", type=Path, help="output folder (default: eval_out/<backbone>/<protocol>)")
 
 
 def register(subparsers: Any) -> None:
     """Add `neco eval` with one sub-command per registered protocol."""
-    from neco.evaluation.options import add_options
-    from neco.evaluation.registry import get_protocol, protocol_names
-
     names = protocol_names()
     parser = subparsers.add_parser(
         "eval",
@@ -74,21 +74,11 @@ def _default_out(backbone: str, protocol: str) -> Path:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import torch
-
-    from neco.commands._backbone import load_backbone_of
-    from neco.evaluation import Features, evaluate, get_protocol
-    from neco.evaluation.options import from_args, validate
-    from neco.evaluation.protocol import RunSettings
-    from neco.evaluation.runner import resolve_device
-    from neco.utils.logging import get_logger
-
     log = get_logger("neco.eval")
     protocol = get_protocol(args.protocol)
+    # from_args validates: every option is checked before data or weights are read
     settings = from_args(protocol.settings_class, args)
     run = from_args(RunSettings, args)
-    validate(settings)  # every option is checked before data or weights are read
-    validate(run)
     device = resolve_device(run.device)
     data = protocol.load_data(
         args.dataset, args.data_root, getattr(args, "train_split", None), args.val_split, settings

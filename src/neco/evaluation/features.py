@@ -70,23 +70,19 @@ class Features:
     ) -> Features:
         """Features of a neco backbone (anything with `forward_features`, `patch_size`), moved to `device`."""
         model = model.to(device).eval()
-        attention = getattr(model, "get_last_self_attention", None)
         return cls(
             lambda images: patch_grid(model, images),
             int(model.patch_size),
-            attention_fn=attention,
+            attention_fn=getattr(model, "get_last_self_attention", None),
             num_register_tokens=int(getattr(model, "num_register_tokens", 0)),
             device=device,
             precision=precision,
             name=str(getattr(getattr(model, "config", None), "name", type(model).__name__)),
         )
 
-    @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Patch grids (B, D, H/p, W/p) float32 of normalised images (B, 3, H, W)."""
-        with autocast(self.device, self.precision):
-            grid = self.grid_fn(images.to(self.device, non_blocking=True))
-        return grid.float()
+        return self._forward(self.grid_fn, images).float()
 
     def require_attention(self) -> None:
         """Raise a ValueError naming the backbone when it exposes no last-block attention."""
@@ -96,13 +92,16 @@ class Features:
                 "the attention-based protocols (attention, unsupervised) cannot run on it"
             )
 
-    @torch.no_grad()
     def attention(self, images: torch.Tensor) -> torch.Tensor:
         """Last-block attention probabilities (B, heads, T, T) float32 on the CPU; tokens [CLS, registers, patches]."""
         self.require_attention()
+        return self._forward(self.attention_fn, images).float().cpu()
+
+    @torch.no_grad()
+    def _forward(self, fn: ImagesFn, images: torch.Tensor) -> torch.Tensor:
+        """`fn` of the images sent to the device, without gradients, under the `precision` autocast."""
         with autocast(self.device, self.precision):
-            attn = self.attention_fn(images.to(self.device, non_blocking=True))
-        return attn.float().cpu()
+            return fn(images.to(self.device, non_blocking=True))
 
 
 def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -127,10 +126,9 @@ def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[
     except ValueError:
         return tensors
     official.pop("mask_token", None)
-    pos = official.get("pos_embed")
-    if "register_tokens" in official and "cls_token" in official and pos is not None:
-        official["cls_token"] = official["cls_token"] + pos[:, :1]
-        official["pos_embed"] = pos[:, 1:]
+    if {"register_tokens", "cls_token", "pos_embed"} <= official.keys():
+        official["cls_token"] = official["cls_token"] + official["pos_embed"][:, :1]
+        official["pos_embed"] = official["pos_embed"][:, 1:]
     return official
 
 
@@ -144,9 +142,7 @@ def state_dict_checksum(model: torch.nn.Module | dict[str, torch.Tensor]) -> str
     digest = hashlib.sha256()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
-        digest.update(name.encode())
-        digest.update(str(tensor.dtype).encode())
-        digest.update(str(tuple(tensor.shape)).encode())
+        digest.update(f"{name}{tensor.dtype}{tuple(tensor.shape)}".encode())
         # view as bytes so every dtype (bf16 included) hashes its exact bit pattern
         digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
@@ -177,7 +173,7 @@ def resolve_backbone(
     """
     from neco.backbones.weights import read_checkpoint
 
-    path = Path(spec)
+    path, name, resolved = Path(spec), spec, weights
     if weights is None and (path.suffix in CHECKPOINT_SUFFIXES or path.is_file()):
         if not path.is_file():
             raise FileNotFoundError(f"--backbone {spec}: checkpoint file not found")
@@ -188,10 +184,8 @@ def resolve_backbone(
                 "for other weight files pass --backbone NAME --weights FILE"
             )
         name, resolved = str(checkpoint["backbone"]), path
-    else:
-        if weights is not None and not Path(weights).is_file():
-            raise FileNotFoundError(f"--weights {weights}: file not found")
-        name, resolved = spec, weights
+    elif weights is not None and not Path(weights).is_file():
+        raise FileNotFoundError(f"--weights {weights}: file not found")
     if random_init and resolved is not None:
         given = f"--weights {weights}" if weights is not None else f"--backbone {spec}"
         raise ValueError(f"`--random-init` and `{given}` contradict each other: give one of them")
@@ -213,10 +207,9 @@ def load_backbone(
     try:
         model = backbones.create(
             name, pretrained=pretrained and weights is None, weights=weights, which=which
-        )
+        ).eval()
     except ValueError as err:
         if "has no pretrained weights" not in str(err):
             raise
         raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
-    model.eval()
     return model, {**backbone_identity(model, name, weights), "which": which}

@@ -2,8 +2,8 @@
 
 A settings class is a dataclass whose fields are made with `option(default, help, ...)`. The same
 declaration gives the `neco eval` options (`add_options`), builds the settings from parsed
-arguments (`from_args`) and validates them (`validate`: bounds and choices, with messages that
-name the option). Example:
+arguments (`from_args`) and validates them (`validate`, which `from_args` calls: bounds and
+choices, with messages that name the option). Example:
 
     @dataclass
     class ProbeSettings:
@@ -52,9 +52,7 @@ def option(
     }
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    if default is _MISSING:
-        return dataclasses.field(metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)  # MISSING: a required field
 
 
 def flag_of(field: dataclasses.Field) -> str:
@@ -71,11 +69,6 @@ def parse_fraction(text: str | float) -> float:
     if not 0.0 < value <= 1.0:
         raise ValueError(f"a fraction must be in (0, 1] but is {text!r}")
     return value
-
-
-def _resolve(cls: type) -> dict[str, Any]:
-    module = __import__(cls.__module__, fromlist=["_"])
-    return typing.get_type_hints(cls, vars(module))
 
 
 def _base(annotation: Any) -> tuple[Any, bool]:
@@ -114,51 +107,45 @@ def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any
             name = field.name.upper()
             kwargs.setdefault("metavar", name[:-3] + "Y" if name.endswith("IES") else name.removesuffix("S"))
         return {**kwargs, "type": args[0], "nargs": "+" if variadic else len(args)}
+    kind = base if base in (int, float, str, Path) else str
     if optional and base in (int, float):
-        return {
-            **kwargs,
-            "type": lambda text, kind=base: None if text.lower() in ("none", "null") else kind(text),
-        }
-    return {**kwargs, "type": base if base in (int, float, str, Path) else str}
+        return {**kwargs, "type": lambda text: None if text.lower() in ("none", "null") else kind(text)}
+    return {**kwargs, "type": kind}
 
 
-def add_options(group: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
+def add_options(group: Any, cls: type) -> None:
     """Add one option per CLI field of the settings dataclass `cls` to an argparse parser or group."""
-    hints = _resolve(cls)
+    hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if not field.metadata.get("cli", True) or field.name in skip:
-            continue
-        group.add_argument(flag_of(field), **_argparse_kwargs(field, hints[field.name]))
+        if field.metadata.get("cli", True):
+            group.add_argument(flag_of(field), **_argparse_kwargs(field, hints[field.name]))
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
-    """Build the settings `cls` from parsed arguments (fields absent from `args` keep their defaults)."""
-    hints = _resolve(cls)
+    """The validated settings `cls` of parsed arguments (fields absent from `args` keep their defaults)."""
+    hints = typing.get_type_hints(cls)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     for name, value in values.items():
         if typing.get_origin(_base(hints[name])[0]) is tuple and isinstance(value, list):
             values[name] = tuple(value)  # argparse's nargs gives lists
-    return cls(**{**values, **overrides})
+    settings = cls(**{**values, **overrides})
+    validate(settings)
+    return settings
 
 
 def validate(settings: Any) -> None:
     """Check every field's choices and bounds, then the class's own `check()`; ValueError names the option."""
     for field in dataclasses.fields(settings):
-        meta, value = field.metadata, getattr(settings, field.name)
-        name = flag_of(field)
-        choices = meta.get("choices")
-        if choices and value not in choices:
-            raise ValueError(f"`{name}` must be one of {list(choices)} but is {value!r}")
-        values = value if isinstance(value, tuple | list) else (value,)
-        for item in values:
-            if item is None or isinstance(item, bool) or not isinstance(item, int | float):
-                continue
-            low, high = meta.get("minimum"), meta.get("maximum")
-            if low is not None and (item <= low if meta.get("exclusive_minimum") else item < low):
-                relation = ">" if meta.get("exclusive_minimum") else ">="
-                raise ValueError(f"`{name}` must be {relation} {low} but is {value}")
+        meta, value, name = field.metadata, getattr(settings, field.name), flag_of(field)
+        if meta.get("choices") and value not in meta["choices"]:
+            raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but is {value!r}")
+        low, high, exclusive = meta.get("minimum"), meta.get("maximum"), meta.get("exclusive_minimum")
+        for item in value if isinstance(value, tuple | list) else (value,):
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                continue  # bounds apply to numbers (None, text and flags have none)
+            if low is not None and (item <= low if exclusive else item < low):
+                raise ValueError(f"`{name}` must be {'>' if exclusive else '>='} {low} but is {value}")
             if high is not None and item > high:
                 raise ValueError(f"`{name}` must be <= {high} but is {value}")
-    check = getattr(settings, "check", None)
-    if callable(check):
-        check()
+    if hasattr(settings, "check"):
+        settings.check()

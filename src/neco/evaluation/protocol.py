@@ -137,11 +137,10 @@ class RunContext:
     @contextlib.contextmanager
     def timer(self, name: str) -> Iterator[None]:
         """Add the wall time of the block to `timings[name + '_s']`."""
-        start = time.perf_counter()
+        key, start = f"{name}_s", time.perf_counter()
         try:
             yield
         finally:
-            key = f"{name}_s"
             self.timings[key] = self.timings.get(key, 0.0) + time.perf_counter() - start
 
     def warn(self, message: str) -> None:
@@ -181,11 +180,8 @@ class Protocol:
         from neco.data import build_segmentation_dataset
 
         val = build_segmentation_dataset(dataset, root, val_split or self.val_split)
-        train = None
-        if self.needs_train:
-            train = build_segmentation_dataset(
-                dataset, root, train_split or self.default_train_split(dataset)
-            )
+        train_split = train_split or self.default_train_split(dataset)
+        train = build_segmentation_dataset(dataset, root, train_split) if self.needs_train else None
         return EvalData(val=val, train=train, name=dataset, root=str(Path(root).resolve()))
 
     def run(self, features: Features, data: EvalData, settings: Any, ctx: RunContext) -> ProtocolOutput:

@@ -5,24 +5,20 @@ from __future__ import annotations
 import difflib
 import importlib
 import pkgutil
+from functools import cache
 
 from neco.evaluation.protocol import Protocol, registered_protocols
 
 __all__ = ["get_protocol", "protocol_names"]
 
-_DISCOVERED = False
 
-
+@cache
 def _discover() -> None:
     """Import every module of `neco.evaluation.protocols` once (each registers its protocol)."""
-    global _DISCOVERED
-    if _DISCOVERED:
-        return
     import neco.evaluation.protocols as package
 
     for info in sorted(pkgutil.iter_modules(package.__path__), key=lambda m: m.name):
         importlib.import_module(f"{package.__name__}.{info.name}")
-    _DISCOVERED = True
 
 
 def protocol_names() -> list[str]:

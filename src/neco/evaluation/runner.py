@@ -17,6 +17,7 @@ from neco.evaluation.options import validate
 from neco.evaluation.protocol import EvalData, ProtocolOutput, RunContext, RunSettings
 from neco.evaluation.registry import get_protocol
 from neco.evaluation.schema import SCHEMA_VERSION, environment, jsonable, validate_result, write_result
+from neco.utils.io import ensure_writable_dir
 
 __all__ = ["Evaluation", "evaluate", "resolve_device", "check_divisible"]
 
@@ -109,10 +110,8 @@ def evaluate(
         try:
             output = protocol.run(features, data, settings, ctx)
         except ValueError as err:
-            plain = _unwrapped(err)
-            if plain is err:
-                raise
-            raise plain from err
+            _raise_unwrapped(err)
+            raise
     headline_name, headline_value = protocol.headline(output.metrics)
     result: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -137,10 +136,11 @@ def evaluate(
     }
     result = jsonable(result)
     validate_result(result)
-    evaluation = Evaluation(result=result, output=output)
     if out_dir is not None:
-        write_evaluation(evaluation, features, data, Path(out_dir))
-    return evaluation
+        out_dir = ensure_writable_dir(out_dir, "--out")
+        result["figures"] = [Path(p).name for p in protocol.figures(output, features, data, out_dir)]
+        write_result(out_dir / f"{name}.json", result)
+    return Evaluation(result=result, output=output)
 
 
 def _without_unreadable_images(data: EvalData, ctx: RunContext) -> EvalData:
@@ -148,32 +148,18 @@ def _without_unreadable_images(data: EvalData, ctx: RunContext) -> EvalData:
     splits = {}
     for role in ("val", "train"):
         dataset = getattr(data, role)
-        if dataset is None or not hasattr(dataset, "without_unreadable_images"):
-            splits[role] = dataset
-            continue
-        splits[role], skipped = dataset.without_unreadable_images()
-        if skipped:
-            ctx.warnings.append(
-                f"--skip-bad-images: left out {len(skipped)} unreadable {role} image(s), e.g. {skipped[0]}"
-            )
+        if hasattr(dataset, "without_unreadable_images"):  # a missing split (None) is kept as it is
+            splits[role], skipped = dataset.without_unreadable_images()
+            if skipped:
+                ctx.warn(
+                    f"--skip-bad-images: left out {len(skipped)} unreadable {role} image(s), e.g. {skipped[0]}"
+                )
     return dataclasses.replace(data, **splits)
 
 
-def _unwrapped(err: ValueError) -> ValueError:
-    """The message of a ValueError raised in a DataLoader worker, without the worker's traceback text."""
+def _raise_unwrapped(err: ValueError) -> None:
+    """Raise the message of a ValueError raised in a DataLoader worker, without the worker's traceback text."""
     text = str(err)
-    if "DataLoader worker" not in text or "Traceback" not in text:
-        return err
     last = [line for line in text.strip().splitlines() if line.startswith("ValueError: ")]
-    return ValueError(last[-1].removeprefix("ValueError: ")) if last else err
-
-
-def write_evaluation(evaluation: Evaluation, features: Features, data: EvalData, out_dir: Path) -> Path:
-    """Write the figures and `<protocol>.json` into `out_dir`; returns the JSON path."""
-    from neco.utils.io import ensure_writable_dir
-
-    out_dir = ensure_writable_dir(out_dir, "--out")
-    protocol = get_protocol(evaluation.result["protocol"])
-    figures = protocol.figures(evaluation.output, features, data, out_dir)
-    evaluation.result["figures"] = [Path(p).name for p in figures]
-    return write_result(out_dir / f"{protocol.name}.json", evaluation.result)
+    if "DataLoader worker" in text and "Traceback" in text and last:
+        raise ValueError(last[-1].removeprefix("ValueError: ")) from err

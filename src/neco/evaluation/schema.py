@@ -29,16 +29,15 @@ SCHEMA_VERSION = 1
 @cache
 def result_schema() -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) every result file satisfies."""
-    text = resources.files("neco.evaluation").joinpath("result.schema.json").read_text()
-    return json.loads(text)
+    return json.loads(resources.files("neco.evaluation").joinpath("result.schema.json").read_text())
 
 
 def validate_result(result: dict[str, Any]) -> None:
     """Raise ValueError naming the first field of `result` that breaks the schema."""
     import jsonschema
 
-    validator = jsonschema.Draft202012Validator(result_schema())
-    error = next(iter(sorted(validator.iter_errors(result), key=lambda e: list(e.absolute_path))), None)
+    errors = jsonschema.Draft202012Validator(result_schema()).iter_errors(result)
+    error = min(errors, key=lambda e: list(e.absolute_path), default=None)  # the first field in order
     if error is not None:
         where = "/".join(str(p) for p in error.absolute_path) or "(top level)"
         raise ValueError(f"result field {where}: {error.message}")
