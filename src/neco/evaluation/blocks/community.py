@@ -68,8 +68,7 @@ def cooccurrence(
 
 def cooccurrence_graph(counts: np.ndarray, threshold: float) -> np.ndarray:
     """Symmetric weights (k, k) in [0, 1]: C_ab / sqrt(C_a C_b) off the diagonal, below `threshold` zeroed."""
-    sym = counts.astype(np.float64)
-    sym = 0.5 * (sym + sym.T)
+    sym = 0.5 * (counts + counts.T).astype(np.float64)
     np.fill_diagonal(sym, 0.0)
     strength = sym.sum(1)
     norm = np.sqrt(np.outer(strength, strength))
@@ -175,19 +174,12 @@ def search_cd(
 
     # our own bar (optuna's is experimental and logs a warning); one tick per finished trial
     with tqdm(total=int(trials), desc="community search", disable=not progress, leave=False) as bar:
-        study.optimize(
-            objective,
-            n_trials=int(trials),
-            show_progress_bar=False,
-            callbacks=[lambda *_: bar.update()],
-        )
+        study.optimize(objective, n_trials=int(trials), callbacks=[lambda *_: bar.update()])
     best = study.best_trial
     return {
-        "k": int(best.params["k"]),
-        "threshold": float(best.params["threshold"]),
-        "markov_time": float(best.params["markov_time"]),
-        "train_miou": float(best.value),
-        "train_num_communities": int(best.user_attrs["num_communities"]),
+        **best.params,  # k, threshold, markov_time (python numbers, in the order suggested)
+        "train_miou": best.value,
+        "train_num_communities": best.user_attrs["num_communities"],
         "trials": int(trials),
         "sampler": "optuna-tpe",
     }
