@@ -84,12 +84,8 @@ class MemoryBank:
             raise ValueError(f"`dtype` must be torch.float32 or torch.float16 but is {dtype}")
         self.features = torch.empty(capacity, dim, dtype=dtype, device=device)
         self.labels = torch.empty(capacity, num_classes, dtype=torch.float16, device=device)
-        self.size = 0
-
-    @property
-    def capacity(self) -> int:
-        """Number of rows allocated."""
-        return self.features.shape[0]
+        self.capacity = capacity  # rows allocated
+        self.size = 0  # rows filled
 
     def add(self, features: torch.Tensor, histograms: torch.Tensor, normalised: bool = False) -> None:
         """Append (n, D) features (L2-normalised here unless `normalised`) and (n, C) label histograms."""
@@ -98,13 +94,9 @@ class MemoryBank:
             raise ValueError(
                 f"memory bank overflow: {self.size} + {n} rows exceed the capacity {self.capacity}"
             )
-        rows = slice(self.size, self.size + n)
-        self.features[rows] = (features if normalised else F.normalize(features.float(), dim=-1)).to(
-            self.features
-        )
-        self.labels[rows] = (histograms / histograms.sum(dim=-1, keepdim=True).clamp_min(1e-12)).to(
-            self.labels
-        )
+        rows = slice(self.size, self.size + n)  # slice assignment casts to the bank's dtype and device
+        self.features[rows] = features if normalised else F.normalize(features.float(), dim=-1)
+        self.labels[rows] = histograms / histograms.sum(dim=-1, keepdim=True).clamp_min(1e-12)
         self.size += n
 
     def stored(self) -> tuple[torch.Tensor, torch.Tensor]:
