@@ -47,11 +47,9 @@ def foreground_masks(
     per_head: bool = False,
 ) -> torch.Tensor:
     """Bool foreground masks (B, h, w), or (B, heads, h, w) with `per_head`, from (B, heads, T, T) attention."""
-    b, heads = attn.shape[:2]
-    if per_head:  # every head as an image of its own: (B * heads, 1, T, T)
-        attn = attn.reshape(b * heads, 1, *attn.shape[2:])
-    masks = attention_foreground(attn, num_register_tokens, grid, mass=mass, sigma=sigma)
-    masks = masks.reshape(b, heads, *masks.shape[-2:]) if per_head else masks  # (B, [heads,] h, w)
+    images = attn.flatten(0, 1)[:, None] if per_head else attn  # per head: each head an image
+    masks = attention_foreground(images, num_register_tokens, grid, mass=mass, sigma=sigma)
+    masks = masks.unflatten(0, attn.shape[:2]) if per_head else masks  # (B, [heads,] h, w)
     return remove_small_components(masks, min_component)
 
 
