@@ -68,29 +68,24 @@ class Attention(Protocol):
         size = (ctx.input_size,) * 2
         options = {"mass": settings.mass, "sigma": settings.sigma, "min_component": settings.min_component}
         regs = features.num_register_tokens
-        inters, unions = [], []  # (B, 1 + heads) each: the head-merged mask, then every head
+        counts = []  # (intersection, union) per batch, (B, 1 + heads) each: head-merged mask, then every head
         keeper = ctx.keeper()
         for images, masks, _ in ctx.batches(val, "attention"):
             attn = features.attention(images)  # (B, heads, T, T)
             fg, valid = gt_foreground(masks, val.ignore_index)
             merged = resize_ids(foreground_masks(attn, regs, grid, **options), size)
             heads = resize_ids(foreground_masks(attn, regs, grid, **options, per_head=True), size)
-            inter, union = jaccard_counts(torch.cat([merged[:, None], heads], 1), fg[:, None], valid[:, None])
-            inters.append(inter)
-            unions.append(union)
+            counts.append(jaccard_counts(torch.cat([merged[:, None], heads], 1), fg[:, None], valid[:, None]))
             keeper.offer(images=images, masks=torch.where(valid, fg.long(), 255), predictions=merged.long())
-        inter, union = torch.cat(inters).numpy(), torch.cat(unions).numpy()
-        merged_summary, *heads_summary = [
-            jaccard_summary(inter[:, i], union[:, i]) for i in range(inter.shape[1])
-        ]
-        num_heads = len(heads_summary)
+        inter, union = (torch.cat(parts).numpy() for parts in zip(*counts))
+        merged_summary, *heads_summary = [jaccard_summary(i, u) for i, u in zip(inter.T, union.T)]
         best = int(np.argmax([s["jaccard"] for s in heads_summary]))
         metrics = {
             "head_merged": merged_summary,
             "best_head": {**heads_summary[best], "head": best},
             "per_head": heads_summary,
         }
-        resolved = {"grid": list(grid), "num_register_tokens": regs, "num_heads": num_heads}
+        resolved = {"grid": list(grid), "num_register_tokens": regs, "num_heads": len(heads_summary)}
         return ProtocolOutput(metrics=metrics, settings=resolved, examples=keeper.examples())
 
     def figures(self, output: ProtocolOutput, features: Features, data: EvalData, out_dir: Any) -> list[Any]:
