@@ -37,14 +37,10 @@ class ExampleKeeper:
         take = self.limit - self.count
         if take <= 0:
             return
-        n = 0
-        for key, value in tensors.items():
-            if value is None:
-                continue
-            part = value[:take].detach().cpu()
+        kept = {key: value[:take].detach().cpu() for key, value in tensors.items() if value is not None}
+        for key, part in kept.items():
             self.parts.setdefault(key, []).append(part)
-            n = part.shape[0]
-        self.count += n
+        self.count += max((len(part) for part in kept.values()), default=0)  # items of one batch
 
     def examples(self) -> Examples | None:
         """The kept items, or None when nothing was kept."""
