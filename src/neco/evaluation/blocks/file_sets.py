@@ -30,9 +30,7 @@ def published_ids(dataset: str, split: str, fraction: float, seed: int) -> list[
     path = resources.files("neco.evaluation").joinpath(
         f"file_sets/{folder}/1_div_{frac.denominator}/{prefix}_{frac.denominator}_{seed}.txt"
     )
-    if not path.is_file():
-        return None
-    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return path.read_text().split() if path.is_file() else None  # one id per line, none with spaces
 
 
 def select_subset(dataset: Any, fraction: float, seed: int, mode: str = "auto") -> tuple[Any, dict[str, Any]]:

@@ -39,8 +39,7 @@ def _cell_centres(height: int, width: int, size: tuple[int, int], device: torch.
     """(height * width, 2) centres (x, y) of the grid cells in pixels of an image of (W, H) `size`."""
     ys = (torch.arange(height, device=device, dtype=torch.float32) + 0.5) * (size[1] / height)
     xs = (torch.arange(width, device=device, dtype=torch.float32) + 0.5) * (size[0] / width)
-    grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)  # (h*w, 2)
+    return torch.cartesian_prod(ys, xs).flip(1)  # (h*w, 2), rows in row-major cell order
 
 
 def transfer_keypoints(

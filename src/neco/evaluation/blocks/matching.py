@@ -75,8 +75,7 @@ def apply_mapping(confusion: np.ndarray | torch.Tensor, mapping: np.ndarray) -> 
 
 def map_ids(pred: torch.Tensor, mapping: np.ndarray, unmatched: int = 255) -> torch.Tensor:
     """Class-id maps of prediction-id maps through `mapping`; ids mapped to no class (-1) become `unmatched`."""
-    mapped = torch.from_numpy(mapping)[pred]
-    return torch.where(mapped < 0, torch.full_like(mapped, unmatched), mapped)
+    return torch.from_numpy(np.where(mapping < 0, unmatched, mapping))[pred]
 
 
 def matched_miou(

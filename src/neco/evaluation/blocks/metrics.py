@@ -26,10 +26,9 @@ def iou_from_confusion(matrix: np.ndarray | torch.Tensor) -> np.ndarray:
     m = torch.as_tensor(matrix).to(torch.float64).cpu().numpy()
     if m.ndim != 2 or m.shape[1] < m.shape[0]:
         raise ValueError(f"`matrix` must be (C, P) with P >= C but is {tuple(m.shape)}")
-    num_classes = m.shape[0]
-    tp = np.diag(m[:, :num_classes])
+    tp = np.diag(m)  # (C,): the diagonal of the first C columns
     target_total = m.sum(axis=1)  # TP + FN, unmatched predictions included
-    pred_total = m[:, :num_classes].sum(axis=0)  # TP + FP
+    pred_total = m[:, : len(tp)].sum(axis=0)  # TP + FP
     union = target_total + pred_total - tp
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(union > 0, tp / np.maximum(union, 1e-300), np.nan)
@@ -119,8 +118,8 @@ class ConfusionMatrix:
         """Fraction of counted pixels whose prediction equals the target."""
         m = self.numpy()
         total = m.sum()
-        k = min(self.num_classes, self.num_predictions)
-        return float(np.trace(m[:k, :k]) / total) if total > 0 else float("nan")
+        # the trace of a (C, P) matrix sums its first min(C, P) diagonal entries
+        return float(np.trace(m) / total) if total > 0 else float("nan")
 
     def summary(self, class_names: list[str] | tuple[str, ...] | None = None) -> dict:
         """mIoU (percent), pixel accuracy and per-class IoU (percent, None when absent) for a result file."""

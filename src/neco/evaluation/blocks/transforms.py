@@ -56,10 +56,8 @@ def resize_ids(ids: torch.Tensor | np.ndarray, size: int | tuple[int, int]) -> t
     size = (size, size) if isinstance(size, int) else tuple(size)
     if tuple(ids.shape[-2:]) == size:
         return ids
-    lead = ids.shape[:-2]
-    flat = ids.reshape(-1, 1, *ids.shape[-2:]).float()
-    out = F.interpolate(flat, size=size, mode="nearest-exact")[:, 0]  # (N, *size)
-    return out.round().to(ids.dtype).reshape(*lead, *size)
+    out = F.interpolate(ids.reshape(-1, 1, *ids.shape[-2:]).float(), size=size, mode="nearest-exact")
+    return out.round().to(ids.dtype).reshape(*ids.shape[:-2], *size)  # (N, 1, *size) -> (..., *size)
 
 
 def _uniform(low: float, high: float, generator: torch.Generator) -> float:

@@ -75,7 +75,6 @@ class _PairTensors(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         pair = self.dataset[index]
-        square = (self.input_size, self.input_size)
         valid = pair.valid
         src_kps = np.where(valid[:, None], pair.src_kps, np.nan)
         trg_kps = np.where(valid[:, None], pair.trg_kps, np.nan)
@@ -84,7 +83,7 @@ class _PairTensors(torch.utils.data.Dataset):
             "src": to_input(pair.src_image, self.input_size),
             "trg": to_input(pair.trg_image, self.input_size),
             "src_kps": torch.as_tensor(
-                resize_keypoints(src_kps, pair.src_image.size, square), dtype=torch.float32
+                resize_keypoints(src_kps, pair.src_image.size, (self.input_size,) * 2), dtype=torch.float32
             ),
             "trg_kps": torch.as_tensor(trg_kps, dtype=torch.float64),
             "trg_size": torch.tensor(pair.trg_image.size, dtype=torch.float64),
@@ -134,20 +133,16 @@ class Correspondence(Protocol):
 
     def headline(self, metrics: dict[str, Any]) -> tuple[str, float]:
         """PCK@0.1 against the box (or the first threshold)."""
-        key = (
-            "pck_bbox@0.1"
-            if "pck_bbox@0.1" in metrics
-            else next(k for k in metrics if k.startswith("pck_bbox@"))
-        )
+        first = next(k for k in metrics if k.startswith("pck_bbox@"))
+        key = "pck_bbox@0.1" if "pck_bbox@0.1" in metrics else first
         return key, float(metrics[key])
 
     def figures(self, output: ProtocolOutput, features: Features, data: EvalData, out_dir: Any) -> list[Any]:
         """Source and target keypoints with the transferred ones, correct in green."""
         from neco.viz.keypoints import save_keypoint_figure
 
-        if not output.examples:
-            return []
-        return [save_keypoint_figure(output.examples, out_dir / "correspondence_keypoints.png")]
+        path = out_dir / "correspondence_keypoints.png"
+        return [save_keypoint_figure(output.examples, path)] if output.examples else []
 
     def run(  # noqa: C901 - one pass over the pairs collects every breakdown
         self, features: Features, data: EvalData, config: CorrespondenceSettings, ctx: RunContext
@@ -167,26 +162,17 @@ class Correspondence(Protocol):
             collate_fn=_collate,
         )
         square = (ctx.input_size, ctx.input_size)
+        matching = {key: getattr(config, key) for key in ("refine", "window", "temperature", "upsample")}
         # per kept keypoint, in pair order: error, reference sides (`bbox`, `image`) and pair index
         records: dict[str, list[np.ndarray]] = {k: [] for k in ("distance", "bbox", "image", "pair")}
         chance_parts: dict[str, list[np.ndarray]] = {}  # `pck_<kind>@<alpha>` -> per-keypoint chance
         pair_labels: dict[int, tuple[str, dict[str, int]]] = {}
         predictions: list[tuple[int, np.ndarray, float]] = []  # (index, (K, 2), box side) for the figure
         skipped = outside = empty_pairs = 0
-        grid: tuple[int, int] | None = None
         for batch in ctx.iterate(loader, "correspondence"):
-            count = batch["src"].shape[0]
-            grids = features(torch.cat([batch["src"], batch["trg"]]))  # (2B, D, h, w)
-            predicted = transfer_keypoints(
-                grids[:count],
-                grids[count:],
-                batch["src_kps"],
-                square,
-                refine=config.refine,
-                window=config.window,
-                temperature=config.temperature,
-                upsample=config.upsample,
-            ).cpu()  # (B, K, 2) input pixels
+            grids = features(torch.cat([batch["src"], batch["trg"]]))  # (2B, D, h, w): sources, then targets
+            # (B, K, 2) in input pixels
+            predicted = transfer_keypoints(*grids.chunk(2), batch["src_kps"], square, **matching).cpu()
             grid = (grids.shape[-2] * config.upsample, grids.shape[-1] * config.upsample)
             # back to original target pixels, in float64 for the distance arithmetic
             scale = batch["trg_size"] / torch.tensor(square, dtype=torch.float64)  # (B, 2)
@@ -213,11 +199,10 @@ class Correspondence(Protocol):
                     sides = torch.from_numpy(records[kind][-1])
                     chance = chance_pck(targets, sides, alpha, grid, square, sizes)
                     chance_parts.setdefault(f"pck_{kind}@{alpha:g}", []).append(chance.numpy())
-        distance = np.concatenate(records["distance"])
+        references = {key: np.concatenate(parts) for key, parts in records.items()}
+        distance, pair_index = references.pop("distance"), references.pop("pair")  # leaves `bbox`, `image`
         if len(distance) == 0:
             raise ValueError("no pair has a keypoint present in both images; nothing to evaluate")
-        references = {"bbox": np.concatenate(records["bbox"]), "image": np.concatenate(records["image"])}
-        pair_index = np.concatenate(records["pair"])
         categories = np.array([pair_labels[int(i)][0] for i in pair_index])
 
         metrics = summarise_pck(distance, references, pair_index, config.alphas)
@@ -255,7 +240,7 @@ class Correspondence(Protocol):
             )
         metrics.update({"chance": chance, "per_category": per_category, "per_variation": per_variation})
         resolved = {
-            "matching_grid": list(grid) if grid else None,
+            "matching_grid": list(grid),  # the loop ran: the dataset is not empty
             "num_pairs": len(dataset),
             "num_pairs_evaluated": int(len(np.unique(pair_index))),
             "num_keypoints": int(len(distance)),

@@ -69,43 +69,34 @@ class LinearProbe(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """Logits (B, C, target, target) from features (B, D, h, w)."""
-        logits = self.conv(features)  # (B, C, h, w)
-        return F.interpolate(
-            logits, size=(self.target_size, self.target_size), mode="bilinear", align_corners=False
-        )
+        return F.interpolate(self.conv(features), size=self.target_size, mode="bilinear", align_corners=False)
 
 
 @torch.no_grad()
 def cache_features(
-    features_fn: Any,
-    batches: Any,
-    num_images: int,
-    target_size: int,
-    dtype: torch.dtype,
-    budget_bytes: float,
+    features_fn: Any, batches: Any, num_images: int, settings: LinearSettings
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Features (N, D, h, w) and target-size uint8 masks (N, T, T) of a whole split, held in CPU memory.
 
-    One pass of `features_fn` over (images, masks, _) batches; None when the cache would exceed `budget_bytes`.
+    One pass of `features_fn` over (images, masks, dataset indices) batches, stored as
+    `settings.cache_dtype`; None when the cache would exceed `settings.cache_gb`.
     """
+    dtype, target_size = _CACHE_DTYPES[settings.cache_dtype], settings.target_size
     cache: tuple[torch.Tensor, torch.Tensor] | None = None
-    row = 0
-    for images, masks, _ in batches:
+    for images, masks, indices in batches:
         features = features_fn(images)
         if cache is None:
             _, dim, h, w = features.shape
             need = num_images * dim * h * w * torch.finfo(dtype).bits // 8 + num_images * target_size**2
-            if need > budget_bytes:
+            if need > settings.cache_gb * 2**30:
                 return None
             cache = (
                 torch.empty(num_images, dim, h, w, dtype=dtype),
                 torch.empty(num_images, target_size, target_size, dtype=torch.uint8),
             )
-        n = features.shape[0]
-        cache[0][row : row + n] = features.cpu().to(dtype)
+        cache[0][indices] = features.cpu().to(dtype)
         # uint8 holds class ids and the ignore label (<= 255)
-        cache[1][row : row + n] = resize_ids(masks, target_size).clamp(0, 255).to(torch.uint8)
-        row += n
+        cache[1][indices] = resize_ids(masks, target_size).clamp(0, 255).to(torch.uint8)
     return cache
 
 
@@ -133,14 +124,8 @@ class Linear(Protocol):
         cache = None
         if not augmented:
             with ctx.timer("cache"):
-                cache = cache_features(
-                    features,
-                    ctx.batches(train, "linear: caching features", transform),
-                    len(train),
-                    settings.target_size,
-                    _CACHE_DTYPES[settings.cache_dtype],
-                    settings.cache_gb * 2**30,
-                )
+                batches = ctx.batches(train, "linear: caching features", transform)
+                cache = cache_features(features, batches, len(train), settings)
             if cache is None:
                 ctx.warn(
                     f"the feature cache would exceed --cache-gb {settings.cache_gb}: features recomputed every epoch"
