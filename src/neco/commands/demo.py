@@ -49,14 +49,13 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         random_init=args.random_init,
         which=args.which,
+        train_steps=args.steps,
+        lr_backbone=args.lr,
+        teacher_steepness=args.teacher_steepness,
+        # --quick has its own budget unless --minutes is given
+        minutes=None if args.quick and args.minutes == 5.0 else args.minutes,
     )
-    if args.steps is not None:
-        options["train_steps"] = args.steps
-    if args.lr is not None:
-        options["lr_backbone"] = args.lr
-    if args.teacher_steepness is not None:
-        options["teacher_steepness"] = args.teacher_steepness
-    if not args.quick or args.minutes != 5.0:  # --quick has its own budget unless --minutes is given
-        options["minutes"] = args.minutes
-    run_demo((DemoConfig.quick if args.quick else DemoConfig)(**options))
+    # an option not given (None) leaves the setting's default (DemoConfig's, or --quick's)
+    given = {key: value for key, value in options.items() if value is not None}
+    run_demo((DemoConfig.quick if args.quick else DemoConfig)(**given))
     return 0
