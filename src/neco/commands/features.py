@@ -78,34 +78,31 @@ def _run(args: argparse.Namespace) -> int:
     kept: list[Path] = []
     skipped: list[str] = []
 
-    def batches():
-        for start in range(0, len(files), args.batch_size):
-            images = []
-            for path in files[start : start + args.batch_size]:
-                try:
-                    image = load_rgb(path)
-                except BadImageError as err:
-                    if not args.skip_bad_images:
-                        raise ValueError(
-                            f"{err}; pass --skip-bad-images to leave unreadable images out"
-                        ) from None
-                    skipped.append(str(path))
-                    continue
-                kept.append(path)
-                image = TF.resize(image, [size, size], antialias=True)
-                images.append(TF.normalize(TF.to_tensor(image), mean, std))
-            if images:
-                yield torch.stack(images)  # (B, 3, size, size)
-
-    class _Sized:
+    class _Batches:  # sized, so the progress bar knows its length
         def __len__(self) -> int:
             return (len(files) + args.batch_size - 1) // args.batch_size
 
         def __iter__(self):
-            return batches()
+            for start in range(0, len(files), args.batch_size):
+                images = []
+                for path in files[start : start + args.batch_size]:
+                    try:
+                        image = load_rgb(path)
+                    except BadImageError as err:
+                        if not args.skip_bad_images:
+                            raise ValueError(
+                                f"{err}; pass --skip-bad-images to leave unreadable images out"
+                            ) from None
+                        skipped.append(str(path))
+                        continue
+                    kept.append(path)
+                    image = TF.resize(image, [size, size], antialias=True)
+                    images.append(TF.normalize(TF.to_tensor(image), mean, std))
+                if images:
+                    yield torch.stack(images)  # (B, 3, size, size)
 
     try:
-        features = extract_features(model, _Sized(), device=device, progress=True)
+        features = extract_features(model, _Batches(), device=device, progress=True)
     except ValueError:
         if not kept and skipped:  # every input was skipped (other errors, e.g. an unreadable image, pass on)
             raise ValueError(f"no readable image among the {len(files)} inputs, e.g. {skipped[0]}") from None
