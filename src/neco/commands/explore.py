@@ -75,15 +75,12 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     device = resolve_device(args.device)
     backbones = []
-    for offset, (spec, weights) in enumerate(
-        [(args.backbone, args.weights), (args.compare, args.compare_weights)]
-    ):
-        if spec is None:
-            continue
-        torch.manual_seed(args.seed + offset)  # two --random-init backbones differ, each reproducibly
-        backbones.append(
-            load_named_backbone(spec, weights=weights, pretrained=not args.random_init, which=args.which)
-        )
+    for offset, spec, weights in ((0, args.backbone, args.weights), (1, args.compare, args.compare_weights)):
+        if spec is not None:
+            torch.manual_seed(args.seed + offset)  # two --random-init backbones differ, each reproducibly
+            backbones.append(
+                load_named_backbone(spec, weights=weights, pretrained=not args.random_init, which=args.which)
+            )
     patch = int(backbones[0][0].patch_size)
     size = args.input_size or max(1, round(448 / patch)) * patch
     check_divisible(size, patch)
