@@ -45,7 +45,6 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone",
-        default=None,
         metavar="NAME",
         help="registry name of the weights' architecture, checked by a strict load; needed by --format hf "
         "for config.json when the input records none (default: the name a neco checkpoint records)",

@@ -62,10 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         optional=True,
     )
     for option, key, kind, text in _OPTION_KEYS:
-        parser.add_argument(option, type=kind, default=None, help=f"{text}; overrides {key}")
-    parser.add_argument(
-        "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
-    )
+        parser.add_argument(option, type=kind, help=f"{text}; overrides {key}")
+    parser.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue from, or 'auto'")
     parser.add_argument(
         "--overwrite",
         action="store_true",
