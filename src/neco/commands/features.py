@@ -72,8 +72,6 @@ def _run(args: argparse.Namespace) -> int:
     model, identity = load_backbone_of(args)
     check_divisible(args.input_size, int(model.patch_size))
     files = collect_images(args.inputs)
-    mean, std = list(model.config.mean), list(model.config.std)  # every neco backbone names its own
-    size = args.input_size
 
     kept: list[Path] = []
     skipped: list[str] = []
@@ -96,10 +94,11 @@ def _run(args: argparse.Namespace) -> int:
                         skipped.append(str(path))
                         continue
                     kept.append(path)
-                    image = TF.resize(image, [size, size], antialias=True)
-                    images.append(TF.normalize(TF.to_tensor(image), mean, std))
+                    image = TF.to_tensor(TF.resize(image, [args.input_size] * 2, antialias=True))
+                    # every neco backbone names its own mean / std
+                    images.append(TF.normalize(image, model.config.mean, model.config.std))
                 if images:
-                    yield torch.stack(images)  # (B, 3, size, size)
+                    yield torch.stack(images)  # (B, 3, input size, input size)
 
     try:
         features = extract_features(model, _Batches(), device=device, progress=True)
@@ -113,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             "files": [str(f) for f in kept],
             "skipped_images": skipped,
             "backbone": identity,
-            "input_size": size,
+            "input_size": args.input_size,
         },
         args.out,
     )
