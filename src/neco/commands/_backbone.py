@@ -21,10 +21,7 @@ def add_backbone_options(group: Any, *, default: str | None = None, optional: bo
         help="registry name (`neco backbones` lists them) or a neco checkpoint file",
     )
     group.add_argument(
-        "--weights",
-        default=None,
-        metavar="FILE",
-        help="weights file of any supported format for --backbone NAME",
+        "--weights", metavar="FILE", help="weights file of any supported format for --backbone NAME"
     )
     group.add_argument(
         "--which",

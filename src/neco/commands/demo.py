@@ -22,13 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder")
     parser.add_argument("--minutes", type=float, default=5.0, help="NeCo post-training budget in minutes")
     add_backbone_options(parser, default="vit_tiny_scenes")
-    parser.add_argument(
-        "--steps", type=int, default=None, help="training steps (default: what fits in --minutes)"
-    )
-    parser.add_argument("--lr", type=float, default=None, help="backbone learning rate of the post-training")
-    parser.add_argument(
-        "--teacher-steepness", type=float, default=None, help="teacher sorting steepness (default 300)"
-    )
+    parser.add_argument("--steps", type=int, help="training steps (default: what fits in --minutes)")
+    parser.add_argument("--lr", type=float, help="backbone learning rate of the post-training")
+    parser.add_argument("--teacher-steepness", type=float, help="teacher sorting steepness (default 300)")
     parser.add_argument(
         "--quick", action="store_true", help="a seconds-long smoke run (tiny sizes; numbers not meaningful)"
     )
@@ -49,14 +45,13 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         random_init=args.random_init,
         which=args.which,
+        train_steps=args.steps,
+        lr_backbone=args.lr,
+        teacher_steepness=args.teacher_steepness,
+        # --quick has its own budget unless --minutes is given
+        minutes=None if args.quick and args.minutes == 5.0 else args.minutes,
     )
-    if args.steps is not None:
-        options["train_steps"] = args.steps
-    if args.lr is not None:
-        options["lr_backbone"] = args.lr
-    if args.teacher_steepness is not None:
-        options["teacher_steepness"] = args.teacher_steepness
-    if not args.quick or args.minutes != 5.0:  # --quick has its own budget unless --minutes is given
-        options["minutes"] = args.minutes
-    run_demo((DemoConfig.quick if args.quick else DemoConfig)(**options))
+    # an option not given (None) leaves the setting's default (DemoConfig's, or --quick's)
+    given = {key: value for key, value in options.items() if value is not None}
+    run_demo((DemoConfig.quick if args.quick else DemoConfig)(**given))
     return 0

@@ -27,21 +27,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("inputs", nargs="*", metavar="IMAGES", help="image files and/or folders (recursive)")
     data = parser.add_argument_group("dataset split (instead of IMAGES)")
-    data.add_argument("--dataset", default=None, help="segmentation dataset name (voc, ade20k, scenes, ...)")
-    data.add_argument("--data-root", type=Path, default=None, help="dataset root folder")
+    data.add_argument("--dataset", help="segmentation dataset name (voc, ade20k, scenes, ...)")
+    data.add_argument("--data-root", type=Path, help="dataset root folder")
     data.add_argument("--split", default="val", help="dataset split (default: val)")
     model = parser.add_argument_group("backbones")
     add_backbone_options(model)
-    model.add_argument("--compare", default=None, help="a second backbone shown side by side (name or file)")
-    model.add_argument("--compare-weights", default=None, help="weights file for --compare")
+    model.add_argument("--compare", help="a second backbone shown side by side (name or file)")
+    model.add_argument("--compare-weights", help="weights file for --compare")
     run = parser.add_argument_group("page")
-    run.add_argument(
-        "--input-size", type=int, default=None, help="square input size (default: 448, a patch multiple)"
-    )
+    run.add_argument("--input-size", type=int, help="square input size (default: 448, a patch multiple)")
     run.add_argument("--k", type=int, default=10, help="nearest patches marked (the page can change it)")
     run.add_argument("--dims", type=int, default=64, help="PCA dimensions stored per patch")
     run.add_argument("--max-images", type=int, default=64, help="at most this many images")
-    run.add_argument("--title", default=None, help="page title (default: neco explore: the images shown)")
+    run.add_argument("--title", help="page title (default: neco explore: the images shown)")
     run.add_argument("--batch-size", type=int, default=16, help="images per backbone forward")
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     run.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
@@ -75,15 +73,12 @@ def _run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     device = resolve_device(args.device)
     backbones = []
-    for offset, (spec, weights) in enumerate(
-        [(args.backbone, args.weights), (args.compare, args.compare_weights)]
-    ):
-        if spec is None:
-            continue
-        torch.manual_seed(args.seed + offset)  # two --random-init backbones differ, each reproducibly
-        backbones.append(
-            load_named_backbone(spec, weights=weights, pretrained=not args.random_init, which=args.which)
-        )
+    for offset, spec, weights in ((0, args.backbone, args.weights), (1, args.compare, args.compare_weights)):
+        if spec is not None:
+            torch.manual_seed(args.seed + offset)  # two --random-init backbones differ, each reproducibly
+            backbones.append(
+                load_named_backbone(spec, weights=weights, pretrained=not args.random_init, which=args.which)
+            )
     patch = int(backbones[0][0].patch_size)
     size = args.input_size or max(1, round(448 / patch)) * patch
     check_divisible(size, patch)

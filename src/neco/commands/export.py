@@ -45,7 +45,6 @@ def add_output_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--backbone",
-        default=None,
         metavar="NAME",
         help="registry name of the weights' architecture, checked by a strict load; needed by --format hf "
         "for config.json when the input records none (default: the name a neco checkpoint records)",
@@ -76,20 +75,19 @@ def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
 
 
 def _timm_built_state(
-    args: argparse.Namespace, name: str, checkpoint: Any
+    args: argparse.Namespace, config: Any, checkpoint: Any
 ) -> tuple[dict[str, Any], Any, str]:
     """(state dict, read info, key names) of a DINOv3 / `timm:` backbone: timm's own keys, or Meta's for DINOv3."""
-    from neco.backbones import create, get_config
+    from neco.backbones import create
     from neco.backbones.timm_weights import meta_state_dict
     from neco.backbones.weights import load_weights
 
-    config = get_config(name)
     if args.format == "hf" or (args.format == "official" and config.family != "dinov3"):
         raise ValueError(
-            f"--format {args.format} is not available for {name} (family {config.family}); "
+            f"--format {args.format} is not available for {config.name} (family {config.family}); "
             f"use --format timm{' or official (Meta DINOv3 names)' if config.family == 'dinov3' else ''}"
         )
-    model = create(name)
+    model = create(config.name)
     info = load_weights(model, checkpoint, which=args.which)  # loads strictly: the check of the weights
     if args.format == "timm":
         return model.model.state_dict(), info, f"timm keys of {config.timm_name}"
@@ -103,7 +101,9 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
     from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
     from neco.utils.io import check_new_file
 
-    out = _output_file(args)
+    out = Path(args.out)
+    if args.format == "hf" and (out.suffix == "" or out.is_dir()):
+        out /= "model.safetensors"  # a path without suffix is a model folder
     check_new_file(out, args.force)  # before any work: a rerun must not silently overwrite
     if args.format == "hf":
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
@@ -115,9 +115,10 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
             f"--format hf writes config.json, which needs the architecture (head count, registers), but "
             f"{source} records no backbone name: pass --backbone NAME (e.g. dinov2_vits14_reg)"
         )
-    timm_built = name is not None and get_config(name).built_by_timm
+    config = None if name is None else get_config(name)  # once: a timm: config builds its model
+    timm_built = config is not None and config.built_by_timm
     if timm_built:
-        state, info, keys = _timm_built_state(args, name, checkpoint)
+        state, info, keys = _timm_built_state(args, config, checkpoint)
     else:
         official, info = read_state_dict(checkpoint, which=args.which)
         state, keys = convert(official, to=args.format, source="official"), f"{args.format} keys"
@@ -138,31 +139,21 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
     out = save_state_dict(state, out)
     note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
     print(f"wrote {info.which or 'single network'}{note} as {keys} to {out}")
-    if timm_built and get_config(name).family == "dinov3":
+    if timm_built and config.family == "dinov3":
         print(
             "the weights stay under Meta's DINOv3 license (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
         )
     if args.format == "hf":
-        _write_hf_config(name, recorded, official, out)
+        _write_hf_config(config.with_overrides(**recorded), official, out)
     return 0
 
 
-def _output_file(args: argparse.Namespace) -> Path:
-    """`-o`; for `--format hf` a path without suffix is a model folder holding `model.safetensors`."""
-    out = Path(args.out)
-    if args.format == "hf" and (out.suffix == "" or out.is_dir()):
-        return out / "model.safetensors"
-    return out
-
-
-def _write_hf_config(name: str, recorded: dict[str, int], official: dict[str, Any], out: Path) -> None:
+def _write_hf_config(config: Any, official: dict[str, Any], out: Path) -> None:
     """config.json beside the weights, so `transformers.AutoModel.from_pretrained(folder)` loads them."""
-    from neco.backbones import get_config
     from neco.backbones.hf_config import write_hf_config
 
-    config = get_config(name).with_overrides(**recorded)
     if config.family != "dinov2":
-        print(f"no config.json written: {name} (family {config.family}) has no Dinov2Model equivalent")
+        print(f"no config.json written: {config.name} (family {config.family}) has no Dinov2Model equivalent")
         return
     grid = int(round((official["pos_embed"].shape[1] - 1) ** 0.5))
     path = write_hf_config(config, out.parent, pos_grid=grid)

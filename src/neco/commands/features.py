@@ -72,40 +72,36 @@ def _run(args: argparse.Namespace) -> int:
     model, identity = load_backbone_of(args)
     check_divisible(args.input_size, int(model.patch_size))
     files = collect_images(args.inputs)
-    mean, std = list(model.config.mean), list(model.config.std)  # every neco backbone names its own
-    size = args.input_size
 
     kept: list[Path] = []
     skipped: list[str] = []
 
-    def batches():
-        for start in range(0, len(files), args.batch_size):
-            images = []
-            for path in files[start : start + args.batch_size]:
-                try:
-                    image = load_rgb(path)
-                except BadImageError as err:
-                    if not args.skip_bad_images:
-                        raise ValueError(
-                            f"{err}; pass --skip-bad-images to leave unreadable images out"
-                        ) from None
-                    skipped.append(str(path))
-                    continue
-                kept.append(path)
-                image = TF.resize(image, [size, size], antialias=True)
-                images.append(TF.normalize(TF.to_tensor(image), mean, std))
-            if images:
-                yield torch.stack(images)  # (B, 3, size, size)
-
-    class _Sized:
+    class _Batches:  # sized, so the progress bar knows its length
         def __len__(self) -> int:
             return (len(files) + args.batch_size - 1) // args.batch_size
 
         def __iter__(self):
-            return batches()
+            for start in range(0, len(files), args.batch_size):
+                images = []
+                for path in files[start : start + args.batch_size]:
+                    try:
+                        image = load_rgb(path)
+                    except BadImageError as err:
+                        if not args.skip_bad_images:
+                            raise ValueError(
+                                f"{err}; pass --skip-bad-images to leave unreadable images out"
+                            ) from None
+                        skipped.append(str(path))
+                        continue
+                    kept.append(path)
+                    image = TF.to_tensor(TF.resize(image, [args.input_size] * 2, antialias=True))
+                    # every neco backbone names its own mean / std
+                    images.append(TF.normalize(image, model.config.mean, model.config.std))
+                if images:
+                    yield torch.stack(images)  # (B, 3, input size, input size)
 
     try:
-        features = extract_features(model, _Sized(), device=device, progress=True)
+        features = extract_features(model, _Batches(), device=device, progress=True)
     except ValueError:
         if not kept and skipped:  # every input was skipped (other errors, e.g. an unreadable image, pass on)
             raise ValueError(f"no readable image among the {len(files)} inputs, e.g. {skipped[0]}") from None
@@ -116,7 +112,7 @@ def _run(args: argparse.Namespace) -> int:
             "files": [str(f) for f in kept],
             "skipped_images": skipped,
             "backbone": identity,
-            "input_size": size,
+            "input_size": args.input_size,
         },
         args.out,
     )

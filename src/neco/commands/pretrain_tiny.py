@@ -31,14 +31,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ("--num-scenes", "generated training scenes"),
         ("--seed", "random seed"),
     ):
-        parser.add_argument(option, type=int, default=None, help=f"{text} (default: the method's setting)")
+        parser.add_argument(option, type=int, help=f"{text} (default: the method's setting)")
     parser.add_argument(
-        "--pool",
-        choices=["mean", "cls"],
-        default=None,
-        help="token(s) the classifier reads (multilabel only)",
+        "--pool", choices=["mean", "cls"], help="token(s) the classifier reads (multilabel only)"
     )
-    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (results depend on it)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (results depend on it)")
     parser.set_defaults(func=_run)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 __all__ = ["build_config", "register"]
@@ -61,10 +62,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         optional=True,
     )
     for option, key, kind, text in _OPTION_KEYS:
-        parser.add_argument(option, type=kind, default=None, help=f"{text}; overrides {key}")
-    parser.add_argument(
-        "--resume", default=None, metavar="PATH|auto", help="checkpoint to continue from, or 'auto'"
-    )
+        parser.add_argument(option, type=kind, help=f"{text}; overrides {key}")
+    parser.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue from, or 'auto'")
     parser.add_argument(
         "--overwrite",
         action="store_true",
@@ -184,16 +183,12 @@ def _parsed(raw: str) -> Any:
 
 def _newest(out_dir: str) -> str | None:
     """`last.ckpt` of `out_dir` when there is one (a run aborted before its first save in this process)."""
-    from pathlib import Path
-
     last = Path(out_dir) / "checkpoints" / "last.ckpt"
     return str(last.resolve()) if last.exists() else None
 
 
 def _config_file(value: str) -> str:
     """`--config` as given when it is a file, else the installed preset of that name (if there is one)."""
-    from pathlib import Path
-
     from neco.training.presets import preset_path
 
     if Path(value).is_file():
