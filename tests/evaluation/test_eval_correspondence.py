@@ -1,4 +1,6 @@
-"""Keypoint transfer and PCK: oracle and random features, brute-force arithmetic, resizing, the CLI."""
+"""Keypoint transfer and PCK (`--protocol neco`): oracle and random features, brute-force arithmetic,
+resizing, the CLI; `--protocol probe3d` (the default): its blocks, option checks and the CLI. The
+side-by-side run against Probe3D's own code is in test_eval_correspondence_probe3d.py."""
 
 from __future__ import annotations
 
@@ -21,11 +23,16 @@ from neco.evaluation.blocks.keypoints import (
     summarise_pck,
     transfer_keypoints,
 )
-from neco.evaluation.protocols.correspondence import CorrespondenceSettings
+from neco.evaluation.protocols.correspondence import CorrespondenceSettings as _Settings
 from neco.viz.keypoints import KeypointMatch, save_keypoint_figure
 
 SIZE = 64
 ALPHAS = (0.05, 0.1, 0.15)
+
+
+def CorrespondenceSettings(**kwargs):  # noqa: N802 - stands for the class with neco's protocol
+    """neco's protocol unless `rules` (`--protocol`) is given (the tests below predate Probe3D's default)."""
+    return _Settings(**{"rules": "neco", **kwargs})
 
 
 def run_correspondence(fn, dataset, settings, patch_size, input_size=SIZE):
@@ -316,7 +323,7 @@ def test_cli_end_to_end(spair_root, tmp_path, backbone, capsys):
     rc = main(
         ["eval", "correspondence", "--data-root", str(spair_root), "--out", str(out), "--backbone", *backbone]
         + COMMON
-        + ["--refine", "softargmax", "--upsample", "2"]
+        + ["--protocol", "neco", "--refine", "softargmax", "--upsample", "2"]
     )
     assert rc == 0
     assert "pck_bbox@0.1" in capsys.readouterr().out
