@@ -282,10 +282,20 @@ def test_recall_equals_probe3d(probe3d, monkeypatch, tmp_path, image_size):
         for bucket, members in buckets.items():
             assert [pairs.pairs[i]["name"] for i in members] == drawn[(category, bucket)], (category, bucket)
     assert all(not drawn[key] for key in drawn if key[0] not in CATEGORIES)  # 15 classes without pairs
+
+    def annotated(category: str, imname: str) -> int:
+        kps = json.loads((root / "ImageAnnotation" / category / imname.replace(".jpg", ".json")).read_text())[
+            "kps"
+        ]
+        return sum(v is not None for v in kps.values())
+
+    # keypoints annotated in one image only exist (both codes must leave them out)
+    assert any(annotated(p["category"], p["src_imname"]) > len(p["kps_ids"]) for p in pairs.pairs)
     assert len(pairs) == sum(n * (n - 1) // 2 for n, _ in CATEGORIES.values()) - 1  # the trn pair left out
     assert out.result["settings"]["backbone_input_size"] == image_size + (-image_size % PATCH)
 
-    # the same recall in every class and bucket (one keypoint changes it by >= 100 / 60 here), N/A alike
+    # the same recall in every class and bucket (<= 3 pairs x 6 keypoints: one keypoint moves it by >= 5.5),
+    # N/A alike
     assert set(recalls) == {
         (c, b) for c in CATEGORIES for b in PROBE3D_BUCKETS if metrics["per_category"][c][b]["num_pairs"]
     }
