@@ -412,7 +412,7 @@ def test_probe3d_refuses_the_other_protocols_options():
     for kwargs, match in (
         ({"refine": "softargmax"}, "--refine: not used by --protocol probe3d"),
         ({"upsample": 2, "window": 3}, "--window, --upsample: not used by --protocol probe3d"),
-        ({"rules": "neco", "image_size": 64}, "--image-size: not used by --protocol neco"),
+        ({"rules": "neco", "resize": 64}, "--resize: not used by --protocol neco"),
         ({"rules": "neco", "bucket_pairs": 5}, "--bucket-pairs: not used by --protocol neco"),
         ({"rules": "bunny"}, "`--protocol` must be one of"),
     ):
@@ -427,7 +427,7 @@ def test_probe3d_refuses_the_other_protocols_options():
 def test_cli_probe3d_by_default(spair_root, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["eval", "correspondence", "--data-root", str(spair_root), "--out", str(out)]
-    args += ["--backbone", "vit_tiny", "--random-init", *COMMON, "--image-size", "60", "--bucket-pairs", "2"]
+    args += ["--backbone", "vit_tiny", "--random-init", *COMMON, "--resize", "60", "--bucket-pairs", "2"]
     del args[args.index("--input-size") : args.index("--input-size") + 2]
     assert main(args) == 0
     assert "recall@0.1_all" in capsys.readouterr().out

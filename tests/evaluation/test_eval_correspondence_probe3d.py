@@ -268,7 +268,7 @@ def test_recall_equals_probe3d(probe3d, monkeypatch, tmp_path, image_size):
 
     # neco on the same folder and features, one pair per forward like Probe3D
     pairs = build_spair(root, "test")
-    settings = CorrespondenceSettings(image_size=image_size, bucket_pairs=CAP, alphas=(0.1,))
+    settings = CorrespondenceSettings(resize=image_size, bucket_pairs=CAP, alphas=(0.1,))
     out = run_protocol(
         "correspondence", feature_fn, PATCH, pairs, None, settings, batch_size=1, num_figures=0
     )

@@ -7,14 +7,14 @@ whose numbers the NeCo paper reports:
   pairs) the category's pairs in file-name order, shuffled by Python's `random` seeded with 20, the
   first `bucket_pairs` (200) kept; a pair drawn in two buckets is computed once;
 - images: padded to a square of their longer side with white at the right and bottom, resized to
-  `image_size` (800) with PIL's bicubic filter, ImageNet-normalised; zero-padded around to whole
+  `resize` (800) with PIL's bicubic filter, ImageNet-normalised; zero-padded around to whole
   patches for the backbone (Probe3D's ViT wrappers, `center_padding`);
-- keypoints: integers; truncated, scaled by image_size / padded side and truncated again;
+- keypoints: integers; truncated, scaled by resize / padded side and truncated again;
 - features: the backbone's patch grid, L2-normalised over channels; each source keypoint's feature
-  sampled with `grid_sample(bilinear, align_corners=True)` at 2 x / image_size - 1;
+  sampled with `grid_sample(bilinear, align_corners=True)` at 2 x / resize - 1;
 - match: argmax of the dot product over the target grid; the prediction is (column, row) / w, in
   units of the square side (the cell's top-left corner, as Probe3D places it);
-- error: distance to the true target point / image_size, divided by max(target box side) /
+- error: distance to the true target point / resize, divided by max(target box side) /
   max(target image side), i.e. the error in target pixels over the box's longer side; correct when
   `< alpha` (strictly; Probe3D: 0.1);
 - recall: over the keypoints of a category and bucket pooled, then the mean over the categories
@@ -81,7 +81,7 @@ PROBE3D_CATEGORIES = (
     "horse", "motorbike", "person", "pottedplant", "sheep", "train", "tvmonitor",
 )  # fmt: skip
 _NECO_ONLY = ("refine", "window", "temperature", "upsample")
-_PROBE3D_ONLY = ("image_size", "bucket_pairs")
+_PROBE3D_ONLY = ("resize", "bucket_pairs")
 
 
 @dataclass
@@ -95,8 +95,8 @@ class CorrespondenceSettings:
         choices=PROTOCOLS,
         flag="--protocol",
     )
-    image_size: int = option(
-        800, "probe3d: side of the white-padded square image (bicubic resize)", minimum=1
+    resize: int = option(
+        800, "probe3d: side the white-padded square image is resized to (bicubic)", minimum=1
     )
     bucket_pairs: int = option(
         200, "probe3d: pairs per category and viewpoint bucket (seeded shuffle; 0: all)", minimum=0
@@ -265,7 +265,7 @@ class Correspondence(Protocol):
             raise ValueError("`dataset` must hold at least one pair but is empty")
         if config.rules == "probe3d" and ctx.run.input_size is not None:
             raise ValueError(
-                "--input-size: not used by --protocol probe3d (--image-size sets its square, padded to whole "
+                "--input-size: not used by --protocol probe3d (--resize sets its square, padded to whole "
                 "patches); pass --protocol neco to use it"
             )
         if config.rules == "probe3d":
@@ -278,7 +278,7 @@ class Correspondence(Protocol):
         """Probe3D's evaluation: recall per category and viewpoint bucket, then the mean over categories."""
         from neco.viz.keypoints import KeypointMatch
 
-        dataset, size = data.val, config.image_size
+        dataset, size = data.val, config.resize
         sample = probe3d_sample(
             [_labels(dataset, i) for i in range(len(dataset))], config.bucket_pairs or None
         )
