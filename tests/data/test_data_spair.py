@@ -68,6 +68,16 @@ def test_reads_a_real_format_pair(tmp_path):
     assert item.valid.all() and item.name.endswith(":aeroplane")
 
 
+def test_labels_come_from_the_pair_file_alone(tmp_path):
+    root = _real_style_root(tmp_path)
+    dataset = build_spair(root, "test")
+    shutil.rmtree(root / "JPEGImages")  # labels() must not read an image
+    assert dataset.labels(0) == (
+        "aeroplane",
+        {"viewpoint_variation": 2, "scale_variation": 1, "truncation": 2, "occlusion": 0},
+    )
+
+
 def test_absent_keypoints_become_nan_on_both_sides(tmp_path):
     root = _real_style_root(
         tmp_path, src_kps=[[10, 12], None, [30, 25]], trg_kps=[[11, 10], [40, 4], [-1, -1]]

@@ -1,9 +1,12 @@
-"""Keypoint transfer and PCK: oracle and random features, brute-force arithmetic, resizing, the CLI."""
+"""Keypoint transfer and PCK (`--protocol neco`): oracle and random features, brute-force arithmetic,
+resizing, the CLI; `--protocol probe3d` (the default): its blocks, option checks and the CLI. The
+side-by-side run against Probe3D's own code is in test_eval_correspondence_probe3d.py."""
 
 from __future__ import annotations
 
 import json
 import math
+import random
 
 import numpy as np
 import pytest
@@ -17,15 +20,24 @@ from neco.data.pairs import SyntheticPairs, write_spair_pairs
 from neco.evaluation.blocks.keypoints import (
     chance_pck,
     pck_correct,
+    probe3d_errors,
+    probe3d_image,
+    probe3d_keypoints,
+    probe3d_sample,
     resize_keypoints,
     summarise_pck,
     transfer_keypoints,
 )
-from neco.evaluation.protocols.correspondence import CorrespondenceSettings
+from neco.evaluation.protocols.correspondence import CorrespondenceSettings as _Settings
 from neco.viz.keypoints import KeypointMatch, save_keypoint_figure
 
 SIZE = 64
 ALPHAS = (0.05, 0.1, 0.15)
+
+
+def CorrespondenceSettings(**kwargs):  # noqa: N802 - stands for the class with neco's protocol
+    """neco's protocol unless `rules` (`--protocol`) is given (the tests below predate Probe3D's default)."""
+    return _Settings(**{"rules": "neco", **kwargs})
 
 
 def run_correspondence(fn, dataset, settings, patch_size, input_size=SIZE):
@@ -316,7 +328,7 @@ def test_cli_end_to_end(spair_root, tmp_path, backbone, capsys):
     rc = main(
         ["eval", "correspondence", "--data-root", str(spair_root), "--out", str(out), "--backbone", *backbone]
         + COMMON
-        + ["--refine", "softargmax", "--upsample", "2"]
+        + ["--protocol", "neco", "--refine", "softargmax", "--upsample", "2"]
     )
     assert rc == 0
     assert "pck_bbox@0.1" in capsys.readouterr().out
@@ -343,3 +355,92 @@ def test_cli_rejects_other_datasets(spair_root, tmp_path, capsys):
         main(args)
     assert exit_info.value.code == 2
     assert "argument --dataset: invalid choice: 'voc'" in capsys.readouterr().err
+
+
+# --- `--protocol probe3d` (the default); equality with Probe3D's own code: test_eval_correspondence_probe3d.py
+
+
+def test_probe3d_sample_is_a_seeded_shuffle_per_category_and_bucket():
+    labels = [("cat", i % 4) for i in range(11)] + [("dog", 0), ("dog", 1)]  # viewpoint 3 only in `all`
+    sample = probe3d_sample(labels, 2)
+    assert sorted(sample) == ["cat", "dog"] and sorted(sample["cat"]) == ["all", "vp0", "vp1", "vp2"]
+    for category, buckets in sample.items():
+        for bucket, members in buckets.items():
+            pool = [i for i, (c, vp) in enumerate(labels) if c == category and bucket in ("all", f"vp{vp}")]
+            random.seed(20)  # what Probe3D does before each shuffle
+            random.shuffle(pool)
+            assert members == pool[:2]
+    assert sample["dog"]["vp2"] == [] and len(sample["cat"]["all"]) == 2
+    assert probe3d_sample(labels, None)["cat"]["all"] == list(range(11))  # no cap: all, unshuffled
+
+
+def test_probe3d_image_pads_white_at_right_and_bottom():
+    image = Image.new("RGB", (40, 20), (200, 10, 10))
+    tensor, side = probe3d_image(image, 40)
+    assert side == 40 and tensor.shape == (3, 40, 40)
+    pixels = tensor * torch.tensor(IMAGENET_STD)[:, None, None] + torch.tensor(IMAGENET_MEAN)[:, None, None]
+    pixels = (pixels * 255).round()
+    assert pixels[:, :18, :].reshape(3, -1).unique(dim=1).tolist() == [[200.0], [10.0], [10.0]]
+    assert pixels[:, 22:, :].reshape(3, -1).unique(dim=1).tolist() == [[255.0], [255.0], [255.0]]
+    tall, side = probe3d_image(Image.new("RGB", (10, 30), (0, 0, 0)), 60)  # resized x2 after padding to 30
+    assert side == 30 and tall.shape == (3, 60, 60) and tall[:, :, -5:].gt(2.0).all()  # right band white
+
+
+def test_probe3d_keypoints_are_truncated_integers():
+    kps = np.array([[10.7, 3.2], [49.9, 0.0]])
+    # trunc -> (10, 3), (49, 0); x 64 / 50 -> 12.8, 3.84, 62.72, 0 -> truncated
+    assert probe3d_keypoints(kps, 50, 64).tolist() == [[12, 3], [62, 0]]
+
+
+def test_probe3d_errors_sample_with_align_corners_true_and_place_matches_at_cell_corners():
+    # 4 x 4 one-hot grids on a 30-px square: with align_corners=True, x = 20, y = 10 is exactly cell
+    # (row 1, col 2) (x / 30 * 3); its feature matches target cell (row 3, col 0), predicted at (0, 3/4)
+    src = torch.eye(16).reshape(16, 4, 4)
+    trg = torch.zeros(16, 4, 4)
+    trg[6, 3, 0] = 1.0  # channel of source cell (1, 2)
+    errors, predicted = probe3d_errors(src, trg, torch.tensor([[20, 10]]), torch.tensor([[0, 24]]), 30, 0.5)
+    assert predicted.tolist() == [[0.0, 0.75]]
+    assert errors.tolist() == pytest.approx([0.05 / 0.5])  # |0.75 - 24 / 30| / thresh_scale
+    # a keypoint between cells mixes their features (align_corners=False would mix other ones)
+    errors, predicted = probe3d_errors(src, src, torch.tensor([[25, 10]]), torch.tensor([[0, 0]]), 30, 1.0)
+    assert predicted.tolist() == [[0.5, 0.25]]  # cells 2 and 3 of row 1 mix 1/2 : 1/2; argmax: the first
+
+
+def test_probe3d_refuses_the_other_protocols_options():
+    from neco.evaluation.options import validate
+
+    for kwargs, match in (
+        ({"refine": "softargmax"}, "--refine: not used by --protocol probe3d"),
+        ({"upsample": 2, "window": 3}, "--window, --upsample: not used by --protocol probe3d"),
+        ({"rules": "neco", "resize": 64}, "--resize: not used by --protocol neco"),
+        ({"rules": "neco", "bucket_pairs": 5}, "--bucket-pairs: not used by --protocol neco"),
+        ({"rules": "bunny"}, "`--protocol` must be one of"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            validate(_Settings(**kwargs))
+    with pytest.raises(ValueError, match="--input-size: not used by --protocol probe3d"):
+        run_protocol(
+            "correspondence", lambda x: x, 8, SyntheticPairs(1, SIZE), None, _Settings(), input_size=SIZE
+        )
+
+
+def test_cli_probe3d_by_default(spair_root, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["eval", "correspondence", "--data-root", str(spair_root), "--out", str(out)]
+    args += ["--backbone", "vit_tiny", "--random-init", *COMMON, "--resize", "60", "--bucket-pairs", "2"]
+    del args[args.index("--input-size") : args.index("--input-size") + 2]
+    assert main(args) == 0
+    assert "recall@0.1_all" in capsys.readouterr().out
+    result = json.loads((out / "correspondence.json").read_text())
+    assert result["settings"]["rules"] == "probe3d" and result["headline"]["name"] == "recall@0.1_all"
+    assert result["settings"]["backbone_input_size"] == 64 and result["settings"]["matching_grid"] == [8, 8]
+    per_bucket, per_category = result["metrics"]["per_bucket"], result["metrics"]["per_category"]
+    assert list(per_bucket) == ["vp0", "vp1", "vp2", "all"]
+    for bucket, entry in per_bucket.items():
+        scored = [c[bucket] for c in per_category.values() if "recall@0.1" in c[bucket]]
+        assert entry["num_categories"] == len(scored) and all(c["num_pairs"] <= 2 for c in scored)
+        if scored:
+            assert entry["recall@0.1"] == pytest.approx(np.mean([c["recall@0.1"] for c in scored]))
+            assert result["metrics"][f"recall@0.1_{bucket}"] == entry["recall@0.1"]
+    assert result["settings"]["num_pairs_evaluated"] <= result["settings"]["num_pairs"] == 6
+    assert result["figures"] == ["correspondence_keypoints.png"]

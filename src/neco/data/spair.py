@@ -243,6 +243,11 @@ class SPairDataset:
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def labels(self, index: int) -> tuple[str, dict[str, int]]:
+        """(category, variation labels) of pair `index`, without reading its images."""
+        pair = self.pairs[index]
+        return pair["category"], dict(pair["variations"])
+
     def __getitem__(self, index: int) -> CorrespondencePair:
         pair = self.pairs[index]
         return CorrespondencePair(
