@@ -22,7 +22,9 @@ def test_cell_aligned_box_equals_slicing(patch: int) -> None:
     assert out.shape == (2, 5, 7, 7)
     torch.testing.assert_close(out[0], tokens[0, :, 3:10, 2:9])
     torch.testing.assert_close(out[1], tokens[1, :, 0:7, 3:10])
-    whole = roi_align_grid(tokens[:1, :, :7, :7], torch.tensor([[0.0, 0.0, 7.0 * patch, 7.0 * patch]]), patch, 7)
+    whole = roi_align_grid(
+        tokens[:1, :, :7, :7], torch.tensor([[0.0, 0.0, 7.0 * patch, 7.0 * patch]]), patch, 7
+    )
     torch.testing.assert_close(whole, tokens[:1, :, :7, :7])
 
 
