@@ -5,7 +5,8 @@ Both codes get the same initial weights (student, teacher, both heads), the same
 layout) and, where their random draws differ by design, the same references. Three stages:
 
   a  one step: loss and the gradient of every trainable tensor (backbone and head), for the tiny ViT
-     (batch and queue references) and ViT-S/14 with and without registers (queue, published sizes);
+     (batch and queue references) and ViT-S/14 with and without registers (queue, published head,
+     references and local crops; 224 px global crops);
   b  N optimizer + EMA steps through each code's own Lightning module and trainer, with neco set to the
      public rules (`optim.decay_tokens=true`, `model.teacher_head_init=independent`): student and
      teacher weights after N steps, and neco again with the public EMA timing;
@@ -1046,7 +1047,9 @@ def main(argv: list[str] | None = None) -> int:
         pretrained=False,
         head_hidden=2048,
         head_out=256,
-        global_size=518,
+        # Published crops are 518 / 98 px; 224 keeps a CPU run short, and both codes then interpolate
+        # the position embedding for every crop (at 518 the global crops use the 37 x 37 table as is).
+        global_size=224,
         local_size=98,
         roi_size=7,
         queue_size=8192,
