@@ -611,7 +611,7 @@ def one_step(
         "box_max_abs_diff_px": boxes,
         "loss_public": float(loss_public.detach()),
         "loss_neco": float(loss_neco.detach()),
-        "loss_abs_diff": abs(float(loss_public) - float(loss_neco)),
+        "loss_abs_diff": abs(float(loss_public.detach()) - float(loss_neco.detach())),
         "teacher_perm_max_public": stats_public["teacher_perm_max"],
         "teacher_perm_max_neco": diagnostics["teacher_perm_max"],
         "tensors": len(grads),
