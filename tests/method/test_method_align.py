@@ -8,10 +8,11 @@ import torch
 from neco.method.align import roi_align_grid, roi_align_mask
 
 
-def test_cell_aligned_box_equals_slicing() -> None:
+@pytest.mark.parametrize("patch", [8, 14, 16])
+def test_cell_aligned_box_equals_slicing(patch: int) -> None:
+    # 14 (DINOv2): with `spatial_scale=1/14` a 7-cell box measured 7 + 3e-7 cells and was sampled 2x2 per bin.
     torch.manual_seed(0)
     tokens = torch.randn(2, 5, 12, 10)  # (B, D, h, w)
-    patch = 8
     # 7x7 cells starting at (row 3, col 2) for image 0 and (row 0, col 3) for image 1, one cell per bin.
     boxes = torch.tensor(
         [[2 * patch, 3 * patch, 9 * patch, 10 * patch], [3 * patch, 0, 10 * patch, 7 * patch]],
@@ -21,6 +22,10 @@ def test_cell_aligned_box_equals_slicing() -> None:
     assert out.shape == (2, 5, 7, 7)
     torch.testing.assert_close(out[0], tokens[0, :, 3:10, 2:9])
     torch.testing.assert_close(out[1], tokens[1, :, 0:7, 3:10])
+    whole = roi_align_grid(
+        tokens[:1, :, :7, :7], torch.tensor([[0.0, 0.0, 7.0 * patch, 7.0 * patch]]), patch, 7
+    )
+    torch.testing.assert_close(whole, tokens[:1, :, :7, :7])
 
 
 def test_two_cells_per_bin_is_average_pooling() -> None:

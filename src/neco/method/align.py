@@ -43,9 +43,12 @@ def roi_align_grid(tokens: Tensor, boxes: Tensor, patch_size: int, output_size: 
     """
     _check(tokens, boxes, patch_size, output_size)
     index = torch.arange(tokens.shape[0], device=tokens.device, dtype=tokens.dtype)[:, None]
-    rois = torch.cat([index, boxes.to(device=tokens.device, dtype=tokens.dtype)], dim=1)  # (B, 5)
+    # Token units by division, not `spatial_scale=1/p`: 1/14 is inexact, so a box of exactly k cells would
+    # measure k + 3e-7 and the adaptive sampling would take 2x2 samples per bin instead of the cell itself.
+    cells = boxes.to(device=tokens.device, dtype=tokens.dtype) / patch_size
+    rois = torch.cat([index, cells], dim=1)  # (B, 5)
     return roi_align(
-        tokens, rois, output_size=output_size, spatial_scale=1.0 / patch_size, sampling_ratio=-1, aligned=True
+        tokens, rois, output_size=output_size, spatial_scale=1.0, sampling_ratio=-1, aligned=True
     )  # (B, D, s, s)
 
 
