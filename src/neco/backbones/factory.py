@@ -6,28 +6,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from neco.backbones.checkpoint import recorded_register_tokens
 from neco.backbones.download import download_weights, weight_source
+from neco.backbones.model import Backbone
 from neco.backbones.registry import get_config
-from neco.backbones.timm_vit import TimmViT
-from neco.backbones.vit import VisionTransformer
-from neco.backbones.weights import load_weights, read_checkpoint
+from neco.backbones.weights import load_weights
 
-__all__ = ["create", "recorded_register_tokens"]
-
-
-def recorded_register_tokens(weights: str | Path | Mapping[str, Any]) -> int | None:
-    """The register-token count a neco or Lightning training checkpoint records; None for other files."""
-    if isinstance(weights, Mapping):
-        obj: Any = weights
-    elif Path(weights).suffix == ".safetensors":
-        return None  # a plain tensor file records nothing
-    else:
-        try:  # memory-mapped: the top-level entries are read, the tensors are not
-            obj = read_checkpoint(weights, mmap=True)
-        except (OSError, ValueError):  # not a readable checkpoint: `load_weights` reports it, naming the file
-            return None
-    value = obj.get("num_register_tokens") if isinstance(obj, Mapping) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+__all__ = ["create"]
 
 
 def create(
@@ -38,7 +23,7 @@ def create(
     which: str = "teacher",
     progress: bool = True,
     **overrides: Any,
-) -> VisionTransformer | TimmViT:
+) -> Backbone:
     """Build the backbone registered as `name`; load `weights` (a file or state dict) or its pretrained weights.
 
     Args:
@@ -58,8 +43,7 @@ def create(
             # e.g. an "XR" run: register-trained weights post-trained without registers
             overrides["num_register_tokens"] = recorded
     config = registered.with_overrides(**overrides)
-    model_class = TimmViT if config.built_by_timm else VisionTransformer
-    model = model_class(config, init=weights is None and not pretrained)
+    model = Backbone(config, init=weights is None and not pretrained)
     if weights is not None:
         load_weights(model, weights, which=which)
     elif pretrained:

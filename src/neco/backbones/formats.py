@@ -120,6 +120,13 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
     keys = list(state_dict)
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in keys):
         return "hf"
+    eva = "storage_tokens" in state_dict or any(k.endswith(".gamma_1") or k.startswith("rope") for k in keys)
+    if eva and "pos_embed" not in state_dict:
+        raise ValueError(
+            "state dict holds DINOv3 keys (Meta's `storage_tokens` or timm Eva's `gamma_1` / RoPE), which are "
+            "read for a named backbone only: pass --backbone NAME (e.g. dinov3_vits16; `neco backbones` "
+            "lists them), or `backbone=` in Python"
+        )
     if not any(k.startswith("blocks.") for k in keys) or "pos_embed" not in state_dict:
         shown = keys[:8]
         raise ValueError(

@@ -97,6 +97,7 @@ def _timm_built_state(
 def write_backbone(args: argparse.Namespace, source: str) -> int:
     """Handler of `neco export` and `neco convert`: read the backbone of `source`, verify it, write it as `--format`."""
     from neco.backbones import create, get_config
+    from neco.backbones.checkpoint import check_tensors_finite, extract_state_dict
     from neco.backbones.formats import convert
     from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
     from neco.utils.io import check_new_file
@@ -108,6 +109,7 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
     if args.format == "hf":
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
     checkpoint = read_checkpoint(source)
+    check_tensors_finite(extract_state_dict(checkpoint, args.which)[0], source, "weights file")
     _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
     name = args.backbone or raw_info.backbone
     if args.format == "hf" and name is None:

@@ -34,8 +34,7 @@ def is_no_decay(name: str, ndim: int, *, decay_tokens: bool = False) -> bool:
 
 def timm_model_of(backbone: nn.Module) -> nn.Module | None:
     """The timm model that declares `backbone`'s layer-wise options: its wrapped `model`, itself, or None."""
-    config = getattr(backbone, "config", None)
-    candidates = [backbone.model] if getattr(config, "built_by_timm", False) else []
+    candidates = [backbone.model] if isinstance(getattr(backbone, "model", None), nn.Module) else []
     candidates.append(backbone)
     for candidate in candidates:
         if callable(getattr(candidate, "no_weight_decay", None)) and callable(
