@@ -4,12 +4,18 @@ from __future__ import annotations
 
 from neco.backbones.checkpoint import read_checkpoint
 from neco.backbones.download import HUBS, cache_dir, download_weights, weight_source
-from neco.backbones.factory import create
 from neco.backbones.formats import FORMATS, convert, detect_format
-from neco.backbones.loading import load_backbone, resolve_backbone, state_dict_checksum
+from neco.backbones.loading import (
+    WeightsInfo,
+    create,
+    load_backbone,
+    load_weights,
+    read_state_dict,
+    resolve_backbone,
+    state_dict_checksum,
+)
 from neco.backbones.model import Backbone, patch_grid
 from neco.backbones.registry import BackboneConfig, WeightSource, get_config, list_backbones
-from neco.backbones.weights import WeightsInfo, load_weights, read_state_dict
 
 __all__ = [
     "FORMATS",
