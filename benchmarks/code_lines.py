@@ -72,7 +72,8 @@ def main() -> None:
         files = count(revision, folders)
         commit = _git("rev-parse", "--short", revision).strip()
         per_folder = {
-            f: sum(n for p, n in files.items() if p.startswith(f.rstrip("/") + "/")) for f in folders
+            f: sum(n for p, n in files.items() if p == f or p.startswith(f.rstrip("/") + "/"))
+            for f in folders
         }
         result[revision] = {
             "commit": commit,

@@ -92,6 +92,15 @@ def test_forward_is_cls_and_intermediate_layers_match(tiny_reg: Backbone) -> Non
         tiny_reg.get_intermediate_layers(x, n=[7])
 
 
+def test_non_multiple_input_drops_the_remainder(tiny_reg: Backbone) -> None:
+    x = torch.randn(1, 3, 70, 45)
+    with torch.no_grad():
+        full = tiny_reg.forward_features(x)["x_norm_patchtokens"]
+        cropped = tiny_reg.forward_features(x[:, :, :64, :40].contiguous())["x_norm_patchtokens"]
+    assert full.shape == (1, 8 * 5, 192)
+    torch.testing.assert_close(full, cropped)
+
+
 @pytest.mark.parametrize("name", ["vit_tiny", "vit_tiny_reg", "dino_vits16"])
 @pytest.mark.parametrize("size", [(224, 224), (448, 448), (224, 336), (70, 45)])
 def test_patch_tokens_match_the_official_dinov2_code(name: str, size: tuple[int, int]) -> None:

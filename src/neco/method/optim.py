@@ -1,7 +1,7 @@
 """AdamW parameter groups (backbone / head x decay / no-decay) and the `trainable_blocks` option.
 
-neco's own ViT uses the name rules below. A timm model (DINOv3, `timm:<name>`, or a raw timm ViT)
-declares them itself, and is asked: no weight decay through timm's `no_weight_decay()` (with timm's
+Every neco backbone wraps a timm model (`backbone.model`), which declares them itself and is asked
+(the name rules below serve other modules, e.g. a raw non-timm ViT): no weight decay through timm's `no_weight_decay()` (with timm's
 `param_groups_weight_decay`, which also exempts biases and 1-D tensors), blocks through its
 `group_matcher()` (timm's `group_parameters`).
 """
