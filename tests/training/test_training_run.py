@@ -144,7 +144,10 @@ def test_checkpoint_contract_and_logs(full_run) -> None:
     checkpoint = _load(full_run.last_checkpoint)
     assert checkpoint["format"] == "neco-checkpoint" and checkpoint["version"] == 1
     assert checkpoint["backbone"] == "vit_tiny" and checkpoint["num_register_tokens"] == 0
-    assert "model.blocks.0.attn.qkv.weight" in checkpoint["teacher"] and "model.norm.weight" in checkpoint["student"]
+    assert (
+        "model.blocks.0.attn.qkv.weight" in checkpoint["teacher"]
+        and "model.norm.weight" in checkpoint["student"]
+    )
     assert set(checkpoint["data_position"]) == {"epoch", "position"}
     resolved = load_config(full_run.out_dir / "config.yaml")
     assert resolved.data.batch_size == 2 and resolved.run.out_dir == str(full_run.out_dir)
