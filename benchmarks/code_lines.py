@@ -4,6 +4,9 @@ A code line holds at least one Python token that is not a comment; blank lines, 
 docstrings do not count. Used for issue 12 ("evaluation/ + commands/ clearly smaller"):
 
     python benchmarks/code_lines.py 78b2702^ 78b2702 HEAD --out benchmarks/results/code_lines.json
+
+`--folders` counts other folders (issue 24: `--folders src/neco src/neco/backbones`); each folder's
+total is reported beside the per-file counts.
 """
 
 from __future__ import annotations
@@ -48,9 +51,9 @@ def _git(*args: str) -> str:
     return subprocess.run(["git", *args], cwd=repository, check=True, capture_output=True, text=True).stdout
 
 
-def count(revision: str) -> dict[str, int]:
-    """{path: code lines} of every .py file under FOLDERS at `revision`."""
-    paths = _git("ls-tree", "-r", "--name-only", revision, *FOLDERS).split()
+def count(revision: str, folders: tuple[str, ...] = FOLDERS) -> dict[str, int]:
+    """{path: code lines} of every .py file under `folders` at `revision`."""
+    paths = _git("ls-tree", "-r", "--name-only", revision, *folders).split()
     return {p: code_lines(_git("show", f"{revision}:{p}")) for p in paths if p.endswith(".py")}
 
 
@@ -59,15 +62,29 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("revisions", nargs="+", help="git revisions (commits, branches, HEAD)")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write (default: print only)")
+    parser.add_argument(
+        "--folders", nargs="+", default=list(FOLDERS), help=f"folders counted (default: {FOLDERS})"
+    )
     args = parser.parse_args()
+    folders = tuple(args.folders)
     result = {}
     for revision in args.revisions:
-        files = count(revision)
+        files = count(revision, folders)
         commit = _git("rev-parse", "--short", revision).strip()
-        result[revision] = {"commit": commit, "total": sum(files.values()), "files": files}
-        print(f"{revision:>12} ({commit}): {sum(files.values())} code lines in {len(files)} files")
+        per_folder = {
+            f: sum(n for p, n in files.items() if p == f or p.startswith(f.rstrip("/") + "/"))
+            for f in folders
+        }
+        result[revision] = {
+            "commit": commit,
+            "total": sum(files.values()),
+            "folders": per_folder,
+            "files": files,
+        }
+        shown = ", ".join(f"{f}: {n}" for f, n in per_folder.items())
+        print(f"{revision:>12} ({commit}): {sum(files.values())} code lines in {len(files)} files ({shown})")
     if args.out is not None:
-        args.out.write_text(json.dumps({"folders": list(FOLDERS), "revisions": result}, indent=1) + "\n")
+        args.out.write_text(json.dumps({"folders": list(folders), "revisions": result}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

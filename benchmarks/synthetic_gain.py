@@ -248,10 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     from neco.backbones import create
+    from neco.backbones.loading import state_dict_checksum
     from neco.data import build_segmentation_dataset
     from neco.data.synthetic import scene_settings, write_scenes
     from neco.demo.run import DemoConfig, evaluate_backbone, train_config
-    from neco.evaluation.features import state_dict_checksum
     from neco.training.config import config_to_dict
     from neco.training.run import train
     from neco.utils.io import ensure_writable_dir, write_json

@@ -1,7 +1,7 @@
 """Feed the nearest-patch explorer page: load images (or a segmentation split) and backbones, compute features.
 
 `neco.viz.explore` writes the page from arrays; this module produces those arrays and is what
-`neco explore` and `neco demo` call. Backbones load through `neco.evaluation.load_backbone` (the
+`neco explore` and `neco demo` call. Backbones load through `neco.backbones.loading.load_backbone` (the
 loading rule of every command) and features come from `neco.features.extract_features`.
 """
 
@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from neco.evaluation import load_backbone
+from neco.backbones.loading import load_backbone
 from neco.features import extract_features
 
 __all__ = [

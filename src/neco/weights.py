@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from neco.backbones.checkpoint import read_checkpoint
 from neco.backbones.formats import FORMATS, convert, detect_format
-from neco.backbones.weights import WeightsInfo, load_weights, read_checkpoint, read_state_dict
+from neco.backbones.loading import WeightsInfo, load_weights, read_state_dict
 
 __all__ = [
     "FORMATS",

@@ -7,6 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from official_dinov2 import official_state_dict
 from PIL import Image
 
 from neco.backbones import convert, create
@@ -16,7 +17,7 @@ from neco.cli import main
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, dict]:
     torch.manual_seed(0)
-    teacher = {k: torch.randn_like(v) for k, v in create("vit_tiny_reg").state_dict().items()}
+    teacher = {k: torch.randn_like(v) for k, v in official_state_dict("vit_tiny_reg").items()}
     student = {k: torch.randn_like(v) for k, v in teacher.items()}
     path = tmp_path_factory.mktemp("ckpt") / "neco.ckpt"
     torch.save(

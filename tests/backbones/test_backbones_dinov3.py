@@ -7,7 +7,7 @@ import timm
 import torch
 
 from neco.backbones import create, get_config
-from neco.backbones.timm_weights import meta_state_dict
+from neco.backbones.formats import meta_state_dict
 
 # A 2-block DINOv3 ViT-S/16 keeps the tests fast; everything else is the registered architecture.
 TINY = {"depth": 2}

@@ -61,7 +61,7 @@ def test_cached_file_is_used_without_downloading(offline: Path) -> None:
     torch.save(weights, target)
     assert download_weights(source) == target  # `_fetch` would raise
     model = create("vit_tiny", weights=download_weights(source))
-    assert torch.equal(model.blocks[0].attn.qkv.weight, weights["blocks.0.attn.qkv.weight"])
+    assert torch.equal(model.blocks[0].attn.qkv.weight, weights["model.blocks.0.attn.qkv.weight"])
 
 
 def test_backbone_without_weights_refuses_pretrained() -> None:

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from official_dinov2 import official_state_dict
 
-from neco.backbones import convert, create, detect_format
+from neco.backbones import convert, detect_format
 from neco.backbones.formats import strip_prefixes
 
 
 def _random_state(name: str, **overrides) -> dict[str, torch.Tensor]:
     """A neco model's state dict with every tensor random (so a wrong mapping cannot go unnoticed)."""
     torch.manual_seed(0)
-    state = create(name, depth=2, **overrides).state_dict()
+    state = official_state_dict(name, depth=2, **overrides)
     return {k: torch.randn_like(v) for k, v in state.items()}
 
 

@@ -53,7 +53,7 @@ def test_hubconf_works_without_neco_installed(tmp_path) -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.strip().endswith("VisionTransformer")
+    assert result.stdout.strip().endswith("Backbone")
 
 
 def _hubconf():

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from neco.backbones import create
-from neco.backbones.factory import recorded_register_tokens
+from neco.backbones.checkpoint import recorded_register_tokens
+from neco.backbones.loading import load_backbone
 from neco.demo.pretrain import save_tiny_asset
-from neco.evaluation.features import load_backbone
 
 
 def test_xr_checkpoint_loads_with_its_recorded_register_count(tmp_path):

@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_dinov2 import official_state_dict
 
 from neco.backbones import convert, create
-from neco.backbones.weights import read_checkpoint
+from neco.backbones.checkpoint import read_checkpoint
+from neco.backbones.loading import load_backbone, state_dict_checksum
 from neco.cli import main
-from neco.evaluation.features import load_backbone, state_dict_checksum
 
 BROKEN = {
     "notes.pth": (b"these are my notes\n", "text file"),
@@ -94,7 +95,7 @@ def test_outputs_are_not_overwritten_without_force(tmp_path: Path, capsys) -> No
 
 def test_checksum_is_the_same_for_official_timm_and_hf_files_of_one_network(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    state = {k: torch.randn_like(v) for k, v in create("vit_tiny_reg").state_dict().items()}
+    state = {k: torch.randn_like(v) for k, v in official_state_dict("vit_tiny_reg").items()}
     official = tmp_path / "official.pth"
     torch.save(state, official)
     sums = {}

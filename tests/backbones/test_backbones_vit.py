@@ -1,4 +1,4 @@
-"""The neco ViT: shapes, token layout, official position-embedding interpolation, every registered name."""
+"""The ViT backbones (timm-built): shapes, token layout, the official DINOv2 interpolation, every registered name."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from official_dinov2 import interpolate_pos_encoding, official_patch_tokens, official_state_dict
 from timm.layers import resample_abs_pos_embed
 
-from neco.backbones import create, get_config, list_backbones
-from neco.backbones.pos_embed import interpolate_pos_embed
-from neco.backbones.vit import SwiGLUFFN, VisionTransformer
+from neco.backbones import Backbone, create, get_config, list_backbones
+from neco.backbones.model import official_pos_embed
 
 
 @pytest.fixture(scope="module")
-def tiny_reg() -> VisionTransformer:
+def tiny_reg() -> Backbone:
     torch.manual_seed(0)
     return create("vit_tiny_reg").eval()
 
@@ -33,23 +33,24 @@ def test_every_registered_backbone_builds_and_runs(name: str) -> None:
     assert out["x_norm_patchtokens"].shape == (1, 6, config.embed_dim)
     assert out["x_prenorm"].shape == (1, 1 + config.num_register_tokens + 6, config.embed_dim)
     assert torch.isfinite(out["x_prenorm"]).all()
-    if config.built_by_timm:  # DINOv3: timm's Eva with RoPE (no position table), no mask token
-        assert getattr(model.model, "pos_embed", None) is None and model.mask_token is None
+    if config.family == "dinov3":  # timm's Eva with RoPE (no position table)
+        assert getattr(model.model, "pos_embed", None) is None
         assert model.model.blocks[0].gamma_1 is not None  # LayerScale
         return
-    assert model.pos_embed.shape == (1, 1 + config.pos_grid**2, config.embed_dim)
-    assert (model.mask_token is not None) == (config.family == "dinov2")
+    # timm's register layout: no CLS row in the table (the CLS token holds it)
+    rows = config.pos_grid**2 + (0 if config.num_register_tokens else 1)
+    assert model.model.pos_embed.shape == (1, rows, config.embed_dim)
     assert hasattr(model.blocks[0].ls1, "gamma") == (config.family == "dinov2")
 
 
-def test_contract_attributes(tiny_reg: VisionTransformer) -> None:
+def test_contract_attributes(tiny_reg: Backbone) -> None:
     assert (tiny_reg.patch_size, tiny_reg.embed_dim, tiny_reg.num_heads, tiny_reg.num_register_tokens) == (
         8,
         192,
         3,
         4,
     )
-    assert len(tiny_reg.blocks) == 4
+    assert len(tiny_reg.blocks) == 4 and tiny_reg.num_prefix_tokens == 5
     assert tiny_reg.config.name == "vit_tiny_reg"
     with pytest.raises(dataclasses.FrozenInstanceError):
         tiny_reg.config.patch_size = 16  # type: ignore[misc]
@@ -64,7 +65,7 @@ def test_unknown_name_and_override_are_refused() -> None:
 
 def test_drop_path_rate_grows_linearly_and_eval_is_deterministic() -> None:
     model = create("vit_tiny", drop_path_rate=0.3)
-    probs = [getattr(b.drop_path, "drop_prob", 0.0) for b in model.blocks]
+    probs = [getattr(b.drop_path1, "drop_prob", 0.0) for b in model.blocks]
     assert probs == pytest.approx([0.0, 0.1, 0.2, 0.3])
     x = torch.randn(2, 3, 32, 32)
     model.eval()
@@ -72,7 +73,7 @@ def test_drop_path_rate_grows_linearly_and_eval_is_deterministic() -> None:
         assert torch.equal(model(x), model(x))
 
 
-def test_forward_is_cls_and_intermediate_layers_match(tiny_reg: VisionTransformer) -> None:
+def test_forward_is_cls_and_intermediate_layers_match(tiny_reg: Backbone) -> None:
     x = torch.randn(2, 3, 40, 56)
     with torch.no_grad():
         out = tiny_reg.forward_features(x)
@@ -91,18 +92,7 @@ def test_forward_is_cls_and_intermediate_layers_match(tiny_reg: VisionTransforme
         tiny_reg.get_intermediate_layers(x, n=[7])
 
 
-def test_registers_come_after_position_embedding(tiny_reg: VisionTransformer) -> None:
-    x = torch.randn(1, 3, 24, 24)
-    with torch.no_grad():
-        tokens = tiny_reg.prepare_tokens(x)
-        pos = tiny_reg.interpolate_pos_encoding(24, 24)
-    # Registers carry no position embedding; CLS and patches do.
-    torch.testing.assert_close(tokens[:, 1:5], tiny_reg.register_tokens)
-    torch.testing.assert_close(tokens[:, 0], tiny_reg.cls_token[:, 0] + pos[:, 0])
-    assert tokens.shape == (1, 1 + 4 + 9, 192)
-
-
-def test_non_multiple_input_drops_the_remainder(tiny_reg: VisionTransformer) -> None:
+def test_non_multiple_input_drops_the_remainder(tiny_reg: Backbone) -> None:
     x = torch.randn(1, 3, 70, 45)
     with torch.no_grad():
         full = tiny_reg.forward_features(x)["x_norm_patchtokens"]
@@ -111,92 +101,98 @@ def test_non_multiple_input_drops_the_remainder(tiny_reg: VisionTransformer) -> 
     torch.testing.assert_close(full, cropped)
 
 
-def test_last_self_attention_is_the_attention_of_the_last_block(tiny_reg: VisionTransformer) -> None:
-    x = torch.randn(2, 3, 32, 24)
+@pytest.mark.parametrize("name", ["vit_tiny", "vit_tiny_reg", "dino_vits16"])
+@pytest.mark.parametrize("size", [(224, 224), (448, 448), (224, 336), (70, 45)])
+def test_patch_tokens_match_the_official_dinov2_code(name: str, size: tuple[int, int]) -> None:
+    torch.manual_seed(0)
+    shrink = {"embed_dim": 48, "num_heads": 3}
+    state = {k: torch.randn_like(v) * 0.1 for k, v in official_state_dict(name, depth=2, **shrink).items()}
+    model = create(name, depth=2, weights=state, **shrink).eval()
+    config = model.config
+    x = torch.randn(1, 3, *size)
     with torch.no_grad():
+        out = model.forward_features(x)["x_norm_patchtokens"]
+        expected = official_patch_tokens(
+            state,
+            x,
+            patch=config.patch_size,
+            heads=config.num_heads,
+            offset=config.interpolate_offset,
+            antialias=config.interpolate_antialias,
+        )
+    assert (
+        out.shape
+        == expected.shape
+        == (1, (size[0] // config.patch_size) * (size[1] // config.patch_size), config.embed_dim)
+    )
+    torch.testing.assert_close(out, expected, atol=1e-5, rtol=0)
+
+
+def test_last_self_attention_is_the_attention_of_the_last_block(tiny_reg: Backbone) -> None:
+    x = torch.randn(2, 3, 32, 24)
+    last = tiny_reg.blocks[-1].attn
+    seen = {}
+    handles = [
+        tiny_reg.blocks[-1].norm1.register_forward_hook(lambda _m, _i, out: seen.setdefault("normed", out)),
+        last.register_forward_hook(lambda _m, _i, out: seen.setdefault("fused", out)),
+    ]
+    with torch.no_grad():
+        tiny_reg.forward_features(x)
+        for handle in handles:
+            handle.remove()
         attn = tiny_reg.get_last_self_attention(x)
-        tokens = tiny_reg.prepare_tokens(x)
-        for block in tiny_reg.blocks[:-1]:
-            tokens = block(tokens)
-        last = tiny_reg.blocks[-1].attn
-        normed = tiny_reg.blocks[-1].norm1(tokens)
-        _, _, v = last._qkv(normed)
-        by_probs = last.proj((attn @ v).transpose(1, 2).reshape(2, tokens.shape[1], 192))
-        fused = last(normed)
+        tokens = seen["normed"].shape[1]
+        v = last.qkv(seen["normed"]).reshape(2, tokens, 3, 3, 64).permute(2, 0, 3, 1, 4)[2]
+        by_probs = last.proj((attn @ v).transpose(1, 2).reshape(2, tokens, 192))
     assert attn.shape == (2, 3, 1 + 4 + 12, 1 + 4 + 12)
     torch.testing.assert_close(attn.sum(-1), torch.ones(2, 3, 17))
-    torch.testing.assert_close(by_probs, fused, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(by_probs, seen["fused"], atol=1e-5, rtol=1e-4)
 
 
-def test_interpolation_without_registers_follows_the_official_formula() -> None:
+@pytest.mark.parametrize(("offset", "antialias"), [(0.1, False), (0.0, True)])
+@pytest.mark.parametrize("pixels", [(4 * 14 + 3, 9 * 14), (3 * 14, 5 * 14), (56, 60), (84, 84)])
+def test_interpolation_follows_the_official_formula(
+    offset: float, antialias: bool, pixels: tuple[int, int]
+) -> None:
     torch.manual_seed(0)
-    side, dim, p = 6, 5, 14
-    pos = torch.randn(1, 1 + side * side, dim)
-    height, width = 4 * p + 3, 9 * p  # grid 4 x 9
-    out = interpolate_pos_embed(pos, height, width, p, offset=0.1, antialias=False)
-    grid = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    expected = F.interpolate(
-        grid, scale_factor=((4 + 0.1) / side, (9 + 0.1) / side), mode="bicubic", antialias=False
+    pos = torch.randn(1, 1 + 6 * 6, 5)
+    out = official_pos_embed(pos, *pixels, 14, offset=offset, antialias=antialias)
+    torch.testing.assert_close(
+        out, interpolate_pos_encoding(pos, *pixels, 14, offset, antialias), rtol=0, atol=0
     )
-    assert out.shape == (1, 1 + 36, dim)
-    torch.testing.assert_close(out[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 36, dim), rtol=0, atol=0)
-    torch.testing.assert_close(out[:, :1], pos[:, :1], rtol=0, atol=0)
+    # the same table without its CLS row (timm's register layout) resamples the same patch rows
+    rows = official_pos_embed(pos[:, 1:], *pixels, 14, offset=offset, antialias=antialias)
+    torch.testing.assert_close(rows, out[:, 1:], rtol=0, atol=0)
+
+
+def test_official_interpolation_differs_from_timms_and_is_skipped_only_for_square_inputs() -> None:
+    torch.manual_seed(0)
+    pos = torch.randn(1, 1 + 36, 5)
+    out = official_pos_embed(pos, 4 * 14, 9 * 14, 14, offset=0.1, antialias=False)
     # The +0.1 scale factor is not "resize to the grid": timm's resampling gives other values.
     timm_style = resample_abs_pos_embed(pos, new_size=(4, 9), num_prefix_tokens=1, antialias=True)
     assert not torch.allclose(out, timm_style, atol=1e-4)
-
-
-def test_interpolation_with_registers_resizes_to_the_grid_with_antialias() -> None:
-    torch.manual_seed(1)
-    side, dim, p = 6, 5, 14
-    pos = torch.randn(1, 1 + side * side, dim)
-    out = interpolate_pos_embed(pos, 3 * p, 5 * p, p, offset=0.0, antialias=True)
-    grid = pos[:, 1:].reshape(1, side, side, dim).permute(0, 3, 1, 2)
-    expected = F.interpolate(grid, size=(3, 5), mode="bicubic", antialias=True)
-    torch.testing.assert_close(out[:, 1:], expected.permute(0, 2, 3, 1).reshape(1, 15, dim), rtol=0, atol=0)
-
-
-def test_interpolation_is_skipped_only_for_square_inputs_on_the_pretrained_grid() -> None:
-    pos = torch.randn(1, 1 + 16, 3)
-    assert interpolate_pos_embed(pos, 4 * 14, 4 * 14, 14) is pos
-    # Official quirk: same grid but a non-square pixel size (56 x 60) still goes through bicubic.
-    assert interpolate_pos_embed(pos, 56, 60, 14) is not pos
+    assert official_pos_embed(pos, 6 * 14, 6 * 14, 14, offset=0.1, antialias=False) is pos
+    # Official quirk: same grid but a non-square pixel size (84 x 90) still goes through bicubic.
+    assert official_pos_embed(pos, 84, 90, 14, offset=0.1, antialias=False) is not pos
 
 
 def test_model_uses_its_configured_interpolation() -> None:
     plain, reg = create("vit_tiny"), create("vit_tiny_reg")
-    assert (plain.interpolate_offset, plain.interpolate_antialias) == (0.1, False)
-    assert (reg.interpolate_offset, reg.interpolate_antialias) == (0.0, True)
+    assert (plain.model.interpolate_offset, plain.model.interpolate_antialias) == (0.1, False)
+    assert (reg.model.interpolate_offset, reg.model.interpolate_antialias) == (0.0, True)
     for name in ("dinov2_vits14", "dino_vits16"):
         assert (get_config(name).interpolate_offset, get_config(name).interpolate_antialias) == (0.1, False)
-    assert (
-        get_config("dinov2_vitb14_reg").interpolate_offset,
-        get_config("dinov2_vitb14_reg").interpolate_antialias,
-    ) == (
-        0.0,
-        True,
-    )
-    pos = plain.pos_embed.detach()
-    expected = interpolate_pos_embed(pos, 40, 72, 8, offset=0.1, antialias=False)
-    torch.testing.assert_close(plain.interpolate_pos_encoding(40, 72), expected, rtol=0, atol=0)
+    config = get_config("dinov2_vitb14_reg")
+    assert (config.interpolate_offset, config.interpolate_antialias) == (0.0, True)
 
 
 def test_swiglu_hidden_size_matches_the_official_rounding() -> None:
-    ffn = SwiGLUFFN(1536, 1536 * 4)
-    assert ffn.w12.weight.shape == (2 * 4096, 1536)  # ViT-g: 4096 hidden units
-    assert ffn.w3.weight.shape == (1536, 4096)
+    model = create("dinov2_vitg14", depth=1)
+    mlp = model.blocks[0].mlp
+    assert mlp.fc1.weight.shape == (2 * 4096, 1536)  # ViT-g: 4096 hidden units (official `w12`)
+    assert mlp.fc2.weight.shape == (1536, 4096)  # official `w3`
     x = torch.randn(2, 3, 1536)
-    x1, x2 = ffn.w12(x).chunk(2, dim=-1)
-    torch.testing.assert_close(ffn(x), ffn.w3(F.silu(x1) * x2))
-
-
-def test_masks_replace_patch_tokens_with_the_mask_token() -> None:
-    model = create("vit_tiny").eval()
-    x = torch.randn(1, 3, 16, 16)
-    masks = torch.tensor([[True, False, False, True]])
+    x1, x2 = mlp.fc1(x).chunk(2, dim=-1)
     with torch.no_grad():
-        model.mask_token.fill_(3.0)
-        tokens = model.prepare_tokens(x, masks)
-        pos = model.interpolate_pos_encoding(16, 16)
-    torch.testing.assert_close(tokens[0, 1], 3.0 + pos[0, 1])
-    assert not torch.allclose(tokens[0, 2], 3.0 + pos[0, 2])
+        torch.testing.assert_close(mlp(x), mlp.fc2(F.silu(x1) * x2))

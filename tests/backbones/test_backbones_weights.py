@@ -7,9 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from official_dinov2 import official_state_dict
 
 from neco.backbones import convert, create, load_weights, read_state_dict
-from neco.backbones.weights import read_checkpoint
+from neco.backbones.checkpoint import read_checkpoint
+from neco.backbones.loading import canonical_tensors
 
 # DINO v1 models shrunk to tiny width; the other names used here are tiny already.
 SMALL = {"dino_vits16": {"embed_dim": 48, "num_heads": 3}}
@@ -18,17 +20,19 @@ SMALL = {"dino_vits16": {"embed_dim": 48, "num_heads": 3}}
 def _state(name: str = "vit_tiny", seed: int = 0) -> dict[str, torch.Tensor]:
     torch.manual_seed(seed)
     return {
-        k: torch.randn_like(v) for k, v in create(name, depth=2, **SMALL.get(name, {})).state_dict().items()
+        k: torch.randn_like(v) for k, v in official_state_dict(name, depth=2, **SMALL.get(name, {})).items()
     }
 
 
 def _loaded(state_or_path, name: str = "vit_tiny", **kwargs) -> dict[str, torch.Tensor]:
     model = create(name, depth=2, **SMALL.get(name, {}))
     load_weights(model, state_or_path, **kwargs)
-    return model.state_dict()
+    return canonical_tensors(model)
 
 
 def _assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """`a` (a loaded model's canonical tensors) holds the network of the official state dict `b`."""
+    b = canonical_tensors(b)
     assert sorted(a) == sorted(b)
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -94,16 +98,10 @@ def test_dino_v1_training_checkpoint() -> None:
 def test_official_file_without_mask_token_and_timm_and_hf_dicts_load() -> None:
     official = _state("vit_tiny_reg", 9)
     without_mask = {k: v for k, v in official.items() if k != "mask_token"}
-    loaded = _loaded(without_mask, "vit_tiny_reg")
-    assert all(torch.equal(loaded[k], v) for k, v in without_mask.items())
-    # timm and HF dicts of the same weights give the same model (up to timm's CLS folding).
-    from_hf = _loaded(convert(official, to="hf"), "vit_tiny_reg")
-    _assert_same(from_hf, official)
-    from_timm = _loaded(convert(official, to="timm"), "vit_tiny_reg")
-    torch.testing.assert_close(
-        from_timm["cls_token"] + from_timm["pos_embed"][:, :1],
-        official["cls_token"] + official["pos_embed"][:, :1],
-    )
+    _assert_same(_loaded(without_mask, "vit_tiny_reg"), official)
+    # timm and HF dicts of the same weights give the same model (timm folds the CLS position row).
+    _assert_same(_loaded(convert(official, to="hf"), "vit_tiny_reg"), official)
+    _assert_same(_loaded(convert(official, to="timm"), "vit_tiny_reg"), official)
 
 
 def test_dropped_layerscale_key_is_refused_by_name() -> None:
@@ -119,7 +117,7 @@ def test_unexpected_and_misshaped_keys_are_refused() -> None:
     state["blocks.0.attn.q_norm.weight"] = torch.zeros(64)
     with pytest.raises(ValueError, match=r"unexpected keys \[blocks\.0\.attn\.q_norm\.weight\]"):
         _loaded(state)
-    with pytest.raises(ValueError, match="register_tokens"):
+    with pytest.raises(ValueError, match="4 register tokens .`register_tokens`. but the model has 0"):
         _loaded(_state("vit_tiny_reg"), "vit_tiny")  # register weights into a plain model
     with pytest.raises(ValueError, match="shape mismatches"):
         load_weights(create("vit_tiny", depth=2, embed_dim=96), _state("vit_tiny"))
@@ -130,7 +128,7 @@ def test_pretrained_grid_of_the_checkpoint_is_adopted() -> None:
     state["pos_embed"] = torch.randn(1, 1 + 16 * 16, 192)
     model = create("vit_tiny", depth=2)
     load_weights(model, state)
-    assert torch.equal(model.pos_embed, state["pos_embed"])
+    assert torch.equal(canonical_tensors(model)["pos_embed"], state["pos_embed"])
     with torch.no_grad():
         assert model(torch.randn(1, 3, 40, 48)).shape == (1, 192)
 
@@ -139,7 +137,10 @@ def test_xr_register_weights_in_a_register_free_model() -> None:
     state = _state("vit_tiny_reg")
     model = create("vit_tiny_reg", depth=2, num_register_tokens=0)
     info = load_weights(model, state)
-    assert model.register_tokens is None
+    assert (
+        model.num_register_tokens == 0
+        and model.forward_features(torch.randn(1, 3, 16, 16))["x_norm_regtokens"].shape[1] == 0
+    )
     assert any("register" in note for note in info.notes)
     assert torch.equal(model.blocks[1].ls1.gamma, state["blocks.1.ls1.gamma"])
 

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from neco.backbones import create
+from neco.backbones.loading import state_dict_checksum
 from neco.cli import main
 from neco.demo import run as demo_run
-from neco.evaluation import state_dict_checksum
 
 
 @pytest.fixture()

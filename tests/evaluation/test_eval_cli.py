@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from neco.backbones import create
+from neco.backbones.loading import state_dict_checksum
 from neco.cli import main
 from neco.data.synthetic import write_scenes
-from neco.evaluation import get_protocol, state_dict_checksum
+from neco.evaluation import get_protocol
 from neco.evaluation.schema import validate_result
 
 COMMON = ["--dataset", "scenes", "--backbone", "vit_tiny", "--random-init", "--input-size", "64"]

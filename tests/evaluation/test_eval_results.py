@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from neco.evaluation.features import state_dict_checksum
+from neco.backbones.loading import state_dict_checksum
 from neco.evaluation.schema import jsonable, write_result
 
 

@@ -144,7 +144,10 @@ def test_checkpoint_contract_and_logs(full_run) -> None:
     checkpoint = _load(full_run.last_checkpoint)
     assert checkpoint["format"] == "neco-checkpoint" and checkpoint["version"] == 1
     assert checkpoint["backbone"] == "vit_tiny" and checkpoint["num_register_tokens"] == 0
-    assert "blocks.0.attn.qkv.weight" in checkpoint["teacher"] and "norm.weight" in checkpoint["student"]
+    assert (
+        "model.blocks.0.attn.qkv.weight" in checkpoint["teacher"]
+        and "model.norm.weight" in checkpoint["student"]
+    )
     assert set(checkpoint["data_position"]) == {"epoch", "position"}
     resolved = load_config(full_run.out_dir / "config.yaml")
     assert resolved.data.batch_size == 2 and resolved.run.out_dir == str(full_run.out_dir)
@@ -362,12 +365,12 @@ def test_control_run_zeroes_only_the_loss_gradient(tmp_path: Path, scenes: Path,
         # Every tensor is scaled by one factor: no gradient step, only the decoupled weight decay.
         torch.testing.assert_close(ratio, torch.full_like(ratio, float(ratio.mean())), rtol=0, atol=1e-5)
         factors[key] = float(ratio.mean())
-    assert factors["blocks.0.norm1.weight"] == pytest.approx(1.0, abs=1e-6)  # no-decay group: untouched
-    assert factors["blocks.0.attn.qkv.weight"] < 0.999  # decayed group: shrunk
+    assert factors["model.blocks.0.norm1.weight"] == pytest.approx(1.0, abs=1e-6)  # no-decay group: untouched
+    assert factors["model.blocks.0.attn.qkv.weight"] < 0.999  # decayed group: shrunk
     # The NeCo run with the same start moves the no-decay weights too.
     full_a = _load(full_run.checkpoint_dir / "step_00000002.ckpt")["student"]
     full_b = _load(full_run.last_checkpoint)["student"]
-    assert not torch.equal(full_a["blocks.0.norm1.weight"], full_b["blocks.0.norm1.weight"])
+    assert not torch.equal(full_a["model.blocks.0.norm1.weight"], full_b["model.blocks.0.norm1.weight"])
     (metrics,) = (tmp_path / "csv").glob("version_*/metrics.csv")
     with open(metrics) as handle:
         losses = [float(r["train/loss"]) for r in csv.DictReader(handle) if r.get("train/loss")]

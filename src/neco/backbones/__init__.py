@@ -1,22 +1,27 @@
-"""ViT backbones: official DINOv2 / DINO models, DINOv3 and any timm ViT (via timm), registry and weight formats."""
+"""ViT backbones built by timm (DINOv2, DINO, DINOv3, any timm ViT): registry, weight formats and loading."""
 
 from __future__ import annotations
 
+from neco.backbones.checkpoint import read_checkpoint
 from neco.backbones.download import HUBS, cache_dir, download_weights, weight_source
-from neco.backbones.factory import create
 from neco.backbones.formats import FORMATS, convert, detect_format
-from neco.backbones.grid import patch_grid
+from neco.backbones.loading import (
+    WeightsInfo,
+    create,
+    load_backbone,
+    load_weights,
+    read_state_dict,
+    resolve_backbone,
+    state_dict_checksum,
+)
+from neco.backbones.model import Backbone, patch_grid
 from neco.backbones.registry import BackboneConfig, WeightSource, get_config, list_backbones
-from neco.backbones.timm_vit import TimmViT
-from neco.backbones.vit import VisionTransformer
-from neco.backbones.weights import WeightsInfo, load_weights, read_checkpoint, read_state_dict
 
 __all__ = [
     "FORMATS",
     "HUBS",
+    "Backbone",
     "BackboneConfig",
-    "TimmViT",
-    "VisionTransformer",
     "WeightSource",
     "WeightsInfo",
     "cache_dir",
@@ -26,9 +31,12 @@ __all__ = [
     "download_weights",
     "get_config",
     "list_backbones",
-    "patch_grid",
+    "load_backbone",
     "load_weights",
+    "patch_grid",
     "read_checkpoint",
     "read_state_dict",
+    "resolve_backbone",
+    "state_dict_checksum",
     "weight_source",
 ]

@@ -1,17 +1,33 @@
 """Backbone state-dict formats: detection and exact conversion between official DINOv2, timm and HF names.
 
-The official DINOv2 names are neco's canonical format (see docs/weights.md). Every conversion goes
-through it: `source -> official -> target`. Only renames, a q/k/v split or merge, and for register
-models the timm folding of the CLS position row into the CLS token; no value is ever recomputed
-otherwise, so round trips are exact.
+The official DINOv2 names are neco's canonical format for the DINOv2 / DINO backbones (see
+docs/weights.md). Every conversion goes through it: `source -> official -> target`. Only renames, a
+q/k/v split or merge, and for register models the timm folding of the CLS position row into the CLS
+token; no value is ever recomputed otherwise, so round trips are exact.
+
+DINOv3 / `timm:` backbones (timm-built families): a state dict in the timm model's own names loads
+as is; any other (Meta's official DINOv3 files: `storage_tokens`, `ls1.gamma`, fused `qkv.bias`)
+goes through the model's own timm `checkpoint_filter_fn`, never a neco copy of it. The only thing
+checked before is what that function would drop silently: Meta's `qkv.bias` when the timm model has
+no q/v bias is accepted only if it is all zeros (true for the released DINOv3 files). Export
+(`meta_state_dict`) writes the inverse renames back to Meta's names plus the buffers Meta's files
+carry (`rope_embed.periods`, `qkv.bias_mask`, a zero k bias); `mask_token` is not written.
+`hf_config` gives the Hugging Face `config.json` of an exported DINOv2-family backbone.
 """
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
+
+from neco.backbones.registry import BackboneConfig
 
 __all__ = [
     "FORMATS",
@@ -20,6 +36,10 @@ __all__ = [
     "detect_format",
     "is_head_key",
     "strip_prefixes",
+    "hf_config",
+    "meta_state_dict",
+    "to_timm_state",
+    "write_hf_config",
 ]
 
 FORMATS = {
@@ -120,6 +140,13 @@ def detect_format(state_dict: Mapping[str, torch.Tensor]) -> str:
     keys = list(state_dict)
     if any(k.startswith(("embeddings.", "encoder.layer.")) for k in keys):
         return "hf"
+    eva = "storage_tokens" in state_dict or any(k.endswith(".gamma_1") or k.startswith("rope") for k in keys)
+    if eva and "pos_embed" not in state_dict:
+        raise ValueError(
+            "state dict holds DINOv3 keys (Meta's `storage_tokens` or timm Eva's `gamma_1` / RoPE), which are "
+            "read for a named backbone only: pass --backbone NAME (e.g. dinov3_vits16; `neco backbones` "
+            "lists them), or `backbone=` in Python"
+        )
     if not any(k.startswith("blocks.") for k in keys) or "pos_embed" not in state_dict:
         shown = keys[:8]
         raise ValueError(
@@ -297,3 +324,148 @@ def _hf_to_official(state: StateDict) -> StateDict:
             raise ValueError(f"Hugging Face layer {layer} lacks {[f'{m}.{param}' for m in missing]}")
         out[f"blocks.{layer}.attn.qkv.{param}"] = torch.cat([parts[name] for name in _QKV_HF], dim=0)
     return out
+
+
+META_DINOV3_MARKER = "storage_tokens"  # the key that identifies Meta's DINOv3 files (timm checks the same)
+_QKV_BIAS = re.compile(r"^(blocks\.\d+\.attn)\.qkv\.bias$")
+_HF_DINOV3 = ("embeddings.", "layer.", "encoder.layer.")
+
+
+def _filter_fn(model: nn.Module):
+    """The `checkpoint_filter_fn` of the timm module that defines `model`'s class, or None."""
+    return getattr(sys.modules.get(type(model).__module__), "checkpoint_filter_fn", None)
+
+
+def _submodule(model: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return model.get_submodule(path)
+    except AttributeError:
+        return None  # a key of another depth: the strict load names it
+
+
+def _drop_zero_qkv_bias(state: StateDict, model: nn.Module, name: str) -> StateDict:
+    """Meta's fused `qkv.bias` for a timm model without q/v biases: drop it when all zeros, else refuse."""
+    out = {}
+    for key, value in state.items():
+        match = _QKV_BIAS.match(key)
+        attn = _submodule(model, match.group(1)) if match else None
+        if (
+            attn is not None
+            and getattr(attn, "qkv", None) is not None
+            and getattr(attn, "q_bias", None) is None
+        ):
+            if torch.count_nonzero(value.float().nan_to_num()) > 0:
+                raise ValueError(
+                    f"{key} holds non-zero q/v biases but {name} is built without them; use the timm "
+                    f"`_qkvb` variant: --backbone timm:<its timm name>_qkvb (e.g. timm:vit_small_patch16_dinov3_qkvb)"
+                )
+            continue
+        out[key] = value
+    return out
+
+
+def to_timm_state(state: Mapping[str, torch.Tensor], model: nn.Module, name: str) -> tuple[StateDict, str]:
+    """Convert backbone tensors (prefixes and heads removed) to `model`'s timm names; returns (state, format)."""
+    state = dict(state)
+    expected = model.state_dict()
+    if set(state) == set(expected) and all(state[k].shape == expected[k].shape for k in state):
+        return state, "timm"
+    if any(k.startswith(_HF_DINOV3) for k in state):
+        raise ValueError(
+            f"the weights for {name} are in Hugging Face transformers names ({sorted(state)[:3]}, ...), which "
+            "neco does not read for timm-built backbones; use Meta's official .pth file or the timm copy"
+        )
+    filter_fn = _filter_fn(model)
+    if META_DINOV3_MARKER in state:
+        state = _drop_zero_qkv_bias(state, model, name)
+        fmt = "meta (official DINOv3)"
+    else:
+        fmt = "timm"
+    if filter_fn is not None:
+        state = filter_fn(state, model)
+        fmt += f", converted by {type(model).__module__}.checkpoint_filter_fn"
+    return state, fmt
+
+
+def meta_state_dict(model: nn.Module) -> StateDict:
+    """A timm DINOv3 (Eva) model's weights in Meta's official DINOv3 key names (see the module doc)."""
+    state = model.state_dict()
+    if getattr(model, "reg_token", None) is None or getattr(model, "rope", None) is None:
+        raise ValueError(
+            f"official DINOv3 names need a DINOv3 model (registers and RoPE) but {type(model).__name__} "
+            "has neither; export it with --format timm"
+        )
+    swiglu = {k.split(".mlp.")[0] for k in state if ".mlp.fc1_g." in k}
+    out: StateDict = {}
+    for key, value in state.items():
+        if key.endswith((".attn.q_bias", ".attn.v_bias")):
+            continue  # merged into qkv.bias below
+        block = key.split(".mlp.")[0] if ".mlp." in key else None
+        key = key.replace("reg_token", META_DINOV3_MARKER)
+        key = key.replace(".gamma_1", ".ls1.gamma").replace(".gamma_2", ".ls2.gamma")
+        if block in swiglu:  # SwiGLU blocks: Meta's w1 / w2 / w3
+            key = key.replace(".mlp.fc1_g.", ".mlp.w1.").replace(".mlp.fc1_x.", ".mlp.w2.")
+            key = key.replace(".mlp.fc2.", ".mlp.w3.")
+        out[key] = value
+    for index, block in enumerate(model.blocks):
+        attn = block.attn
+        width = attn.qkv.weight.shape[0] // 3
+        weight = attn.qkv.weight
+        if attn.q_bias is not None:
+            bias = torch.cat([attn.q_bias, torch.zeros_like(attn.q_bias), attn.v_bias]).detach()
+        else:
+            bias = weight.new_zeros(3 * width)  # the released distilled models have all-zero biases
+        mask = torch.ones_like(bias)
+        mask[width : 2 * width] = 0  # Meta masks the k bias
+        out[f"blocks.{index}.attn.qkv.bias"] = bias.clone()
+        out[f"blocks.{index}.attn.qkv.bias_mask"] = mask
+    out["rope_embed.periods"] = model.rope.periods.detach().clone()
+    return out
+
+
+def hf_config(config: BackboneConfig, pos_grid: int | None = None) -> dict[str, Any]:
+    """`Dinov2Config` / `Dinov2WithRegistersConfig` fields of a DINOv2-family backbone.
+
+    `pos_grid` is the side of the exported position-embedding grid (default: the registered one); the
+    image size is that grid in pixels, so transformers interpolates nothing at the native resolution.
+    """
+    if config.family != "dinov2" or config.layerscale_init is None:
+        raise ValueError(
+            f"a Hugging Face config.json is written for DINOv2-family backbones only; {config.name} is "
+            f"family {config.family}"
+        )
+    grid = config.pos_grid if pos_grid is None else int(pos_grid)
+    registers = config.num_register_tokens > 0
+    values: dict[str, Any] = {
+        "architectures": ["Dinov2WithRegistersModel" if registers else "Dinov2Model"],
+        "model_type": "dinov2_with_registers" if registers else "dinov2",
+        "hidden_size": config.embed_dim,
+        "num_hidden_layers": config.depth,
+        "num_attention_heads": config.num_heads,
+        # transformers 5 validates an int here; the DINOv2 ratios are whole numbers
+        "mlp_ratio": int(config.mlp_ratio) if float(config.mlp_ratio).is_integer() else config.mlp_ratio,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,
+        "image_size": grid * config.patch_size,
+        "patch_size": config.patch_size,
+        "num_channels": 3,
+        "qkv_bias": True,
+        "layerscale_value": float(config.layerscale_init),
+        "drop_path_rate": 0.0,
+        "use_swiglu_ffn": config.ffn == "swiglu",
+        "torch_dtype": "float32",
+    }
+    if registers:
+        values["num_register_tokens"] = config.num_register_tokens
+    return values
+
+
+def write_hf_config(config: BackboneConfig, folder: str | Path, pos_grid: int | None = None) -> Path:
+    """Write `folder/config.json` (atomically) and return its path."""
+    from neco.utils.io import atomic_write
+
+    text = json.dumps(hf_config(config, pos_grid), indent=2) + "\n"
+    return atomic_write(Path(folder) / "config.json", lambda handle: handle.write(text.encode()))

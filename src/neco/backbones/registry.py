@@ -117,7 +117,7 @@ def list_backbones() -> list[str]:
 def get_config(name: str) -> BackboneConfig:
     """The config registered under `name`, or built for `timm:<model name>`; a ValueError otherwise."""
     if name.startswith(TIMM_PREFIX):
-        from neco.backbones.timm_vit import timm_config
+        from neco.backbones.model import timm_config
 
         return timm_config(name)
     if name not in _REGISTRY:

@@ -34,7 +34,7 @@ def add_backbone_options(group: Any, *, default: str | None = None, optional: bo
 
 def load_backbone_of(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """The backbone the parsed options name, in eval mode, and its identity for result files."""
-    from neco.evaluation import load_backbone
+    from neco.backbones.loading import load_backbone
 
     return load_backbone(
         args.backbone, weights=args.weights, pretrained=not args.random_init, which=args.which

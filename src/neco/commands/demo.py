@@ -33,8 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from neco.backbones.loading import resolve_backbone
     from neco.demo.run import DemoConfig, run_demo
-    from neco.evaluation.features import resolve_backbone
 
     # a neco checkpoint names both; --random-init with a weights file is refused there
     backbone, weights = resolve_backbone(args.backbone, args.weights, random_init=args.random_init)

@@ -79,8 +79,8 @@ def _timm_built_state(
 ) -> tuple[dict[str, Any], Any, str]:
     """(state dict, read info, key names) of a DINOv3 / `timm:` backbone: timm's own keys, or Meta's for DINOv3."""
     from neco.backbones import create
-    from neco.backbones.timm_weights import meta_state_dict
-    from neco.backbones.weights import load_weights
+    from neco.backbones.formats import meta_state_dict
+    from neco.backbones.loading import load_weights
 
     if args.format == "hf" or (args.format == "official" and config.family != "dinov3"):
         raise ValueError(
@@ -97,8 +97,9 @@ def _timm_built_state(
 def write_backbone(args: argparse.Namespace, source: str) -> int:
     """Handler of `neco export` and `neco convert`: read the backbone of `source`, verify it, write it as `--format`."""
     from neco.backbones import create, get_config
+    from neco.backbones.checkpoint import check_tensors_finite, extract_state_dict
     from neco.backbones.formats import convert
-    from neco.backbones.weights import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
+    from neco.backbones.loading import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
     from neco.utils.io import check_new_file
 
     out = Path(args.out)
@@ -108,6 +109,7 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
     if args.format == "hf":
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
     checkpoint = read_checkpoint(source)
+    check_tensors_finite(extract_state_dict(checkpoint, args.which)[0], source, "weights file")
     _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
     name = args.backbone or raw_info.backbone
     if args.format == "hf" and name is None:
@@ -121,6 +123,9 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
         state, info, keys = _timm_built_state(args, config, checkpoint)
     else:
         official, info = read_state_dict(checkpoint, which=args.which)
+        if config is not None and config.mask_token and "mask_token" not in official:
+            # timm-built models keep no mask token (NeCo never masks): zeros let official / HF models load strictly
+            official["mask_token"] = official["cls_token"].new_zeros(1, official["cls_token"].shape[-1])
         state, keys = convert(official, to=args.format, source="official"), f"{args.format} keys"
     info.source = str(source)
     print(f"read {info.describe()}")
@@ -150,7 +155,7 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
 
 def _write_hf_config(config: Any, official: dict[str, Any], out: Path) -> None:
     """config.json beside the weights, so `transformers.AutoModel.from_pretrained(folder)` loads them."""
-    from neco.backbones.hf_config import write_hf_config
+    from neco.backbones.formats import write_hf_config
 
     if config.family != "dinov2":
         print(f"no config.json written: {config.name} (family {config.family}) has no Dinov2Model equivalent")

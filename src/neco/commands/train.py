@@ -157,7 +157,7 @@ def _as_yaml(key: str, value: Any) -> str:
 
 def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     """(option, key, value) of --backbone / --weights / --which / --random-init, resolved as `neco eval` does."""
-    from neco.evaluation.features import resolve_backbone
+    from neco.backbones.loading import resolve_backbone
 
     # without --backbone the config's backbone holds ("" names none); --weights is checked all the same
     name, weights = resolve_backbone(args.backbone or "", args.weights, random_init=args.random_init)

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from neco.backbones import create
+from neco.backbones import convert, create
+from neco.backbones.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD
 from neco.data.synthetic import SCENE_CLASSES, generate_scene
 from neco.utils.io import atomic_torch_save
@@ -159,13 +160,14 @@ def pretrain_tiny(
 
 def save_tiny_asset(model: nn.Module, log: dict[str, Any], path: str | Path) -> Path:
     """Save the backbone as an fp16 official-format state dict with its provenance (small, weights_only-safe)."""
-    state = {
-        k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in model.state_dict().items()
-    }
+    official = convert(model.state_dict(), to="official")
+    if model.config.mask_token:  # official DINOv2 files carry the (training-only, untrained) mask token
+        official["mask_token"] = torch.zeros(1, model.embed_dim)
+    state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in official.items()}
     # A neco checkpoint whose student and teacher are the same tensors (stored once by torch.save).
     payload = {
-        "format": "neco-checkpoint",
-        "version": 1,
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
         "backbone": log["config"]["backbone"],
         "num_register_tokens": int(getattr(model, "num_register_tokens", 0)),
         "student": state,

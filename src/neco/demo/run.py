@@ -266,6 +266,7 @@ def start_model(cfg: DemoConfig, out: Path) -> tuple[torch.nn.Module, str | None
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run the demo end to end and write report.md, report.html and results.json into `cfg.out`."""
     from neco.backbones import create, get_config
+    from neco.backbones.loading import backbone_identity
     from neco.data import build_segmentation_dataset
     from neco.data.synthetic import write_scenes
     from neco.demo.figures import (
@@ -277,7 +278,7 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     )
     from neco.demo.parts import Parts, fingerprint
     from neco.demo.report import summary_lines, write_reports
-    from neco.evaluation import Features, backbone_identity
+    from neco.evaluation import Features
     from neco.training.run import train
 
     started = time.perf_counter()

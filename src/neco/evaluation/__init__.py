@@ -10,7 +10,7 @@ protocol by name). Example:
     result = evaluate("hummingbird", Features.of_model(model), EvalData(val=val, train=train)).result
 """
 
-from neco.evaluation.features import Features, backbone_identity, load_backbone, state_dict_checksum
+from neco.evaluation.features import Features
 from neco.evaluation.protocol import (
     EvalData,
     Protocol,
@@ -28,11 +28,8 @@ __all__ = [
     "Protocol",
     "ProtocolOutput",
     "RunSettings",
-    "backbone_identity",
     "evaluate",
     "get_protocol",
-    "load_backbone",
     "protocol_names",
     "register_protocol",
-    "state_dict_checksum",
 ]

@@ -1,7 +1,7 @@
 """AdamW parameter groups (backbone / head x decay / no-decay) and the `trainable_blocks` option.
 
-neco's own ViT uses the name rules below. A timm model (DINOv3, `timm:<name>`, or a raw timm ViT)
-declares them itself, and is asked: no weight decay through timm's `no_weight_decay()` (with timm's
+Every neco backbone wraps a timm model (`backbone.model`), which declares them itself and is asked
+(the name rules below serve other modules, e.g. a raw non-timm ViT): no weight decay through timm's `no_weight_decay()` (with timm's
 `param_groups_weight_decay`, which also exempts biases and 1-D tensors), blocks through its
 `group_matcher()` (timm's `group_parameters`).
 """
@@ -34,8 +34,7 @@ def is_no_decay(name: str, ndim: int, *, decay_tokens: bool = False) -> bool:
 
 def timm_model_of(backbone: nn.Module) -> nn.Module | None:
     """The timm model that declares `backbone`'s layer-wise options: its wrapped `model`, itself, or None."""
-    config = getattr(backbone, "config", None)
-    candidates = [backbone.model] if getattr(config, "built_by_timm", False) else []
+    candidates = [backbone.model] if isinstance(getattr(backbone, "model", None), nn.Module) else []
     candidates.append(backbone)
     for candidate in candidates:
         if callable(getattr(candidate, "no_weight_decay", None)) and callable(

@@ -14,6 +14,8 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from neco.backbones.checkpoint import check_tensors_finite, named_tensors
+from neco.backbones.checkpoint import read_training_checkpoint as read_checkpoint
 from neco.utils.io import atomic_torch_save
 from neco.utils.logging import get_logger
 
@@ -260,51 +262,8 @@ class PeriodicCheckpoint(L.Callback):
 
 
 def _tensors(value: Any, prefix: str = "") -> Iterator[torch.Tensor]:
-    for _, tensor in _named_tensors(value, prefix):
+    for _, tensor in named_tensors(value, prefix):
         yield tensor
-
-
-def _named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside nested dicts / lists, with a dotted name."""
-    if torch.is_tensor(value):
-        yield prefix, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from _named_tensors(item, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from _named_tensors(item, f"{prefix}[{index}]")
-
-
-def check_tensors_finite(checkpoint: dict[str, Any], path: str | Path) -> None:
-    """Raise ValueError naming the first tensors of `checkpoint` holding NaN or infinity (corrupt file)."""
-    bad = [
-        name
-        for name, tensor in _named_tensors(checkpoint)
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
-    ]
-    if bad:
-        raise ValueError(
-            f"checkpoint {path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}; "
-            "the file is corrupt (or was saved from a diverged run)"
-        )
-
-
-def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a neco training checkpoint (weights_only) and check it: format keys present, all tensors finite."""
-    path = Path(path)
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - any load failure means an unusable file
-        raise ValueError(
-            f"checkpoint {path}: not a readable checkpoint ({type(err).__name__}: {err})"
-        ) from err
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != "neco-checkpoint":
-        raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no `format: neco-checkpoint`)")
-    if "state_dict" not in checkpoint:
-        raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no state_dict)")
-    check_tensors_finite(checkpoint, path)
-    return checkpoint
 
 
 def step_checkpoints(checkpoint_dir: Path) -> list[Path]:

@@ -17,12 +17,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from neco.backbones.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
 from neco.training.config import TrainConfig, config_to_dict
 
 __all__ = ["NeCoModule", "NonFiniteLossError", "build_backbone", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
-CHECKPOINT_FORMAT = "neco-checkpoint"
-CHECKPOINT_VERSION = 1
 
 
 class NonFiniteLossError(FloatingPointError):

@@ -1,0 +1,249 @@
+"""Weight files and the neco checkpoint format: reading any file, unwrapping its container, checking it.
+
+A neco checkpoint (written by `neco train` and `neco pretrain-tiny`) is a `torch.save` dict with
+`format: "neco-checkpoint"`, `version`, `backbone` (registry name), `num_register_tokens`, the
+`student` and `teacher` backbone state dicts and, for training runs, Lightning's `state_dict`,
+optimizer and loop state. This module is the one place that defines and reads it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "WHICH",
+    "check_tensors_finite",
+    "describe_file",
+    "extract_state_dict",
+    "named_tensors",
+    "read_checkpoint",
+    "read_training_checkpoint",
+    "recorded_register_tokens",
+]
+
+CHECKPOINT_FORMAT = "neco-checkpoint"
+CHECKPOINT_VERSION = 1
+WHICH = {
+    "teacher": "the EMA teacher (the better model; default)",
+    "student": "the student",
+}
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTOCOL = 0x80  # first byte of a pickle (the legacy torch.save format)
+
+StateDict = dict[str, torch.Tensor]
+
+
+def _looks_like(head: bytes) -> str:
+    """What the first bytes of a file that is neither a torch pickle nor safetensors look like."""
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+        return "an HTML/XML page (a download that saved an error or login page?)"
+    if head.startswith(_ZIP_MAGIC):
+        return "a torch checkpoint (zip) named .safetensors: rename it to .pth"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return "an unknown binary file"
+    return "a text file"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """True when `head` starts like safetensors: an 8-byte little-endian header length, then JSON."""
+    if len(head) < 9:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 0 < length <= size - 8 and head[8:9] == b"{"
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for any bad file
+        raise ValueError(
+            f"weights file {path} is not a readable safetensors file ({type(err).__name__}: {err}); "
+            "it is truncated or not safetensors at all: download it again"
+        ) from err
+
+
+def describe_file(path: str | Path, what: str = "weights file") -> tuple[bytes, int]:
+    """The first bytes and size of `path`; a ValueError naming it when it is missing, empty or not a checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{what} {path} is empty (0 bytes): not a checkpoint; download or copy it again")
+    with path.open("rb") as handle:
+        head = handle.read(64)
+    if path.suffix == ".safetensors" and not _is_safetensors(head, size):
+        raise ValueError(
+            f"{what} {path} is not a safetensors file: it looks like {_looks_like(head)} "
+            f"(starts with {head[:16]!r})"
+        )
+    if not (head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL or _is_safetensors(head, size)):
+        raise ValueError(
+            f"{what} {path} is not a torch checkpoint or safetensors file: it looks like "
+            f"{_looks_like(head)} (starts with {head[:16]!r})"
+        )
+    return head, size
+
+
+def read_checkpoint(
+    path: str | Path, *, weights_only: bool = True, mmap: bool = False, what: str = "weights file"
+) -> Any:
+    """Read a weights file (`torch.save` pickle with `weights_only` by default, or safetensors).
+
+    `mmap` memory-maps a zip-format torch file, so reading its top-level entries does not read its
+    tensors. A file that is empty, text, an HTML page, or truncated gets a ValueError naming it and
+    saying what it is not.
+    """
+    path = Path(path)
+    head, size = describe_file(path, what)
+    if _is_safetensors(head, size):
+        return _read_safetensors(path)
+    try:
+        return torch.load(
+            path, map_location="cpu", weights_only=weights_only, mmap=mmap and head.startswith(_ZIP_MAGIC)
+        )
+    except pickle.UnpicklingError as err:
+        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
+        if refused:
+            # A real torch pickle holding objects beyond tensors and plain containers.
+            raise ValueError(
+                f"{what} {path} holds objects that `torch.load(weights_only=True)` refuses "
+                f"(e.g. {refused.group(1)}); if you trust the file, load it with "
+                "`neco.backbones.read_checkpoint(path, weights_only=False)` and pass the result as weights=, "
+                "or re-save its state dict as plain tensors"
+            ) from err
+        raise ValueError(f"{what} {path} is not a readable torch checkpoint ({err})") from err
+    except Exception as err:  # noqa: BLE001 - torch raises many types (EOFError, KeyError, RuntimeError) for bad files
+        raise ValueError(
+            f"{what} {path} is not a readable torch checkpoint ({type(err).__name__}: {err}); "
+            "it is truncated or corrupt: download or copy it again"
+        ) from err
+
+
+def named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor inside nested dicts / lists, with a dotted name."""
+    if torch.is_tensor(value):
+        yield prefix, value
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from named_tensors(item, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            yield from named_tensors(item, f"{prefix}[{index}]")
+
+
+def check_tensors_finite(checkpoint: Any, path: str | Path, what: str = "checkpoint") -> None:
+    """Raise ValueError naming the first tensors of `checkpoint` holding NaN or infinity (corrupt file)."""
+    bad = [
+        name
+        for name, tensor in named_tensors(checkpoint)
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{what} {path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}; "
+            "the file is corrupt (or was saved from a diverged run)"
+        )
+
+
+def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a neco training checkpoint and check it: format keys present, every tensor finite."""
+    checkpoint = read_checkpoint(path, what="checkpoint")
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(
+            f"checkpoint {path}: not a neco training checkpoint (no `format: {CHECKPOINT_FORMAT}`)"
+        )
+    if "state_dict" not in checkpoint:
+        raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no state_dict)")
+    check_tensors_finite(checkpoint, path)
+    return checkpoint
+
+
+def recorded_register_tokens(weights: str | Path | Mapping[str, Any]) -> int | None:
+    """The register-token count a neco or Lightning training checkpoint records; None for other files."""
+    if isinstance(weights, Mapping):
+        obj: Any = weights
+    elif Path(weights).suffix == ".safetensors":
+        return None  # a plain tensor file records nothing
+    else:
+        try:  # memory-mapped: the top-level entries are read, the tensors are not
+            obj = read_checkpoint(weights, mmap=True)
+        except (OSError, ValueError):  # not a readable checkpoint: the loader reports it, naming the file
+            return None
+    value = obj.get("num_register_tokens") if isinstance(obj, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and bool(obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _split_networks(state: Mapping[str, Any], which: str) -> tuple[dict[str, Any], str | None]:
+    """Pick `teacher.*` or `student.*`/`model.*` keys when both networks share one state dict."""
+    groups: dict[str, dict[str, Any]] = {prefix: {} for prefix in ("teacher.", "student.", "model.")}
+    for key, value in state.items():
+        for prefix in groups:
+            if key.startswith(prefix):
+                groups[prefix][key[len(prefix) :]] = value
+                break
+    student = groups["student."] or groups["model."]
+    if not (groups["teacher."] and student):
+        return dict(state), None
+    return (groups["teacher."] if which == "teacher" else student), which
+
+
+def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dict[str, Any]]:
+    """Unwrap a loaded checkpoint into one backbone state dict (keys still in their own format).
+
+    Returns the tensors and a dict with `container`, `which`, and, for neco checkpoints, `backbone` and
+    `num_register_tokens`.
+    """
+    if which not in WHICH:
+        raise ValueError(f"`which` must be one of {sorted(WHICH)} but is {which!r}")
+    meta: dict[str, Any] = {"which": None}
+    if not isinstance(obj, Mapping):
+        raise ValueError(
+            f"checkpoint must be a dict of tensors or a training checkpoint but is {type(obj).__name__}"
+        )
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        if not isinstance(obj.get(which), Mapping):
+            raise ValueError(f"neco checkpoint has no `{which}` state dict (keys: {sorted(obj)[:12]})")
+        meta.update(
+            container="neco checkpoint",
+            which=which,
+            backbone=obj.get("backbone"),
+            num_register_tokens=obj.get("num_register_tokens"),
+        )
+        state = obj[which]
+    elif isinstance(obj.get("teacher"), Mapping) and isinstance(obj.get("student"), Mapping):
+        meta.update(container="DINO training checkpoint", which=which)
+        state = obj[which]
+    elif isinstance(obj.get("state_dict"), Mapping):
+        meta.update(container="Lightning checkpoint")
+        state = obj["state_dict"]
+    elif isinstance(obj.get("model"), Mapping) and not _is_tensor_dict(obj):
+        meta.update(container="checkpoint with a `model` entry")
+        state = obj["model"]
+    else:
+        meta.update(container="state dict")
+        state = obj
+    state, picked = _split_networks(state, which)
+    if picked:
+        meta["which"] = picked
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if not tensors:
+        raise ValueError(f"{meta['container']} holds no tensors")
+    return tensors, meta
