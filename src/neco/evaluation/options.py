@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from fractions import Fraction
@@ -143,6 +144,8 @@ def validate(settings: Any) -> None:
         for item in value if isinstance(value, tuple | list) else (value,):
             if isinstance(item, bool) or not isinstance(item, int | float):
                 continue  # bounds apply to numbers (None, text and flags have none)
+            if not math.isfinite(item):  # nan passes every bound check below
+                raise ValueError(f"`{name}` must be a finite number but is {value}")
             if low is not None and (item <= low if exclusive else item < low):
                 raise ValueError(f"`{name}` must be {'>' if exclusive else '>='} {low} but is {value}")
             if high is not None and item > high:
