@@ -3,6 +3,7 @@ divergence, concurrent runs, duplicate YAML keys, checksums, changed training im
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -142,8 +143,12 @@ def test_a_second_run_into_a_locked_folder_is_refused(tmp_path: Path, scenes: Pa
         other.kill()
         other.wait()
     # The same lock of a process that is gone is stale: taken over, and released at the end.
-    result = train(_config(out, scenes, "optim.max_steps=1"))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = train(_config(out, scenes, "optim.max_steps=1"))
     assert result.global_step == 1 and not (out / LOCK_NAME).exists()
+    # 16. no Lightning warning about an overridden data hook at every run
+    assert not [w for w in caught if "on_before_batch_transfer" in str(w.message)]
 
 
 # -- 6. checksums ----------------------------------------------------------------------------------

@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model = parser.add_argument_group("backbones")
     add_backbone_options(model)
     model.add_argument("--compare", help="a second backbone shown side by side (name or file)")
-    model.add_argument("--compare-weights", help="weights file for --compare")
+    model.add_argument(
+        "--compare-weights", help="weights file for --compare (default: the registered weights of --compare)"
+    )
     run = parser.add_argument_group("page")
     run.add_argument("--input-size", type=int, help="square input size (default: 448, a patch multiple)")
     run.add_argument("--k", type=int, default=10, help="nearest patches marked (the page can change it)")

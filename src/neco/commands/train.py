@@ -194,5 +194,5 @@ def _config_file(value: str) -> str:
         return value
     try:
         return str(preset_path(value))
-    except FileNotFoundError:
-        return value  # load_config names the missing file
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--config {value}: no such config file, and {err}") from err

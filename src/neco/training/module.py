@@ -123,8 +123,6 @@ class NeCoModule(L.LightningModule):
         self.data_position: tuple[int, int] = (0, 0)
         self._resume_position: tuple[int, int] | None = None
         self._loss_window: list[Tensor] = []
-        # Unreadable training images skipped in this process's run, whichever loader worker met them.
-        self.skipped_images: set[str] = set()
         # Largest |weight| of the student at the run's start (carried by checkpoints): divergence yardstick.
         self.start_weight_max = self.weight_max()
         # Count and list hash of the training images (set by the run), so a resume notices a changed set.
@@ -295,12 +293,6 @@ class NeCoModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------
     # training step and logging
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the unreadable files the loader skipped for this batch (on the host, before the copy)."""
-        if isinstance(batch, dict):
-            self.skipped_images.update(batch.pop("skipped", ()))
-        return batch
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One NeCo step: loss, non-finite check across ranks, logging."""

@@ -302,5 +302,5 @@ def _train_in(
         metrics=metrics,
         stop_signal=checkpointer.stop_signal,
         config_changes=significant,
-        skipped_images=sorted(module.skipped_images),
+        skipped_images=sorted(datamodule.skipped_images),
     )
