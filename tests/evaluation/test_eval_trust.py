@@ -65,10 +65,12 @@ def _eval(scenes: Path, backbone: str, *extra: str) -> int:
 # -- 4. default result folders ---------------------------------------------------------------------
 
 
-def test_two_runs_last_ckpt_get_their_own_result_folders(scenes, tmp_path, monkeypatch) -> None:
+def test_two_runs_last_ckpt_get_their_own_result_folders(scenes, tmp_path, monkeypatch, capfd) -> None:
     monkeypatch.chdir(tmp_path)
     first, second = _run_checkpoint(tmp_path / "runA", 0), _run_checkpoint(tmp_path / "runB", 1)
     assert _eval(scenes, str(first)) == 0 and _eval(scenes, str(second)) == 0
+    err = capfd.readouterr().err
+    assert "on scenes val (2)" in err and "val val" not in err  # 19. the split named once
     a = json.loads((tmp_path / "eval_out/runA_step_00000002/overcluster/overcluster.json").read_text())
     b = json.loads((tmp_path / "eval_out/runB_step_00000002/overcluster/overcluster.json").read_text())
     assert a["backbone"]["sha256"] != b["backbone"]["sha256"]
@@ -156,3 +158,46 @@ def test_non_finite_evaluation_options_are_refused(scenes, capsys) -> None:
     ]
     assert main([*args, "--temperature", "nan"]) == 2
     assert "`--temperature` must be a finite number but is nan" in capsys.readouterr().err
+
+
+# -- 19. wording -----------------------------------------------------------------------------------
+
+
+def test_a_list_option_out_of_range_names_the_item(scenes, capsys) -> None:
+    args = [
+        "eval",
+        "overcluster",
+        "--data-root",
+        str(scenes),
+        "--backbone",
+        "vit_tiny",
+        "--random-init",
+        *COMMON,
+    ]
+    assert main([*args, "--ks", "4", "-5"]) == 2
+    err = capsys.readouterr().err
+    assert "`--ks` must be >= 0 but holds -5" in err and "(4, -5)" not in err
+
+
+def test_make_scenes_says_when_it_reused_the_output(tmp_path, capsys) -> None:
+    args = [
+        "make-scenes",
+        str(tmp_path / "s"),
+        "--num-train",
+        "2",
+        "--num-val",
+        "1",
+        "--input-size",
+        "32",
+        "--no-progress",
+    ]
+    assert main(args) == 0
+    assert "scenes: wrote 2 train" in capsys.readouterr().out
+    assert main(args) == 0
+    assert "scenes: reused the existing 2 train" in capsys.readouterr().out
+    assert main([*args[:-1], "--seed", "3"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "`neco make-scenes DIR --overwrite` (`overwrite=True` from Python)" in err
+        and "} (overwrite=True)" not in err
+    )

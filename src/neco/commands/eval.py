@@ -116,7 +116,11 @@ def _run(args: argparse.Namespace) -> int:
     model, identity = load_backbone_of(args)
     features = Features.of_model(model, device, run.precision)
     out = args.out or _default_out(args, identity)
-    splits = ", ".join(f"{k} {v['split']} ({v['num_images']})" for k, v in data.describe()["splits"].items())
+    # "val (4)" where the role is the split's name, "train: trainaug (1464)" where it is not
+    splits = ", ".join(
+        f"{'' if role == v['split'] else role + ': '}{v['split']} ({v['num_images']})"
+        for role, v in data.describe()["splits"].items()
+    )
     log.info(f"{args.protocol}: {identity['name']} on {args.dataset} {splits}")
     evaluation = evaluate(
         args.protocol, features, data, settings, run, backbone=identity, out_dir=out, command=sys.argv[1:]
