@@ -18,10 +18,22 @@ Faults:
   changed_lr       resume with another optim.lr_backbone (applied and recorded)
   changed_loss     resume with another loss.steepness_student (must be refused)
 
+Round three (issue 26, `--issue26`, written to its own JSON):
+  nonfinite_setting  optim.lr_backbone=.inf and =.nan on the command line (refused, no run folder)
+  divergence         lr 1000 from step 2: exploded steps set aside, the named checkpoint resumes
+  concurrent_runs    two `neco train` into one folder at the same time (one refused)
+  eval_last_ckpt     `neco eval` of two runs' last.ckpt with the default --out (two result folders)
+  duplicate_yaml     a preset with a second `optim:` block (refused, file and line named)
+  garbage_finite     random floats written into student.pos_embed, then --resume auto (falls back)
+  random_subset      hummingbird --fraction 1/2 on a split without a published list (warned)
+  changed_images     resume after one training image was renamed and one removed (refused)
+  unwritable_out     `neco eval` into an --out that cannot be created (refused before any feature)
+
 The killed runs are subprocesses (`neco train`, one thread); resumes run in this process with one
 thread too, so weights are comparable bit for bit.
 
   python benchmarks/faults.py --sigkill-trials 20 --out benchmarks/results/faults.json
+  python benchmarks/faults.py --issue26 --out benchmarks/results/faults_issue26.json
 """
 
 from __future__ import annotations
@@ -285,6 +297,209 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """`neco ARGS` in a subprocess (one thread), this checkout's sources first."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from neco.cli import main; sys.exit(main(sys.argv[1:]))",
+        *args,
+    ]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=900, cwd=cwd)
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else ""
+
+
+def _eval_args(scenes: Path, backbone: str, protocol: str = "overcluster") -> list[str]:
+    common = ["--dataset", "scenes", "--data-root", str(scenes), "--backbone", backbone, "--input-size", "48"]
+    common += [
+        "--num-workers",
+        "0",
+        "--no-progress",
+        "--batch-size",
+        "4",
+        "--num-figures",
+        "0",
+        "--threads",
+        "1",
+    ]
+    if protocol == "overcluster":
+        common += ["--ks", "4", "--num-seeds", "1", "--niter", "5", "--nredo", "1", "--target-size", "24"]
+    return ["eval", protocol, *common]
+
+
+def run_issue26(args: argparse.Namespace) -> dict[str, Any]:
+    """The round-three faults (issue 26): each must end refused (one clear line) or exact, nothing lost."""
+    from neco.data.synthetic import write_scenes
+    from neco.training.module import NonFiniteLossError
+
+    torch.set_num_threads(1)
+    work = Path(tempfile.mkdtemp(prefix="neco_faults26_"))
+    scenes = write_scenes(work / "scenes", num_train=8, num_val=4, size=48, progress=False)
+    steps = args.steps
+    tally = Tally()
+    started = time.time()
+    train_args = ["train", "--config", str(PRESET), *FAST, f"data.root={scenes}", f"optim.max_steps={steps}"]
+
+    for value in (".inf", ".nan"):
+        out = work / f"nonfinite{value}"
+        proc = _cli(*train_args, f"optim.lr_backbone={value}", "--out", str(out))
+        refused = (
+            proc.returncode == 2
+            and "must be a finite number" in proc.stderr
+            and "Traceback" not in proc.stderr
+        )
+        tally.add("nonfinite_setting", "refused" if refused else "failed", out.exists(),
+                  f"lr_backbone={value}: exit {proc.returncode}, run folder created: {out.exists()}: {_last_line(proc.stderr)}")  # fmt: skip
+
+    out = work / "divergence"
+    _train(out, scenes, 8, "run.stop_at_step=2", "run.keep_checkpoints=10")
+    try:
+        _train(
+            out,
+            scenes,
+            8,
+            "optim.lr_backbone=1000",
+            "optim.lr_head=1000",
+            "run.keep_checkpoints=10",
+            resume="auto",
+        )
+        outcome, detail, named = "failed", "lr 1000 did not diverge", None
+    except NonFiniteLossError as err:
+        named = err.resume_from
+        outcome, detail = "refused", _last_line(str(err))[-160:]
+    diverged = sorted(p.name for p in (out / "checkpoints").glob("diverged_*.ckpt"))
+    maxima = [
+        torch.load(p, map_location="cpu", weights_only=True)["health"]["weight_max"]
+        for p in sorted((out / "checkpoints").glob("diverged_*.ckpt"))
+    ]
+    resumed = _train(out, scenes, 8, "run.keep_checkpoints=10", resume="auto") if named else None
+    ok = (
+        named is not None
+        and named.name == "step_00000002.ckpt"
+        and resumed is not None
+        and resumed.global_step == 8
+    )
+    tally.add("divergence", outcome if ok else "failed", not ok,
+              f"named {named.name if named else None}; set aside {diverged} (max |w| {[f'{m:.3g}' for m in maxima]}); "
+              f"resumed at normal lr to step {resumed.global_step if resumed else None}: {detail}")  # fmt: skip
+
+    out = work / "concurrent"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    command = [sys.executable, "-c", "import sys; from neco.cli import main; sys.exit(main(sys.argv[1:]))"]
+    procs = [
+        subprocess.Popen(
+            [*command, *train_args, "--out", str(out)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )  # fmt: skip
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=900) for p in procs]
+    codes = sorted(p.returncode for p in procs)
+    refused_text = [e for (_, e), p in zip(outputs, procs) if p.returncode != 0]
+    saved = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    from neco.training.config import config_to_dict, load_config
+
+    consistent = config_to_dict(load_config(out / "config.yaml")) == saved["config"]
+    refused = codes == [0, 2] and bool(refused_text) and "in use by another neco train" in refused_text[0]
+    tally.add("concurrent_runs", "refused" if refused else "failed", not consistent,
+              f"exit codes {codes}; config.yaml matches the checkpoints: {consistent}; "
+              f"{_last_line(refused_text[0]) if refused_text else 'no run refused'}")  # fmt: skip
+
+    runs = [work / "concurrent", work / "divergence"]
+    evalwork = work / "evalcwd"
+    evalwork.mkdir()
+    codes = [
+        _cli(*_eval_args(scenes, str(r / "checkpoints" / "last.ckpt")), cwd=evalwork).returncode for r in runs
+    ]
+    folders = sorted(p.name for p in (evalwork / "eval_out").iterdir())
+    exact = codes == [0, 0] and len(folders) == 2 and "last" not in folders
+    tally.add(
+        "eval_last_ckpt",
+        "exact" if exact else "failed",
+        not exact,
+        f"exit codes {codes}; result folders {folders}",
+    )
+
+    preset = work / "dup.yaml"
+    preset.write_text(PRESET.read_text() + "optim:\n  lr_backbone: 2.0e-4\n")
+    proc = _cli("train", "--config", str(preset), "--out", str(work / "dup"))
+    refused = proc.returncode == 2 and "duplicate key `optim`" in proc.stderr
+    tally.add("duplicate_yaml", "refused" if refused else "failed", False, _last_line(proc.stderr))
+
+    out = work / "garbage"
+    _train(out, scenes, steps, "run.stop_at_step=" + str(steps - 1))
+    newest = out / "checkpoints" / f"step_{steps - 1:08d}.ckpt"
+    checkpoint = torch.load(newest, map_location="cpu", weights_only=True)
+    pos = checkpoint["student"]["pos_embed"]
+    pos.copy_(torch.randn(pos.shape, generator=torch.Generator().manual_seed(0)))
+    torch.save(checkpoint, newest)
+    before = _newest_readable_step(out / "checkpoints")
+    reference = _weights(_train(work / "reference", scenes, steps).last_checkpoint)
+    exact = before == steps - 2 and _resume_and_compare(out, scenes, steps, reference)
+    tally.add("garbage_finite", "exact" if exact else "failed", before != steps - 2,
+              f"--resume auto fell back to step {before}; resumed run bit-exact: {exact}")  # fmt: skip
+
+    out = work / "subset"
+    proc = _cli(*_eval_args(scenes, "vit_tiny", "hummingbird"), "--random-init", "--memory-size", "2000",
+                "--aug-epochs", "1", "--fraction", "1/2", "--out", str(out))  # fmt: skip
+    warnings = json.loads((out / "hummingbird.json").read_text())["warnings"] if proc.returncode == 0 else []
+    console = "no published list" in proc.stderr
+    ok = console and any("no published list" in w for w in warnings)
+    tally.add("random_subset", "refused" if ok else "failed", False,
+              f"warned on the console: {console}, in the JSON warnings: {len(warnings)}: {warnings[:1]}")  # fmt: skip
+
+    out = work / "images_changed"
+    data = work / "images"
+    shutil.copytree(scenes / "images", data)
+    base = ["data.kind=folder", f"data.root={data}"]
+    _train(out, scenes, steps, *base, "run.stop_at_step=1")
+    images = sorted(data.rglob("*.jpg"))
+    images[0].rename(images[0].with_name("renamed_" + images[0].name))
+    images[-1].unlink()
+    try:
+        _train(out, scenes, steps, *base, resume="auto")
+        outcome, message = "failed", "resumed on other images without a word"
+    except ValueError as err:
+        outcome, message = "refused", str(err)[:200]
+    tally.add("changed_images", outcome, _newest_readable_step(out / "checkpoints") != 1, message)
+
+    blocker = work / "a_file"
+    blocker.write_text("x")
+    began = time.time()
+    proc = _cli(*_eval_args(scenes, "vit_tiny"), "--random-init", "--out", str(blocker / "out"))
+    refused = (
+        proc.returncode == 2
+        and "cannot create the directory" in proc.stderr
+        and "Traceback" not in proc.stderr
+    )
+    tally.add("unwritable_out", "refused" if refused else "failed", False,
+              f"exit {proc.returncode} after {time.time() - began:.1f} s (before any feature): {_last_line(proc.stderr)}")  # fmt: skip
+
+    shutil.rmtree(work, ignore_errors=True)
+    return {
+        "benchmark": "faults_issue26",
+        "settings": {"steps": steps, "overrides": FAST},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "load_average_end": list(os.getloadavg()),
+            "torch": torch.__version__,
+            "threads": 1,
+        },  # fmt: skip
+        "seconds": time.time() - started,
+        "faults": list(tally.rows.values()),
+    }
+
+
 def table(results: dict[str, Any]) -> str:
     """The markdown table of `results`."""
     lines = ["| fault | trials | exact | refused | lost |", "|---|---:|---:|---:|---:|"]
@@ -304,10 +519,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="optimizer steps of every run")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random kill points")
     parser.add_argument("--out", type=Path, default=None, help="write the results JSON here")
+    parser.add_argument("--issue26", action="store_true", help="run only the round-three faults (issue 26)")
     args = parser.parse_args()
     if args.steps < 3:
         parser.error("--steps must be >= 3")
-    results = run(args)
+    results = run_issue26(args) if args.issue26 else run(args)
     print(table(results))
     print(f"{results['seconds']:.0f} s, load average at the end {results['machine']['load_average_end']}")
     if args.out is not None:

@@ -35,7 +35,10 @@ def test_every_option_has_help_and_shows_its_default() -> None:
             text = action.help or ""
             if not text.strip() or text == argparse.SUPPRESS:
                 problems.append(f"{prog} {name}: no help text")
-            elif action.default not in (None, False, argparse.SUPPRESS) and "default" not in text.lower():
+            elif (
+                not any(action.default is hidden for hidden in (None, False, argparse.SUPPRESS))
+                and "default" not in text.lower()
+            ):  # identity: a default of 0 must be shown too (0 == False)
                 problems.append(f"{prog} {name}: default {action.default!r} not shown")
     assert not problems, "\n".join(problems)
 
@@ -66,3 +69,27 @@ def test_commands_that_compute_take_threads(command: str) -> None:
 def test_train_max_steps_says_it_sets_the_schedule() -> None:
     (action,) = [a for _, a in _options(_commands()["train"]) if "--max-steps" in a.option_strings]
     assert "schedule" in action.help
+
+
+@pytest.mark.parametrize(
+    ("command", "option"),
+    [
+        ("demo", "--lr"),
+        ("pretrain-tiny", "--pool"),
+        ("pretrain-tiny", "--threads"),
+        ("explore", "--seed"),
+        ("explore", "--compare-weights"),
+    ],
+)
+def test_options_without_a_literal_default_still_say_it(command: str, option: str) -> None:
+    (action,) = [a for _, a in _options(_commands()[command]) if option in a.option_strings]
+    assert "default" in action.help.lower()
+
+
+def test_an_unknown_preset_lists_the_presets(capsys) -> None:
+    from neco.cli import main
+
+    assert main(["train", "--config", "tiny_cpux"]) == 2
+    err = capsys.readouterr().err
+    assert "--config tiny_cpux: no such config file, and preset 'tiny_cpux' does not exist" in err
+    assert "the presets are [" in err and "did you mean 'tiny_cpu'?" in err

@@ -64,7 +64,8 @@ def _show_defaults(parser: argparse.ArgumentParser) -> None:
         elif (
             action.option_strings
             and action.help not in (None, argparse.SUPPRESS)
-            and action.default not in (None, False, argparse.SUPPRESS)
+            # identity, not equality: a default of 0 or 0.0 is shown (0 == False)
+            and not any(action.default is hidden for hidden in (None, False, argparse.SUPPRESS))
             and "default" not in action.help.lower()
         ):
             action.help = f"{action.help} (default: %(default)s)"

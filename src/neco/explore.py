@@ -49,32 +49,65 @@ def _check_size(size: int) -> None:
         raise ValueError(f"--input-size must be >= 1 but is {size}")
 
 
-def load_image_files(files: Sequence[str | Path], size: int) -> ExploreImages:
-    """Read image files as RGB and resize them to `size` x `size` (bilinear, like `neco features`)."""
-    from neco.data.base import load_rgb
+def load_image_files(
+    files: Sequence[str | Path], size: int, skipped: list[str] | None = None
+) -> ExploreImages:
+    """Read image files as RGB and resize them to `size` x `size` (bilinear, like `neco features`).
+
+    An unreadable file raises `BadImageError` naming it; with a `skipped` list it is left out and its
+    path appended there instead (`--skip-bad-images`).
+    """
+    from neco.data.base import BadImageError, load_rgb
 
     _check_size(size)
     if not files:
         raise ValueError("no image files given")
-    images = np.stack([_square(load_rgb(path), size) for path in files])  # (N, S, S, 3)
-    return ExploreImages(images=images, names=[Path(f).name for f in files])
+    images, names = [], []
+    for path in files:
+        try:
+            images.append(_square(load_rgb(path), size))
+        except BadImageError:
+            if skipped is None:
+                raise
+            skipped.append(str(path))
+            continue
+        names.append(Path(path).name)
+    if not images:
+        raise ValueError(f"none of the {len(files)} image files could be read, e.g. {files[0]}")
+    return ExploreImages(images=np.stack(images), names=names)  # images (N, S, S, 3)
 
 
-def dataset_images(dataset: Any, size: int, max_images: int | None = None) -> ExploreImages:
-    """The first `max_images` items of a `SegmentationDataset`: images resized bilinearly, masks nearest."""
+def dataset_images(
+    dataset: Any, size: int, max_images: int | None = None, skipped: list[str] | None = None
+) -> ExploreImages:
+    """The first `max_images` items of a `SegmentationDataset`: images resized bilinearly, masks nearest.
+
+    With a `skipped` list, items whose image cannot be read are left out and named there.
+    """
+    from neco.data.base import BadImageError
+
     _check_size(size)
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     if count < 1:
         raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: no images to show")
     images, masks, names = [], [], []
     for index in range(count):
-        image, mask = dataset.load(index)
+        try:
+            image, mask = dataset.load(index)
+        except BadImageError:
+            if skipped is None:
+                raise
+            pairs = getattr(dataset, "pairs", None)
+            skipped.append(str(pairs[index][0]) if pairs else f"image {index}")
+            continue
         images.append(_square(image, size))
         label = torch.from_numpy(np.ascontiguousarray(mask)).float()[None, None]  # (1, 1, H, W)
         resized = torch.nn.functional.interpolate(label, size=(size, size), mode="nearest-exact")
         masks.append(resized[0, 0].long().numpy())
         pairs = getattr(dataset, "pairs", None)
         names.append(Path(pairs[index][0]).name if pairs else f"image {index}")
+    if not images:
+        raise ValueError(f"{getattr(dataset, 'name', 'dataset')}: none of the {count} images could be read")
     return ExploreImages(
         images=np.stack(images),
         names=names,

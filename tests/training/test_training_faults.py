@@ -209,7 +209,7 @@ def test_settings_that_cannot_run_fail_before_the_first_step(tmp_path: Path, sce
     with pytest.raises(MemoryError, match=r"`loss.roi_size`=32 .* needs about \d+\.\d GiB .*roi_size<=\d+"):
         train(_config(tmp_path / "c", scenes, "optim.max_steps=1", "loss.roi_size=32"))
     for run in ("b", "c"):
-        assert not list((tmp_path / run / "checkpoints").iterdir())
+        assert not (tmp_path / run).exists()  # a failed start removes the folder it created
 
 
 def test_sort_memory_estimate_narrows_to_what_fits() -> None:

@@ -189,7 +189,7 @@ def test_checkpoint_stores_each_weight_once(full_run) -> None:
 def test_non_finite_loss_stops_and_keeps_checkpoint(
     tmp_path: Path, scenes: Path, full_run, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A NaN loss raises a diagnostic error; last.ckpt still names the last good step."""
+    """A NaN loss raises a diagnostic error; last.ckpt names the step before the one whose weights gave it."""
     import shutil
 
     from neco.training import module as module_mod
@@ -202,9 +202,11 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(
         return loss * float("nan"), diagnostics, tokens
 
     monkeypatch.setattr(module_mod.NeCoModule, "compute_loss", poisoned)
-    with pytest.raises(module_mod.NonFiniteLossError, match="non-finite loss at step 4"):
+    with pytest.raises(module_mod.NonFiniteLossError, match="non-finite loss at step 4.*last good checkpoint is .*step_00000002.ckpt"):
         train(_config(tmp_path, scenes, "optim.max_steps=6", "run.ckpt_every_steps=1"), resume="auto")
-    assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 4
+    # step 4's weights produced the NaN: set aside (kept), not resumed from
+    assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 2
+    assert (tmp_path / "checkpoints" / "diverged_step_00000004.ckpt").is_file()
 
 
 def test_resume_wrong_architecture(tmp_path: Path, scenes: Path, full_run) -> None:

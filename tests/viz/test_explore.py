@@ -189,3 +189,41 @@ def test_demo_path_writes_a_page_with_masks_and_the_report_links_it(tmp_path):
     }
     assert "[explore.html](explore.html)" in render_markdown(results)
     assert '<a href="explore.html">' in render_html(results)
+
+
+def test_cli_skips_a_corrupt_image_on_request_and_checks_inputs_before_the_backbone(
+    tmp_path, capsys, monkeypatch
+):
+    """Issue 26 item 15: a corrupt file stops the page with its name, or is left out with --skip-bad-images;
+    a missing input fails before any backbone is loaded."""
+    import neco.explore as explore
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(2):
+        Image.new("RGB", (16, 16), (40 * i, 0, 0)).save(folder / f"im{i}.png")
+    (folder / "broken.png").write_bytes(b"\x89PNG not really")
+    argv = [
+        "explore",
+        str(folder),
+        "--backbone",
+        "vit_tiny",
+        "--random-init",
+        "--input-size",
+        "16",
+        "--dims",
+        "8",
+    ]
+    out = tmp_path / "e.html"
+    assert main([*argv, "--out", str(out)]) == 2
+    assert "broken.png" in capsys.readouterr().err and not out.exists()
+    assert main([*argv, "--out", str(out), "--skip-bad-images"]) == 0
+    assert "left out 1 unreadable image(s) (--skip-bad-images)" in capsys.readouterr().out
+    assert [img["name"] for img in _page_data(out)["images"]] == ["im0.png", "im1.png"]
+
+    def no_backbone(*args, **kwargs):
+        raise AssertionError("the backbone was loaded before the inputs were checked")
+
+    monkeypatch.setattr(explore, "load_named_backbone", no_backbone)
+    assert main(["explore", str(tmp_path / "missing"), "--backbone", "vit_tiny", "--out", str(out)]) == 2
+    assert "input" in capsys.readouterr().err

@@ -49,7 +49,10 @@ def test_figures_are_written_with_one_row_per_image(tmp_path):
     pca = save_pca_figure(images, features, tmp_path / "pca.png", tile=20)
     overlay = save_overlay_figure(images, masks, masks, tmp_path / "pred.png", num_classes=4, tile=20)
     assert Image.open(pca).size == (40, 60)
-    assert Image.open(overlay).size == (60, 60)
+    assert Image.open(overlay).size == (60, 16 + 60)
     # GT and prediction panels are identical when the prediction equals the GT
     array = np.asarray(Image.open(overlay))
-    np.testing.assert_array_equal(array[:, 20:40], array[:, 40:60])
+    np.testing.assert_array_equal(array[16:, 20:40], array[16:, 40:60])
+    # column titles (issue 26): dark text in the white band above each of the three columns
+    for col in range(3):
+        assert (array[:16, col * 20 : (col + 1) * 20] < 128).any()

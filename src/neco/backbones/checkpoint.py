@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from neco.utils.checksum import CHECKSUM_KEY, named_tensors, tensor_checksum
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -24,6 +26,7 @@ __all__ = [
     "describe_file",
     "extract_state_dict",
     "named_tensors",
+    "non_finite_tensors",
     "read_checkpoint",
     "read_training_checkpoint",
     "recorded_register_tokens",
@@ -133,25 +136,18 @@ def read_checkpoint(
         ) from err
 
 
-def named_tensors(value: Any, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
-    """Every tensor inside nested dicts / lists, with a dotted name."""
-    if torch.is_tensor(value):
-        yield prefix, value
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            yield from named_tensors(item, f"{prefix}.{key}" if prefix else str(key))
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            yield from named_tensors(item, f"{prefix}[{index}]")
+def non_finite_tensors(value: Any) -> list[str]:
+    """Names of the floating-point tensors inside `value` that hold NaN or infinity."""
+    return [
+        name
+        for name, tensor in named_tensors(value)
+        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
+    ]
 
 
 def check_tensors_finite(checkpoint: Any, path: str | Path, what: str = "checkpoint") -> None:
     """Raise ValueError naming the first tensors of `checkpoint` holding NaN or infinity (corrupt file)."""
-    bad = [
-        name
-        for name, tensor in named_tensors(checkpoint)
-        if tensor.is_floating_point() and tensor.numel() and not bool(torch.isfinite(tensor).all())
-    ]
+    bad = non_finite_tensors(checkpoint)
     if bad:
         raise ValueError(
             f"{what} {path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}; "
@@ -160,7 +156,7 @@ def check_tensors_finite(checkpoint: Any, path: str | Path, what: str = "checkpo
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a neco training checkpoint and check it: format keys present, every tensor finite."""
+    """Read a neco training checkpoint and check it: format keys present, every tensor finite, checksum intact."""
     checkpoint = read_checkpoint(path, what="checkpoint")
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(
@@ -169,6 +165,15 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no state_dict)")
     check_tensors_finite(checkpoint, path)
+    stored = checkpoint.get(CHECKSUM_KEY)
+    # Checkpoints written before neco stored checksums have none; every newer one must match.
+    if stored is not None:
+        actual = tensor_checksum({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
+        if actual != stored:
+            raise ValueError(
+                f"checkpoint {path}: the tensors do not match the checksum written with them "
+                f"({actual} != {stored}); the file was changed or damaged after it was saved"
+            )
     return checkpoint
 
 

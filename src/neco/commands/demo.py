@@ -23,7 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--minutes", type=float, default=5.0, help="NeCo post-training budget in minutes")
     add_backbone_options(parser, default="vit_tiny_scenes")
     parser.add_argument("--steps", type=int, help="training steps (default: what fits in --minutes)")
-    parser.add_argument("--lr", type=float, help="backbone learning rate of the post-training")
+    parser.add_argument(
+        "--lr", type=float, help="backbone learning rate of the post-training (default: 5e-05)"
+    )
     parser.add_argument("--teacher-steepness", type=float, help="teacher sorting steepness (default 300)")
     parser.add_argument(
         "--quick", action="store_true", help="a seconds-long smoke run (tiny sizes; numbers not meaningful)"

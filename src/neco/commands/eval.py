@@ -8,6 +8,7 @@ runs the protocol through `neco.evaluation.evaluate` and writes `<protocol>.json
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -44,7 +45,12 @@ def _shared_options(parser: argparse.ArgumentParser, protocol: Any) -> None:
     add_backbone_options(parser.add_argument_group("backbone"))
     run = parser.add_argument_group("run")
     add_options(run, RunSettings)
-    run.add_argument("--out", type=Path, help="output folder (default: eval_out/<backbone>/<protocol>)")
+    run.add_argument(
+        "--out",
+        type=Path,
+        help="output folder (default: eval_out/<backbone or run_step>/<protocol>; another backbone's result "
+        "there is never overwritten)",
+    )
 
 
 def register(subparsers: Any) -> None:
@@ -67,10 +73,33 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(func=_run)
 
 
-def _default_out(backbone: str, protocol: str) -> Path:
-    """eval_out/<backbone>/<protocol>, the backbone named by its registry name or checkpoint stem."""
-    label = Path(backbone).stem if Path(backbone).suffix else backbone
-    return Path("eval_out") / re.sub(r"[^A-Za-z0-9_.+-]", "_", label) / protocol
+def _default_out(args: argparse.Namespace, identity: dict[str, Any]) -> Path:
+    """eval_out/<label>/<protocol>: a registry name, or the run and step of a checkpoint, never a generic
+    file name (two runs' `last.ckpt`); suffixed `_2`, `_3`, ... where another backbone's result is."""
+    from neco.evaluation.runner import same_backbone
+
+    weights = args.weights or (args.backbone if Path(args.backbone).suffix else None)
+    if weights is None:
+        label = args.backbone
+    else:
+        # `last.ckpt` is a link: its target names the step; a run's checkpoints sit in <run>/checkpoints/
+        file = Path(weights).expanduser().resolve()
+        label = f"{file.parent.parent.name}_{file.stem}" if file.parent.name == "checkpoints" else file.stem
+        if args.weights:
+            label = f"{args.backbone}_{label}"
+    base = Path("eval_out") / re.sub(r"[^A-Za-z0-9_.+-]", "_", label)
+    for index in range(1, 1000):
+        out = (base if index == 1 else base.with_name(f"{base.name}_{index}")) / args.protocol
+        existing = out / f"{args.protocol}.json"
+        if not existing.is_file():
+            return out
+        try:
+            previous = json.loads(existing.read_text()).get("backbone") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same_backbone(previous, identity):
+            return out
+    raise FileExistsError(f"{base}: 999 result folders of other backbones; pass --out")
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -86,8 +115,12 @@ def _run(args: argparse.Namespace) -> int:
     torch.manual_seed(run.seed)  # a --random-init backbone is then reproducible (same checksum)
     model, identity = load_backbone_of(args)
     features = Features.of_model(model, device, run.precision)
-    out = args.out or _default_out(args.backbone, args.protocol)
-    splits = ", ".join(f"{k} {v['split']} ({v['num_images']})" for k, v in data.describe()["splits"].items())
+    out = args.out or _default_out(args, identity)
+    # "val (4)" where the role is the split's name, "train: trainaug (1464)" where it is not
+    splits = ", ".join(
+        f"{'' if role == v['split'] else role + ': '}{v['split']} ({v['num_images']})"
+        for role, v in data.describe()["splits"].items()
+    )
     log.info(f"{args.protocol}: {identity['name']} on {args.dataset} {splits}")
     evaluation = evaluate(
         args.protocol, features, data, settings, run, backbone=identity, out_dir=out, command=sys.argv[1:]

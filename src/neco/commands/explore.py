@@ -33,7 +33,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model = parser.add_argument_group("backbones")
     add_backbone_options(model)
     model.add_argument("--compare", help="a second backbone shown side by side (name or file)")
-    model.add_argument("--compare-weights", help="weights file for --compare")
+    model.add_argument(
+        "--compare-weights", help="weights file for --compare (default: the registered weights of --compare)"
+    )
     run = parser.add_argument_group("page")
     run.add_argument("--input-size", type=int, help="square input size (default: 448, a patch multiple)")
     run.add_argument("--k", type=int, default=10, help="nearest patches marked (the page can change it)")
@@ -44,6 +46,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
     run.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
     run.add_argument("--out", type=Path, default=Path("explore.html"), help="output HTML file")
+    run.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="leave out unreadable images (named on the console) instead of stopping at the first",
+    )
     parser.set_defaults(func=_run)
 
 
@@ -72,6 +79,16 @@ def _run(args: argparse.Namespace) -> int:
     _check(args)
     started = time.perf_counter()
     device = resolve_device(args.device)
+    # The inputs are found before any backbone is loaded: a wrong path fails in a second, not a minute.
+    if args.dataset is not None:
+        from neco.data import build_segmentation_dataset
+
+        dataset = build_segmentation_dataset(args.dataset, args.data_root, args.split)
+    else:
+        files = collect_images(args.inputs)
+        if len(files) > args.max_images:
+            print(f"explore: showing the first {args.max_images} of {len(files)} images (--max-images)")
+            files = files[: args.max_images]
     backbones = []
     for offset, spec, weights in ((0, args.backbone, args.weights), (1, args.compare, args.compare_weights)):
         if spec is not None:
@@ -82,19 +99,17 @@ def _run(args: argparse.Namespace) -> int:
     patch = int(backbones[0][0].patch_size)
     size = args.input_size or max(1, round(448 / patch)) * patch
     check_divisible(size, patch)
+    skipped: list[str] | None = [] if args.skip_bad_images else None
     if args.dataset is not None:
-        from neco.data import build_segmentation_dataset
-
-        dataset = build_segmentation_dataset(args.dataset, args.data_root, args.split)
-        views = dataset_images(dataset, size, args.max_images)
+        views = dataset_images(dataset, size, args.max_images, skipped)
         source = f"{args.dataset} {args.split}"
     else:
-        files = collect_images(args.inputs)
-        if len(files) > args.max_images:
-            print(f"explore: showing the first {args.max_images} of {len(files)} images (--max-images)")
-            files = files[: args.max_images]
-        views = load_image_files(files, size)
-        source = f"{len(files)} images"
+        views = load_image_files(files, size, skipped)
+        source = f"{len(views.names)} images"
+    if skipped:
+        print(
+            f"explore: left out {len(skipped)} unreadable image(s) (--skip-bad-images): {', '.join(skipped[:5])}"
+        )
     out = write_explore(
         args.out,
         [(name, model) for model, name in backbones],

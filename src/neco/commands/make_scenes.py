@@ -46,8 +46,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from neco.data.synthetic import write_scenes
 
+    manifest = Path(args.out).expanduser() / "scenes.json"
+    before = manifest.stat().st_mtime_ns if manifest.is_file() else None
     out = write_scenes(
         args.out,
         num_train=args.num_train,
@@ -59,5 +63,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
         family=args.family,
     )
-    print(f"scenes: {args.num_train} train + {args.num_val} val images of {args.size} px in {out}")
+    # write_scenes reuses a complete output of the same settings without touching its manifest
+    reused = before is not None and manifest.stat().st_mtime_ns == before
+    what = "reused the existing" if reused else "wrote"
+    print(f"scenes: {what} {args.num_train} train + {args.num_val} val images of {args.size} px in {out}")
     return 0

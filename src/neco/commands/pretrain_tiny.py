@@ -33,9 +33,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     ):
         parser.add_argument(option, type=int, help=f"{text} (default: the method's setting)")
     parser.add_argument(
-        "--pool", choices=["mean", "cls"], help="token(s) the classifier reads (multilabel only)"
+        "--pool",
+        choices=["mean", "cls"],
+        help="token(s) the classifier reads (multilabel only; default: cls)",
     )
-    parser.add_argument("--threads", type=int, help="torch CPU threads (results depend on it)")
+    parser.add_argument(
+        "--threads", type=int, help="torch CPU threads (results depend on it; default: torch's, one per core)"
+    )
     parser.set_defaults(func=_run)
 
 

@@ -81,8 +81,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Handler of `neco train`."""
     from neco.data.images import UnreadableImagesError
-    from neco.training.checkpoint import CheckpointWriteError, TrainingAborted
-    from neco.training.module import NonFiniteLossError
+    from neco.training.checkpoint import CheckpointWriteError, DivergenceError, TrainingAborted
     from neco.training.run import train
 
     config = build_config(args)
@@ -95,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
             allow_config_change=args.allow_config_change,
             progress=False if args.no_progress else None,
         )
-    except (NonFiniteLossError, UnreadableImagesError, CheckpointWriteError, MemoryError) as err:
+    except (DivergenceError, UnreadableImagesError, CheckpointWriteError, MemoryError) as err:
         print(f"neco train: error: {err}", file=sys.stderr)
         return 1
     except TrainingAborted as aborted:
@@ -195,5 +194,5 @@ def _config_file(value: str) -> str:
         return value
     try:
         return str(preset_path(value))
-    except FileNotFoundError:
-        return value  # load_config names the missing file
+    except FileNotFoundError as err:
+        raise FileNotFoundError(f"--config {value}: no such config file, and {err}") from err

@@ -539,7 +539,10 @@ def write_scenes(
     manifest = out_dir / "scenes.json"
     if out_dir.exists() and not out_dir.is_dir():
         raise NotADirectoryError(f"scenes output {out_dir}: exists and is not a directory")
-    advice = "choose another folder, delete it, or replace it with `neco make-scenes DIR --overwrite`"
+    advice = (
+        "choose another folder, delete it, or replace it with `neco make-scenes DIR --overwrite` "
+        "(`overwrite=True` from Python)"
+    )
     if manifest.is_file() and not overwrite:
         try:
             previous = json.loads(manifest.read_text())
@@ -549,12 +552,11 @@ def write_scenes(
             return out_dir
         if previous != settings:
             raise FileExistsError(
-                f"scenes output {out_dir}: holds scenes made with other settings ({manifest}); {advice} "
-                "(overwrite=True)"
+                f"scenes output {out_dir}: holds scenes made with other settings ({manifest}); {advice}"
             )
     elif out_dir.is_dir() and any(out_dir.iterdir()) and not manifest.is_file() and not overwrite:
         raise FileExistsError(
-            f"scenes output {out_dir}: the folder is not empty and has no scenes.json; {advice} (overwrite=True)"
+            f"scenes output {out_dir}: the folder is not empty and has no scenes.json; {advice}"
         )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphans(out_dir)

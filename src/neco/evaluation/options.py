@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import types
 import typing
 from fractions import Fraction
@@ -143,9 +144,13 @@ def validate(settings: Any) -> None:
         for item in value if isinstance(value, tuple | list) else (value,):
             if isinstance(item, bool) or not isinstance(item, int | float):
                 continue  # bounds apply to numbers (None, text and flags have none)
+            # a list option names the offending item: "`--ks` must be >= 0 but holds -5", not "(-5,)"
+            shown = f"holds {item}" if isinstance(value, tuple | list) else f"is {value}"
+            if not math.isfinite(item):  # nan passes every bound check below
+                raise ValueError(f"`{name}` must be a finite number but {shown}")
             if low is not None and (item <= low if exclusive else item < low):
-                raise ValueError(f"`{name}` must be {'>' if exclusive else '>='} {low} but is {value}")
+                raise ValueError(f"`{name}` must be {'>' if exclusive else '>='} {low} but {shown}")
             if high is not None and item > high:
-                raise ValueError(f"`{name}` must be <= {high} but is {value}")
+                raise ValueError(f"`{name}` must be <= {high} but {shown}")
     if hasattr(settings, "check"):
         settings.check()

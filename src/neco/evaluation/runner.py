@@ -6,6 +6,7 @@ The CLI (`neco eval`), the demo, the training callbacks and the benchmarks all c
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,14 @@ from neco.evaluation.registry import get_protocol
 from neco.evaluation.schema import SCHEMA_VERSION, environment, jsonable, validate_result, write_result
 from neco.utils.io import ensure_writable_dir
 
-__all__ = ["Evaluation", "evaluate", "resolve_device", "check_divisible"]
+__all__ = [
+    "Evaluation",
+    "evaluate",
+    "resolve_device",
+    "check_divisible",
+    "check_result_folder",
+    "same_backbone",
+]
 
 
 @dataclass
@@ -59,6 +67,34 @@ def check_divisible(input_size: int, patch_size: int) -> None:
         )
 
 
+def same_backbone(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two result files' `backbone` entries name the same weights (checksum, else name and file)."""
+    if a.get("sha256") and b.get("sha256"):
+        return a["sha256"] == b["sha256"]
+    return (a.get("name"), a.get("weights")) == (b.get("name"), b.get("weights"))
+
+
+def check_result_folder(out_dir: str | Path, name: str, backbone: dict[str, Any] | None) -> Path:
+    """Create `out_dir` (writable) before any feature is computed, remove orphaned `.*.tmp` writes, and refuse
+    to overwrite `<name>.json` of another backbone (a rerun of the same backbone replaces its result)."""
+    out_dir = ensure_writable_dir(out_dir, "--out")
+    for orphan in out_dir.glob(".*.tmp"):  # figures / results of a killed run, never renamed into place
+        if orphan.is_file():
+            orphan.unlink(missing_ok=True)
+    existing = out_dir / f"{name}.json"
+    if backbone is not None and existing.is_file():
+        try:
+            previous = json.loads(existing.read_text()).get("backbone") or {}
+        except (OSError, ValueError, AttributeError):
+            previous = {}
+        if previous and not same_backbone(previous, backbone):
+            raise FileExistsError(
+                f"--out {out_dir}: {existing.name} holds the result of another backbone ({previous.get('name')}, "
+                f"weights {previous.get('weights')}); choose another --out or remove that file"
+            )
+    return out_dir
+
+
 def evaluate(
     name: str,
     features: Features,
@@ -92,6 +128,8 @@ def evaluate(
     run = dataclasses.replace(run or RunSettings(), **run_overrides)
     validate(run)
     validate(settings)  # before any feature is computed
+    if out_dir is not None:
+        out_dir = check_result_folder(out_dir, name, backbone)
     if protocol.needs_train and data.train is None:
         raise ValueError(f"protocol {name} needs a training split but `data.train` is None")
     if protocol.needs_attention:
@@ -137,7 +175,6 @@ def evaluate(
     result = jsonable(result)
     validate_result(result)
     if out_dir is not None:
-        out_dir = ensure_writable_dir(out_dir, "--out")
         result["figures"] = [Path(p).name for p in protocol.figures(output, features, data, out_dir)]
         write_result(out_dir / f"{name}.json", result)
     return Evaluation(result=result, output=output)

@@ -14,14 +14,17 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from neco.backbones.checkpoint import check_tensors_finite, named_tensors
+from neco.backbones.checkpoint import check_tensors_finite, named_tensors, non_finite_tensors
 from neco.backbones.checkpoint import read_training_checkpoint as read_checkpoint
+from neco.utils.checksum import CHECKSUM_KEY, tensor_checksum
 from neco.utils.io import atomic_torch_save
 from neco.utils.logging import get_logger
 
 __all__ = [
     "AtomicCheckpointIO",
     "CheckpointWriteError",
+    "DivergenceError",
+    "NonFiniteWeightsError",
     "PeriodicCheckpoint",
     "TrainingAborted",
     "check_fresh_start",
@@ -37,6 +40,33 @@ __all__ = [
 
 LAST_NAME = "last.ckpt"
 STEP_GLOB = "step_*.ckpt"
+# Checkpoints written after a divergence's last good step are renamed so: kept, but out of `--resume auto`.
+DIVERGED_PREFIX = "diverged_"
+# A checkpoint whose largest student weight grew past this factor of the run's start is not "good":
+# a diverging run's weights explode (x1e5 in the issue-26 trial) a few steps before its loss turns NaN,
+# while a sound run moves them by a few percent (benchmarks/faults.py, row `divergence`).
+WEIGHT_GROWTH_LIMIT = 10.0
+
+
+class DivergenceError(FloatingPointError):
+    """The run diverged at `step` (a NaN / infinite loss or weights); `resume_from` names the last good file.
+
+    `PeriodicCheckpoint` fills in `resume_from` and the advice when the run stops, so the message names
+    the exact file to resume from.
+    """
+
+    def __init__(self, message: str, step: int) -> None:
+        super().__init__(message)
+        self.step = step
+        self.resume_from: Path | None = None
+        self.advice = ""
+
+    def __str__(self) -> str:
+        return f"{self.args[0]}{self.advice}"
+
+
+class NonFiniteWeightsError(DivergenceError):
+    """The weights of a step hold NaN or infinity: its checkpoint is not written and the run stops."""
 
 
 class TrainingAborted(BaseException):
@@ -100,6 +130,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
     ) -> None:
         """Save `checkpoint` to `path` atomically; a failed write names the file and the space it needs."""
+        checkpoint[CHECKSUM_KEY] = tensor_checksum({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
         try:
             atomic_torch_save(checkpoint, path)
         except (OSError, RuntimeError) as err:
@@ -207,6 +238,14 @@ class PeriodicCheckpoint(L.Callback):
         """Write the checkpoint of the current step (every rank calls this; rank 0 writes)."""
         step = trainer.global_step
         path = self.directory / f"step_{step:08d}.ckpt"
+        # Checked on every rank (DDP replicas hold the same weights), so all stop together.
+        bad = non_finite_tensors(trainer.lightning_module.state_dict())
+        if bad:
+            raise NonFiniteWeightsError(
+                f"checkpoint {path} not written: {len(bad)} tensor(s) of the weights after step {step} hold "
+                f"NaN or infinite values, e.g. {bad[:3]} (the loss was still finite: the update diverged)",
+                step,
+            )
         trainer.save_checkpoint(path, weights_only=False)  # full state: resumable
         if trainer.is_global_zero:
             _point_last(self.directory, path)
@@ -259,11 +298,69 @@ class PeriodicCheckpoint(L.Callback):
         self._restore_handler()
         if isinstance(exception, TrainingAborted | KeyboardInterrupt):
             self.interrupted = True
+        if isinstance(exception, DivergenceError):
+            good = last_good_before(self.directory, exception.step)
+            if trainer.is_global_zero:
+                set_aside_after(self.directory, good)
+            exception.resume_from = good
+            exception.advice = (
+                f"; the last good checkpoint is {good}: resume from it with --resume {good} and a lower "
+                "learning rate (later checkpoints are kept as diverged_step_*.ckpt)"
+                if good is not None
+                else "; no checkpoint before the divergence: start again with a lower learning rate"
+            )
 
 
-def _tensors(value: Any, prefix: str = "") -> Iterator[torch.Tensor]:
-    for _, tensor in named_tensors(value, prefix):
+def _tensors(value: Any) -> Iterator[torch.Tensor]:
+    for _, tensor in named_tensors(value):
         yield tensor
+
+
+def _step_of(path: Path) -> int:
+    return int(path.stem.split("_")[-1])
+
+
+def _healthy(path: Path) -> bool:
+    """Readable, finite, checksum intact, and its weights within WEIGHT_GROWTH_LIMIT of the run's start."""
+    try:
+        health = read_checkpoint(path).get("health") or {}
+    except ValueError:
+        return False
+    start, now = health.get("start_weight_max"), health.get("weight_max")
+    return start is None or now is None or now <= WEIGHT_GROWTH_LIMIT * max(start, 1e-12)
+
+
+def last_good_before(checkpoint_dir: Path, step: int) -> Path | None:
+    """The newest healthy `step_*` checkpoint saved before `step` (a diverged step's own save is not good)."""
+    for path in step_checkpoints(checkpoint_dir):
+        if _step_of(path) < step and _healthy(path):
+            return path
+    return None
+
+
+def set_aside_after(checkpoint_dir: Path, good: Path | None) -> list[Path]:
+    """Rename the checkpoints newer than `good` to `diverged_step_*.ckpt` and point `last.ckpt` at `good`.
+
+    Renamed, not deleted: nothing is lost, but `--resume auto` and pruning no longer see them.
+    """
+    directory = Path(checkpoint_dir)
+    newest_good = -1 if good is None else _step_of(good)
+    moved = []
+    for path in step_checkpoints(directory):
+        if _step_of(path) > newest_good:
+            target = path.with_name(DIVERGED_PREFIX + path.name)
+            os.replace(path, target)
+            moved.append(target)
+    if good is not None:
+        _point_last(directory, good)
+    else:
+        (directory / LAST_NAME).unlink(missing_ok=True)
+    if moved:
+        get_logger("neco.training").warning(
+            f"divergence: set aside {len(moved)} checkpoint(s) after the last good one: "
+            + ", ".join(p.name for p in moved)
+        )
+    return moved
 
 
 def step_checkpoints(checkpoint_dir: Path) -> list[Path]:

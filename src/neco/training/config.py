@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from neco.utils.yaml_files import load_yaml_file
 
 __all__ = [
     "ModelConfig",
@@ -384,14 +387,21 @@ def _coerce(value: Any, tp: Any, option: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number: float | None = None
         if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
+            number = float(value)
+        elif isinstance(value, str):
             # PyYAML (YAML 1.1) reads `3e-4` (no dot) as a string; accept what float() accepts.
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # Every float setting is a rate, a scale or a bound: inf / nan would pass `>= 0` checks and
+            # ruin the run's weights (an infinite learning rate) instead of failing here.
+            if not math.isfinite(number):
+                raise ValueError(f"`{option}` must be a finite number but is {value!r}")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value
@@ -401,9 +411,9 @@ def _coerce(value: Any, tp: Any, option: str) -> Any:
 def _build(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
     """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion."""
     values = {} if values is None else values
-    where = prefix.rstrip(".") or "the top level"
+    where = prefix.rstrip(".")
     if not isinstance(values, dict):
-        raise ValueError(f"`{where}` must be a mapping but is {values!r}")
+        raise ValueError(f"{f'`{where}`' if where else 'the config'} must be a mapping but is {values!r}")
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs: dict[str, Any] = {}
@@ -411,7 +421,8 @@ def _build(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean `{prefix}{close[0]}`?" if close else ""
-            raise ValueError(f"unknown config key `{prefix}{key}`: valid keys of `{where}` are {names}{hint}")
+            scope = f"valid keys of `{where}`" if where else "valid top-level keys"
+            raise ValueError(f"unknown config key `{prefix}{key}`: {scope} are {names}{hint}")
         tp = hints[key]
         if dataclasses.is_dataclass(tp):
             kwargs[key] = _build(tp, value, f"{prefix}{key}.")
@@ -477,7 +488,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise FileNotFoundError(f"--config {path}: no such config file")
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = load_yaml_file(path)
         except yaml.YAMLError as err:
             raise ValueError(f"--config {path}: not valid YAML ({err})") from err
         if loaded is not None and not isinstance(loaded, dict):

@@ -218,6 +218,18 @@ class NeCoDataModule(L.LightningDataModule):
         self.out_dir = out_dir
         self.dataset: TrainImages | None = None
         self.sampler: EpochSampler | None = None
+        # Unreadable training images skipped in this process's run, whichever loader worker met them.
+        self.skipped_images: set[str] = set()
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count the unreadable files the loader skipped for this batch (on the host, before the copy).
+
+        A DataModule hook, not the LightningModule's: Lightning warns at every run when the module
+        overrides a data hook while a DataModule is given.
+        """
+        if isinstance(batch, dict):
+            self.skipped_images.update(batch.pop("skipped", ()))
+        return batch
 
     def prepare_data(self) -> None:
         """Generate synthetic scenes once (rank 0) before every rank lists the files."""

@@ -18,14 +18,15 @@ import torch
 from torch import Tensor, nn
 
 from neco.backbones.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION
+from neco.training.checkpoint import DivergenceError
 from neco.training.config import TrainConfig, config_to_dict
 
 __all__ = ["NeCoModule", "NonFiniteLossError", "build_backbone", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
 
 
 
-class NonFiniteLossError(FloatingPointError):
-    """The loss became NaN or infinite; the run stops and the last good checkpoint is kept."""
+class NonFiniteLossError(DivergenceError):
+    """The loss became NaN or infinite; the run stops and its message names the last good checkpoint."""
 
 
 def build_backbone(model_config: Any) -> nn.Module:
@@ -121,8 +122,10 @@ class NeCoModule(L.LightningModule):
         self.data_position: tuple[int, int] = (0, 0)
         self._resume_position: tuple[int, int] | None = None
         self._loss_window: list[Tensor] = []
-        # Unreadable training images skipped in this process's run, whichever loader worker met them.
-        self.skipped_images: set[str] = set()
+        # Largest |weight| of the student at the run's start (carried by checkpoints): divergence yardstick.
+        self.start_weight_max = self.weight_max()
+        # Count and list hash of the training images (set by the run), so a resume notices a changed set.
+        self.data_identity: dict[str, Any] | None = None
 
     # ------------------------------------------------------------------------------------------
     # modes and setup
@@ -133,6 +136,14 @@ class NeCoModule(L.LightningModule):
         self.teacher.eval()
         self.teacher_head.eval()
         return self
+
+    @torch.no_grad()
+    def weight_max(self) -> float:
+        """The largest absolute value among the student's floating-point parameters."""
+        values = [
+            p.detach().abs().max() for p in self.student.parameters() if p.is_floating_point() and p.numel()
+        ]
+        return float(torch.stack(values).max()) if values else 0.0
 
     def configure_model(self) -> None:
         """Compile the student and teacher in place when `run.compile` is set (state-dict keys unchanged)."""
@@ -282,12 +293,6 @@ class NeCoModule(L.LightningModule):
     # ------------------------------------------------------------------------------------------
     # training step and logging
 
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        """Count the unreadable files the loader skipped for this batch (on the host, before the copy)."""
-        if isinstance(batch, dict):
-            self.skipped_images.update(batch.pop("skipped", ()))
-        return batch
-
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """One NeCo step: loss, non-finite check across ranks, logging."""
         loss, diagnostics, teacher_tokens = self.compute_loss(batch)
@@ -320,8 +325,8 @@ class NeCoModule(L.LightningModule):
             raise NonFiniteLossError(
                 f"non-finite loss at step {self.global_step} (rank {self.global_rank}: loss={float(loss.detach())}); "
                 f"views: {views}; diagnostics: {diagnostics}; lr_backbone={self.config.optim.lr_backbone}, "
-                f"steepness={self.config.loss.steepness_student}/{self.config.loss.steepness_teacher}. "
-                "The last good checkpoint is kept; lower the learning rate or check the input images."
+                f"steepness={self.config.loss.steepness_student}/{self.config.loss.steepness_teacher}",
+                self.global_step,
             )
 
     def _log_schedules(self) -> None:
@@ -402,12 +407,18 @@ class NeCoModule(L.LightningModule):
         checkpoint["rng"] = {"per_rank": states}
         epoch, position = self.data_position
         checkpoint["data_position"] = {"epoch": epoch, "position": position}
+        checkpoint["health"] = {"weight_max": self.weight_max(), "start_weight_max": self.start_weight_max}
+        if self.data_identity is not None:
+            checkpoint["data_identity"] = dict(self.data_identity)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Restore RNG states and remember where the data stream stopped."""
         rng = checkpoint.get("rng", {}).get("per_rank")
         if rng:
             _set_rng_state(rng[self.global_rank] if self.global_rank < len(rng) else rng[0])
+        start = (checkpoint.get("health") or {}).get("start_weight_max")
+        if start is not None:
+            self.start_weight_max = float(start)
         position = checkpoint.get("data_position")
         if position is not None:
             self._resume_position = (int(position["epoch"]), int(position["position"]))

@@ -17,7 +17,15 @@ import yaml
 
 from neco.training.config import TrainConfig, config_from_dict, config_to_dict
 
-__all__ = ["RESUMABLE", "ConfigChangeError", "config_differences", "check_config_change", "record_changes"]
+__all__ = [
+    "RESUMABLE",
+    "ConfigChangeError",
+    "config_differences",
+    "check_config_change",
+    "record_changes",
+    "dataset_identity",
+    "check_dataset_identity",
+]
 
 # Dotted prefixes of the settings that may change on resume.
 RESUMABLE = (
@@ -107,3 +115,39 @@ def record_changes(out_dir: Path, step: int, differences: dict[str, tuple[Any, A
     )
     text = yaml.safe_dump(history, sort_keys=False)
     return atomic_write(path, lambda handle: handle.write(text), mode="w")
+
+
+def dataset_identity(files: list[Path]) -> dict[str, Any]:
+    """`{"count", "sha256"}` of the training images: the number of files and a hash of their sorted paths.
+
+    Paths are taken relative to the files' common folder, so a moved dataset keeps its identity.
+    """
+    import hashlib
+    import os
+
+    names = [str(p) for p in files]
+    base = os.path.commonpath(names) if len(names) > 1 else os.path.dirname(names[0]) if names else ""
+    digest = hashlib.sha256()
+    for name in sorted(os.path.relpath(n, base) if base else n for n in names):
+        digest.update(name.encode() + b"\0")
+    return {"count": len(names), "sha256": digest.hexdigest()}
+
+
+def check_dataset_identity(
+    stored: dict[str, Any] | None, current: dict[str, Any] | None, path: Path, *, allow: bool = False
+) -> dict[str, tuple[Any, Any]]:
+    """`{"data.images": (old, new)}` when the training images changed since `path`; raise unless `allow`."""
+    if not stored or not current or stored == current:
+        return {}
+    if stored["count"] != current["count"]:
+        what = f"{stored['count']} image files then, {current['count']} now"
+    else:
+        what = f"the same number of files ({current['count']}) but other names"
+    if not allow:
+        raise ConfigChangeError(
+            f"--resume {path}: the training images changed since this checkpoint was written ({what}; "
+            f"sorted file list {stored['sha256'][:12]} -> {current['sha256'][:12]}). Restore the images, or pass "
+            "--allow-config-change to continue on the new set (recorded in the run)"
+        )
+    old = f"{stored['count']} files {stored['sha256'][:12]}"
+    return {"data.images": (old, f"{current['count']} files {current['sha256'][:12]}")}

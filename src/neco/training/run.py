@@ -160,23 +160,66 @@ def train(
 ) -> TrainResult:
     """Train NeCo as `config` says; `resume` is None, 'auto' or a checkpoint path. Returns a summary.
 
-    A new run refuses a folder that already holds checkpoints unless `overwrite` (which deletes them).
-    On resume, settings that may change (see `neco.training.resume`) are applied from the resume step
-    and recorded; others are refused unless `allow_config_change`. `callbacks` are extra Lightning
-    callbacks (e.g. `neco.training.attention_callback.AttentionValidation`).
+    The run folder is locked for the run (a second `neco train` into it is refused). A new run refuses a
+    folder that already holds checkpoints unless `overwrite` (which deletes them). On resume, settings
+    that may change (see `neco.training.resume`) are applied from the resume step and recorded; others,
+    and a changed set of training images, are refused unless `allow_config_change`. A run that fails
+    before its first step removes the folders it created. `callbacks` are extra Lightning callbacks
+    (e.g. `neco.training.attention_callback.AttentionValidation`).
     """
+    import shutil
+
+    from neco.training.lock import RunLock
+    from neco.utils.io import ensure_writable_dir
+
+    if progress is not None:
+        config = dataclasses.replace(config, run=dataclasses.replace(config.run, progress=progress))
+    requested = Path(config.run.out_dir).expanduser()
+    created = [p for p in (requested, requested / "checkpoints") if not p.exists()]
+    out_dir = ensure_writable_dir(config.run.out_dir, "run.out_dir").resolve()
+    lock = RunLock(out_dir)
+    fitting: list[bool] = []
+    try:
+        if _is_launching_rank():
+            lock.acquire()
+        return _train_in(
+            config, out_dir, resume, overwrite, allow_config_change, callbacks, lambda: fitting.append(True)
+        )
+    except BaseException:
+        if not fitting and _is_launching_rank():
+            # Nothing ran: leave no empty run folder behind (only what this call created is removed).
+            lock.release()
+            for folder in created:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def _train_in(
+    config: TrainConfig,
+    out_dir: Path,
+    resume: str | None,
+    overwrite: bool,
+    allow_config_change: bool,
+    callbacks: Sequence[Any],
+    on_fit: Any,
+) -> TrainResult:
+    """The body of `train` in the locked run folder; `on_fit()` is called just before the first step."""
     import lightning as L
 
     from neco.training import checkpoint as ckpt
     from neco.training.datamodule import NeCoDataModule
     from neco.training.module import NeCoModule
     from neco.training.preflight import check_crop_sizes, check_sort_memory
-    from neco.training.resume import check_config_change, record_changes
+    from neco.training.resume import (
+        check_config_change,
+        check_dataset_identity,
+        dataset_identity,
+        record_changes,
+    )
     from neco.utils.io import ensure_writable_dir
 
-    if progress is not None:
-        config = dataclasses.replace(config, run=dataclasses.replace(config.run, progress=progress))
-    out_dir = ensure_writable_dir(config.run.out_dir, "run.out_dir").resolve()
     checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "run.out_dir (its checkpoints folder)")
     accelerator = _accelerator(config)
     _strategy(config, accelerator)  # a bad strategy fails before anything is built
@@ -190,9 +233,13 @@ def train(
     if torch.cuda.is_available():
         torch.set_float32_matmul_precision("high")
     datamodule = NeCoDataModule(config, out_dir)
-    if config.data.kind != "synthetic":
-        datamodule.setup()  # fail on a missing / empty data folder before building the model
+    if config.data.kind != "synthetic" or launching:
+        # Lists the images: a missing / empty data folder fails before the model is built. Synthetic
+        # scenes are generated here by the launching process only (the other ranks start later).
+        datamodule.setup()
+    identity = dataset_identity(datamodule.dataset.source.files) if datamodule.dataset is not None else None
     module = NeCoModule(config)
+    module.data_identity = identity
     check_crop_sizes(config, module.patch_size)
     check_sort_memory(config, "cuda" if accelerator == "gpu" else "cpu")
     changes: dict[str, tuple[Any, Any]] = {}
@@ -200,6 +247,11 @@ def train(
     if ckpt_path is not None:
         stored = ckpt.check_resume_compatible(ckpt_path, module)
         changes = check_config_change(stored.get("config"), config, ckpt_path, allow=allow_config_change)
+        changes.update(
+            check_dataset_identity(
+                stored.get("data_identity"), identity, ckpt_path, allow=allow_config_change
+            )
+        )
         resume_step = int(stored.get("step", 0))
         history = list(stored.get("config_changes", []))
         del stored
@@ -235,6 +287,7 @@ def train(
             log.warning(f"settings changed on resume at step {resume_step} (applied from here on): {listed}")
         where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
         log.info(f"training into {out_dir} ({where}); checkpoints in {checkpoint_dir}")
+    on_fit()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / "last.ckpt"
     metrics = {
@@ -249,5 +302,5 @@ def train(
         metrics=metrics,
         stop_signal=checkpointer.stop_signal,
         config_changes=significant,
-        skipped_images=sorted(module.skipped_images),
+        skipped_images=sorted(datamodule.skipped_images),
     )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from neco.utils.io import save_png
 from neco.viz.palette import IGNORE_COLOUR, class_palette
@@ -30,6 +30,10 @@ def colourise(
     return out
 
 
+# Height in pixels of the column titles above the panels.
+TITLE_HEIGHT = 16
+
+
 def save_overlay_figure(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -40,16 +44,24 @@ def save_overlay_figure(
     ignore_index: int | None = 255,
     tile: int = 224,
     alpha: float = 0.5,
+    titles: tuple[str, str, str] = ("image", "ground truth", "prediction"),
 ) -> Path:
-    """Write a PNG with rows image | GT overlay | prediction overlay for (N, 3, H, W) images and (N, H', W') labels."""
+    """Write a PNG with rows image | GT overlay | prediction overlay for (N, 3, H, W) images and (N, H', W') labels.
+
+    A band of TITLE_HEIGHT pixels on top names the three columns.
+    """
     pictures = denormalise(images)
-    canvas = Image.new("RGB", (3 * tile, tile * len(pictures)), (255, 255, 255))
+    canvas = Image.new("RGB", (3 * tile, TITLE_HEIGHT + tile * len(pictures)), (255, 255, 255))
+    draw = ImageDraw.Draw(canvas)
+    for col, title in enumerate(titles):
+        draw.text((col * tile + 3, 3), title, fill=(0, 0, 0))  # PIL's built-in bitmap font: no font file
     for row, picture in enumerate(pictures):
+        top = TITLE_HEIGHT + row * tile
         base = Image.fromarray(picture).resize((tile, tile), Image.BILINEAR)
-        canvas.paste(base, (0, row * tile))
+        canvas.paste(base, (0, top))
         for col, labels in ((1, masks[row]), (2, predictions[row])):
             colour = Image.fromarray(colourise(labels, num_classes, ignore_index)).resize(
                 (tile, tile), Image.NEAREST
             )
-            canvas.paste(Image.blend(base, colour, alpha), (col * tile, row * tile))
+            canvas.paste(Image.blend(base, colour, alpha), (col * tile, top))
     return save_png(canvas, path)

@@ -8,6 +8,7 @@ random subset of the same size is a different benchmark: the result file records
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 from importlib import resources
 from typing import Any
@@ -33,8 +34,13 @@ def published_ids(dataset: str, split: str, fraction: float, seed: int) -> list[
     return path.read_text().split() if path.is_file() else None  # one id per line, none with spaces
 
 
-def select_subset(dataset: Any, fraction: float, seed: int, mode: str = "auto") -> tuple[Any, dict[str, Any]]:
+def select_subset(
+    dataset: Any, fraction: float, seed: int, mode: str = "auto", warn: Callable[[str], None] | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The training subset and its description: published list (`auto` when one exists) or seeded random.
+
+    Under `auto`, falling back to a random subset is a different benchmark from the published low-data
+    numbers: `warn` (the run's warnings: console and result file) is told so.
 
     Raises:
         ValueError: `published` requested where no list exists, or listed images missing from the dataset.
@@ -64,5 +70,13 @@ def select_subset(dataset: Any, fraction: float, seed: int, mode: str = "auto") 
     else:
         subset = dataset.fraction(fraction, seed=seed)
         info = {"fraction": fraction, "subset": "random", "split_seed": seed, "num_images": len(subset)}
+        if mode == "auto" and warn is not None:
+            warn(
+                f"--fraction {Fraction(fraction).limit_denominator(1024)} --split-seed {seed}: no published list "
+                f"for {dataset.name} {dataset.split}, so a seeded random subset of {len(subset)} images is used: a "
+                "different benchmark from the published low-data numbers (published lists: voc trainaug and "
+                "ade20k train at 1/128, 1/64, 1/8, seeds 42, 400, 783, 1293, 4019; --subset random accepts "
+                "the random subset without this warning)"
+            )
     subset.info.update(info)
     return subset, info

@@ -194,7 +194,7 @@ class Hummingbird(Protocol):
     ) -> ProtocolOutput:
         """Build the memory bank from the augmented training set, label every validation patch, score."""
         train, subset = select_subset(
-            data.train, parse_fraction(settings.fraction), settings.split_seed, settings.subset
+            data.train, parse_fraction(settings.fraction), settings.split_seed, settings.subset, ctx.warn
         )
         val = data.val
         train_tf = HummingbirdTrainTransform(
