@@ -40,6 +40,7 @@ def test_gpu_check_quick_writes_json_and_table(tmp_path: Path) -> None:
         "sorting",
         "training step",
         "hummingbird",
+        "finetune",
     }
     if not torch.cuda.is_available():
         assert by_check[("pytest -m gpu", "CUDA tests")]["value"] == "skipped: no CUDA"
