@@ -3,8 +3,8 @@
 On the demo's generated scenes (200 train / 60 val, 96 px, seed 0), from the shipped start
 (`vit_tiny_scenes`), for each seed: `neco eval linear` with the demo's probe settings (frozen
 features) and `neco eval finetune --decoder linear` with `--iterations` sized to fit a 5 CPU-minute
-budget. Each command runs as its own process; its CPU time (user + sys of the process and its
-threads) and wall time are recorded with the machine's load average before and after.
+budget. Each command runs as its own process (`--parallel` at once); its CPU time (user + sys of the
+process and its threads) and wall time are recorded with the machine's load average before and after.
 
 Example:
   python benchmarks/finetune_scenes.py --out runs/finetune_scenes --seeds 0 1 2 \
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -38,23 +37,37 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--decoder-lr-scale", type=float, default=100.0)
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per command")
+    parser.add_argument("--parallel", type=int, default=1, help="commands run at once")
     parser.add_argument("--results", type=Path, help="write the raw results JSON here")
     return parser.parse_args(argv)
 
 
-def _timed(command: list[str], log: Path) -> dict[str, Any]:
-    """Run `command`, returning its CPU seconds (children's user + sys), wall seconds and the load around it."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    load_before, start = os.getloadavg()[0], time.perf_counter()
-    with open(log, "w") as handle:
-        proc = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT)
-    wall = time.perf_counter() - start
-    after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if proc.returncode != 0:
-        raise RuntimeError(f"{' '.join(command)} failed (exit {proc.returncode}); see {log}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"cpu_s": cpu, "wall_s": wall, "load_before": load_before, "load_after": os.getloadavg()[0]}
+def _run_all(jobs: list[tuple[str, list[str], Path]], parallel: int) -> dict[str, dict[str, Any]]:
+    """Run the commands, at most `parallel` at once; per command its own CPU seconds (user + sys of the
+    process and its threads, from `wait4`), wall seconds and the 1-minute load when it started and ended."""
+    pending, running, done = list(jobs), {}, {}
+    while pending or running:
+        while pending and len(running) < parallel:
+            key, command, log = pending.pop(0)
+            handle = open(log, "w")  # noqa: SIM115 - closed when the process is reaped
+            proc = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT)
+            running[proc.pid] = (key, command, handle, time.perf_counter(), os.getloadavg()[0])
+        pid, status, usage = os.wait4(-1, 0)
+        if pid not in running:
+            continue
+        key, command, handle, start, load = running.pop(pid)
+        handle.close()
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"{' '.join(command)} failed; see {handle.name}")
+        done[key] = {
+            "cpu_s": usage.ru_utime + usage.ru_stime,
+            "wall_s": time.perf_counter() - start,
+            "load_before": load,
+            "load_after": os.getloadavg()[0],
+        }
+        print(f"{key}: cpu {done[key]['cpu_s']:.0f} s, wall {done[key]['wall_s']:.0f} s", flush=True)
+    return done
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,21 +82,24 @@ def main(argv: list[str] | None = None) -> int:
     shared += ["--device", "cpu", "--num-figures", "2"]
     finetune = ["--decoder", "linear", "--iterations", str(args.iterations), "--lr", str(args.lr)]
     finetune += ["--decoder-lr-scale", str(args.decoder_lr_scale), "--ckpt-every", str(args.iterations)]
-    runs: list[dict[str, Any]] = []
+    jobs = []
     for seed in args.seeds:
         for arm, extra in (("linear", LINEAR), ("finetune", finetune)):
             out = args.out / f"{arm}_seed{seed}"
             command = [*neco, arm, *shared, *extra, "--seed", str(seed), "--out", str(out)]
-            if arm == "finetune" and (out / "checkpoints").exists():
-                command += ["--overwrite"]
-            timing = _timed(command, args.out / f"{arm}_seed{seed}.log")
-            result = json.loads((out / f"{arm}.json").read_text())
-            runs.append({"arm": arm, "seed": seed, "miou": result["metrics"]["miou"], **timing,
-                         "command": ["neco", "eval", *command[4:]],
-                         "per_class_iou": result["metrics"]["per_class_iou"],
-                         "training": result["metrics"].get("training")})  # fmt: skip
-            print(f"{arm:8s} seed {seed}: mIoU {runs[-1]['miou']:.2f}  cpu {timing['cpu_s']:.0f} s  "
-                  f"wall {timing['wall_s']:.0f} s  load {timing['load_before']:.1f}", flush=True)  # fmt: skip
+            if arm == "finetune":
+                command += ["--overwrite"]  # a rerun starts again (the earlier run's checkpoints are deleted)
+            jobs.append((f"{arm}_seed{seed}", command, args.out / f"{arm}_seed{seed}.log"))
+    timings = _run_all(jobs, args.parallel)
+    runs: list[dict[str, Any]] = []
+    for key, command, _ in jobs:
+        arm, seed = key.split("_seed")
+        result = json.loads((args.out / key / f"{arm}.json").read_text())
+        runs.append({"arm": arm, "seed": int(seed), "miou": result["metrics"]["miou"], **timings[key],
+                     "command": ["neco", "eval", *command[4:]],
+                     "per_class_iou": result["metrics"]["per_class_iou"],
+                     "training": result["metrics"].get("training")})  # fmt: skip
+        print(f"{arm:8s} seed {seed}: mIoU {runs[-1]['miou']:.2f}", flush=True)
     summary = {}
     for arm in ("linear", "finetune"):
         values = [r["miou"] for r in runs if r["arm"] == arm]

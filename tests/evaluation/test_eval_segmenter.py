@@ -114,3 +114,21 @@ def test_sliding_windows_equal_one_pass_for_a_per_pixel_model():
     assert whole.shape == (2, 24, 40) and torch.allclose(whole, windows, atol=1e-6)
     flipped = predict_probabilities(PerPixel(), image, (24, 40), scale=24, window=16, stride=12, flip=True)
     assert torch.allclose(whole, flipped, atol=1e-6)  # a per-pixel model is flip-equivariant
+
+
+def test_train_crops_keep_image_and_labels_aligned():
+    from neco.evaluation.blocks.transforms import IMAGENET_MEAN, IMAGENET_STD
+
+    labels = np.kron(
+        np.random.default_rng(0).integers(0, 5, (6, 6)), np.ones((8, 8), dtype=np.int64)
+    )  # 48 x 48
+    image = Image.fromarray(
+        np.stack([labels * 50, np.zeros_like(labels), np.zeros_like(labels)], -1).astype(np.uint8)
+    )
+    transform = SegmenterTrainTransform(32, 48, ratio_range=(0.8, 1.6), photometric=False)
+    for seed in range(6):
+        pixels, crop = transform(image, labels, torch.Generator().manual_seed(seed))
+        red = pixels[0] * IMAGENET_STD[0] + IMAGENET_MEAN[0]  # back to 0..1
+        decoded = (red * 255 / 50).round().long()
+        kept = crop != 255
+        assert (decoded[kept] == crop[kept]).float().mean() > 0.9  # only resampled edges may differ
