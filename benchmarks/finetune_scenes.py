@@ -37,6 +37,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--iterations", type=int, default=400)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--decoder-lr-scale", type=float, default=100.0)
+    parser.add_argument("--ratio-range", type=float, nargs=2, default=[0.5, 2.0])
     parser.add_argument("--threads", type=int, default=1, help="torch threads per command")
     parser.add_argument("--parallel", type=int, default=1, help="commands run at once")
     parser.add_argument("--results", type=Path, help="write the raw results JSON here")
@@ -82,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     shared += ["--device", "cpu", "--num-figures", "2"]
     finetune = ["--decoder", "linear", "--iterations", str(args.iterations), "--lr", str(args.lr)]
     finetune += ["--decoder-lr-scale", str(args.decoder_lr_scale), "--ckpt-every", str(args.iterations)]
+    finetune += ["--ratio-range", *map(str, args.ratio_range)]
     jobs = []
     for seed in args.seeds:
         for arm, extra in (("linear", LINEAR), ("finetune", finetune)):
