@@ -6,7 +6,9 @@
 Writes `gpu_check.json` and `gpu_check.md` into `--out` (default `runs/gpu_check`) and prints the table.
 Sections: environment; `pytest -m gpu`; sorting fwd+bwd (neco vs diffsort, B = 3136 and 12544, n = 49);
 one training step of the published ViT-S/14-reg recipe (neco defaults vs public-code settings, share of
-sort + loss); Hummingbird at 1.0 M memory with the full-VOC time projected at 10.24 M. Every section runs
+sort + loss); Hummingbird at 1.0 M memory with the full-VOC time projected at 10.24 M; the model step of
+`neco eval finetune` (ViT-S/14, mask decoder, 512 crops rounded to 518, batch 8) with 160k iterations
+projected. Every section runs
 in its own try/except: a failure is recorded in its row and the other sections still run. Targets are
 judged only from values measured on CUDA in a full run; `--quick` and CPU rows say "n/a".
 """
@@ -492,12 +494,71 @@ def section_hummingbird(ctx: dict[str, Any]) -> list[Row]:
     return [measured, _judge(projected, "voc_minutes", projected_s <= 300, ctx["judged"])]
 
 
+def section_finetune(ctx: dict[str, Any]) -> list[Row]:
+    """`neco eval finetune`'s model step (Segmenter mask decoder, SGD, bf16 on CUDA): images/s, projected 160k steps."""
+    from neco.backbones import create
+    from neco.evaluation.blocks.segmenter import SegmenterModel, build_decoder, set_drop_path
+
+    device = ctx["device"]
+    if ctx["full_needs_cuda"]:
+        return [_row("finetune", "ViT-S/14 518 px crops, batch 8", "skipped: no CUDA", "skipped")]
+    if ctx["quick"]:
+        backbone, size, batch, steps = "vit_tiny", 32, 2, 3
+    else:
+        backbone, size, batch, steps = "dinov2_vits14", 518, 8, 20  # 512 crops rounded to whole /14 patches
+    torch.manual_seed(0)
+    encoder = create(backbone, pretrained=False)
+    set_drop_path(encoder, 0.1)
+    model = SegmenterModel(encoder, build_decoder("mask", int(encoder.embed_dim), 150)).to(device).train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randn(batch, 3, size, size, generator=generator).to(device)
+    masks = torch.randint(0, 150, (batch, size, size), generator=generator).to(device)
+    bf16 = device.type == "cuda"
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images)
+        loss = torch.nn.functional.cross_entropy(logits.float(), masks, ignore_index=255)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    step()  # warm-up
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    _sync(device)
+    per_step = (time.perf_counter() - start) / steps
+    peak = _peak_mb(step, device)
+    measured = _row(
+        "finetune",
+        f"{backbone} + mask decoder (150 classes), {size} px crops, batch {batch}, {'bf16' if bf16 else 'fp32'}, "
+        "model step only (no data loading)",
+        f"{per_step * 1000:.0f} ms/step, {batch / per_step:.1f} images/s"
+        + (f", peak {peak:.0f} MB" if peak is not None else ""),
+        step_s=per_step,
+        images_per_s=batch / per_step,
+        peak_mb=peak,
+    )
+    projected = _row(
+        "finetune",
+        "160k iterations (Segmenter's ADE20k schedule)",
+        f"{per_step * 160_000 / 3600:.2f} h",
+        "projected",
+        projected_s=per_step * 160_000,
+    )
+    return [measured, projected]
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("environment", section_environment),
     ("pytest -m gpu", section_pytest),
     ("sorting", section_sorting),
     ("training step", section_train_step),
     ("hummingbird", section_hummingbird),
+    ("finetune", section_finetune),
 ]
 
 

@@ -32,6 +32,7 @@ def test_every_shipped_protocol_is_registered():
         "unsupervised",
         "attention",
         "correspondence",
+        "finetune",
     }
 
 

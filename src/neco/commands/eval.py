@@ -105,6 +105,9 @@ def _default_out(args: argparse.Namespace, identity: dict[str, Any]) -> Path:
 def _run(args: argparse.Namespace) -> int:
     log = get_logger("neco.eval")
     protocol = get_protocol(args.protocol)
+    if args.protocol == "finetune":
+        # registers the Lightning trainer of the protocol; only this protocol pays for Lightning's import
+        import neco.training.finetune  # noqa: F401
     # from_args validates: every option is checked before data or weights are read
     settings = from_args(protocol.settings_class, args)
     run = from_args(RunSettings, args)

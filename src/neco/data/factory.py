@@ -18,6 +18,7 @@ SEGMENTATION_DATASETS: dict[str, str] = {
     "coco-things": "COCO-Things, 12 thing super-categories (Leopart); splits train, val",
     "coco-stuff27": "COCO-Stuff-27, 27 super-categories (PiCIE/STEGO); splits train, val",
     "cityscapes": "Cityscapes gtFine, 19 train ids; splits train, val",
+    "pascal-context": "Pascal Context, 59 classes (mmsegmentation layout, VOC2010); splits train, val",
     "scenes": "synthetic texture scenes written by `neco make-scenes` (VOC layout); splits train, trainaug, val",
 }
 
@@ -71,6 +72,12 @@ def _cityscapes(root: str | Path, split: str = "val", **kw: Any) -> Segmentation
     return build_cityscapes(root, split, **kw)
 
 
+def _pascal_context(root: str | Path, split: str = "val", **kw: Any) -> SegmentationDataset:
+    from neco.data.pascal_context import build_pascal_context
+
+    return build_pascal_context(root, split, **kw)
+
+
 _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": _voc,
     "ade20k": _ade20k,
@@ -78,6 +85,7 @@ _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "coco-things": _coco("coco-things"),
     "coco-stuff27": _coco("coco-stuff27"),
     "cityscapes": _cityscapes,
+    "pascal-context": _pascal_context,
     "scenes": build_scenes,
 }
 

@@ -52,6 +52,7 @@ class Features:
         self.grid_fn, self.attention_fn = grid_fn, attention_fn
         self.patch_size, self.num_register_tokens = int(patch_size), int(num_register_tokens)
         self.device, self.precision, self.name = torch.device(device), precision, name
+        self.model: torch.nn.Module | None = None
 
     @classmethod
     def of_model(
@@ -59,7 +60,7 @@ class Features:
     ) -> Features:
         """Features of a neco backbone (anything with `forward_features`, `patch_size`), moved to `device`."""
         model = model.to(device).eval()
-        return cls(
+        features = cls(
             lambda images: patch_grid(model, images),
             int(model.patch_size),
             attention_fn=getattr(model, "get_last_self_attention", None),
@@ -68,6 +69,8 @@ class Features:
             precision=precision,
             name=str(getattr(getattr(model, "config", None), "name", type(model).__name__)),
         )
+        features.model = model  # the module itself, for the protocols that train it (finetune)
+        return features
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """Patch grids (B, D, H/p, W/p) float32 of normalised images (B, 3, H, W)."""

@@ -98,6 +98,8 @@ class RunContext:
         self.seed, self.progress = int(run.seed), bool(run.progress)
         self.timings: dict[str, float] = {}
         self.warnings: list[str] = []
+        #: the result folder of `evaluate(out_dir=...)` (None: nothing is written), for run files such as checkpoints
+        self.out_dir: Path | None = None
 
     def batches(
         self,

@@ -142,6 +142,7 @@ def evaluate(
         torch.set_num_threads(run.threads)
         faiss.omp_set_num_threads(run.threads)
     ctx = RunContext(run, input_size, features.device)
+    ctx.out_dir = None if out_dir is None else Path(out_dir)
     if run.skip_bad_images:
         data = _without_unreadable_images(data, ctx)
     with ctx.timer("total"):
