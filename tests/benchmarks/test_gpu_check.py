@@ -40,6 +40,7 @@ def test_gpu_check_quick_writes_json_and_table(tmp_path: Path) -> None:
         "sorting",
         "training step",
         "hummingbird",
+        "text-align",
     }
     if not torch.cuda.is_available():
         assert by_check[("pytest -m gpu", "CUDA tests")]["value"] == "skipped: no CUDA"
@@ -58,7 +59,7 @@ def test_gpu_check_quick_writes_json_and_table(tmp_path: Path) -> None:
     share = by_check[("training step", "sort + loss share of the neco step")]
     assert 0 < share["share"] < 1 and 0 <= share["profiler_sort_share"] < 1
     projected = [r for r in rows if r["kind"] == "projected"]
-    assert {r["section"] for r in projected} == {"training step", "hummingbird"}
+    assert {r["section"] for r in projected} == {"training step", "hummingbird", "text-align"}
     hummingbird = [r for r in rows if r["section"] == "hummingbird" and r["kind"] == "measured"]
     assert len(hummingbird) == 1 and hummingbird[0]["memory"] > 0
     # The markdown table has the header and one line per row, and is what the script printed.
