@@ -226,8 +226,8 @@ def _label_predictions(path: Path, predictions: torch.Tensor, names: list[str], 
         for line, class_id in enumerate(order):
             x, y = 2 * tile + 4, row * tile + 4 + 14 * line
             text = names[class_id]
-            draw.rectangle([x - 2, y - 1, x + 7 * len(text) + 2, y + 12], fill=(0, 0, 0))
-            draw.text(
-                (x, y), text, fill=tuple(int(v) for v in palette[class_id]) if class_id else (255, 255, 255)
-            )
+            # a white box with a swatch of the class colour, the name in black: readable for every colour
+            draw.rectangle([x - 2, y - 1, x + 12 + 7 * len(text), y + 12], fill=(255, 255, 255))
+            draw.rectangle([x, y + 1, x + 8, y + 10], fill=tuple(int(v) for v in palette[class_id]))
+            draw.text((x + 11, y), text, fill=(0, 0, 0))
     return save_png(canvas, path)
