@@ -64,16 +64,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     run = parser.add_argument_group("run")
     run.add_argument("--out", required=True, type=Path, help="run folder")
-    run.add_argument("--accelerator", default="auto", choices=("auto", "cpu", "gpu"))
+    run.add_argument(
+        "--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="auto: gpu when available"
+    )
     run.add_argument("--devices", default="auto", help="devices per node (auto: every GPU)")
-    run.add_argument("--strategy", default="auto", choices=("auto", "ddp"))
-    run.add_argument("--num-nodes", type=int, default=1)
+    run.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="ddp for several devices")
+    run.add_argument("--num-nodes", type=int, default=1, help="nodes (SLURM / torchrun)")
     run.add_argument(
         "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU"
     )
     run.add_argument("--num-workers", type=int, default=4, help="data loader workers")
-    run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--ckpt-every-steps", type=int, default=500)
+    run.add_argument("--seed", type=int, default=0, help="seed of the data order and the mapping's init")
+    run.add_argument("--ckpt-every-steps", type=int, default=500, help="save a checkpoint every N steps")
+    run.add_argument("--keep-checkpoints", type=int, default=3, help="newest step checkpoints kept")
+    run.add_argument("--log-every", type=int, default=10, help="log the loss every N steps (csv logger)")
     run.add_argument("--stop-at-step", type=int, help="stop (resumably) at this step")
     run.add_argument(
         "--resume", metavar="auto|CKPT", help="continue a run: auto (the --out run's last.ckpt) or a file"
@@ -131,6 +135,8 @@ def _run(args: argparse.Namespace) -> int:
         num_workers=args.num_workers,
         seed=args.seed,
         ckpt_every_steps=args.ckpt_every_steps,
+        keep_checkpoints=args.keep_checkpoints,
+        log_every=args.log_every,
         stop_at_step=args.stop_at_step,
         progress=not args.no_progress,
         which=args.which,
