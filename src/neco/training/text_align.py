@@ -1,9 +1,10 @@
 """`neco text-align`: train Talk2DINO's text-to-patch mapping with the backbone and text encoder frozen.
 
 The method (mapping, head-selected pooling, loss) is plain torch in `neco.method.text_align`; this
-module assembles it with Lightning: typed config checked up front, caption embeddings computed once
-and cached (`text_embeddings.pt`, keyed by the text tower's checksum and the captions), the seeded
-resumable sampler of `neco train`, atomic periodic checkpoints with `last.ckpt`, exact resume.
+module assembles it with Lightning: typed config checked up front, caption embeddings and each image's
+per-head pooled features computed once and cached (`text_embeddings.pt`, `image_features.pt`, keyed by
+checksums of the encoders and the data), the seeded resumable sampler of `neco train`, atomic periodic
+checkpoints with `last.ckpt`, exact resume.
 
 Checkpoints hold only the mapping and the logit scale (the frozen backbone is not stored; its name,
 weights file and checksum are), plus the text encoder spec (and, for a config-built tower, its
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -372,7 +374,9 @@ def train_text_align(
             f"`--input-size` must be a multiple of the patch size {patch} but is {config.input_size}"
         )
     encoder = TextEncoder.from_spec(config.text_spec(), download=config.text_download)
-    device = torch.device("cuda" if _accelerator(config) == "gpu" else "cpu")
+    # every DDP rank runs this before `fit`: each embeds on its own GPU (the caches are written atomically)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if _accelerator(config) == "gpu" else "cpu")
     embeddings = caption_embeddings(encoder, pairs.captions, out_dir / "text_embeddings.pt", device)
     meta = {
         "backbone": identity,
