@@ -44,6 +44,8 @@ from neco.method.text_checkpoint import load_text_align
 __all__ = ["OpenVocabSettings", "OpenVocab", "chance_miou", "class_embeddings", "read_class_names"]
 
 BACKGROUND_NAMES = ("background", "bg")
+# VOC's joined class names read as words in prompts (applied before `--class-names`)
+SPACED_NAMES = {"diningtable": "dining table", "pottedplant": "potted plant", "tvmonitor": "tv monitor"}
 
 
 @dataclass
@@ -141,7 +143,9 @@ class OpenVocab(Protocol):
                 f"`--background {mode}` needs a background class but {data.name or val.name}'s class 0 is "
                 f"{names[0]!r}; use --background none (or auto)"
             )
-        renames = read_class_names(settings.class_names, names) if settings.class_names else {}
+        renames = {n: SPACED_NAMES[n] for n in names if n in SPACED_NAMES}
+        if settings.class_names:
+            renames.update(read_class_names(settings.class_names, names))
         prompted = names[1:] if mode in ("threshold", "drop") else names
         offset = len(names) - len(prompted)  # 1 when class 0 (background) is not prompted
         with ctx.timer("text"):
