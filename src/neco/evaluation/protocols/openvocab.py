@@ -13,7 +13,7 @@ the scenes):
 - `none`: every class, background included, is prompted as a name.
 `auto` is `threshold` for a dataset with a background class and `none` otherwise (COCO-Stuff,
 Cityscapes, ADE20k: every class is a name). `--class-names FILE` (JSON {dataset class: prompt name})
-renames classes for the prompts (e.g. VOC's "pottedplant" -> "potted plant").
+renames classes for the prompts (VOC's joined names are spaced by default: `SPACED_NAMES`).
 Metrics: mIoU over the scored classes, pixel accuracy, per-class IoU (percent).
 """
 
