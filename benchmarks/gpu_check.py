@@ -552,6 +552,91 @@ def section_finetune(ctx: dict[str, Any]) -> list[Row]:
     return [measured, projected]
 
 
+COCO_CAPTIONS_TRAIN = 591_753  # captions in COCO Captions captions_train2017.json (5 or more per image)
+
+
+def section_text_align(ctx: dict[str, Any]) -> list[Row]:
+    """`neco text-align` throughput: ViT-B/14 pooled features, CLIP ViT-B/16 text, mapping steps; one COCO epoch."""
+    import open_clip
+
+    from neco.backbones import create
+    from neco.method.text_align import (
+        HeadSelectInfoNCE,
+        TextToPatchMapping,
+        cls_patch_attention,
+        head_pooled_embeddings,
+    )
+    from neco.method.text_encoder import TextEncoder, tiny_text_config
+
+    device = ctx["device"]
+    if ctx["full_needs_cuda"]:
+        return [_row("text-align", "ViT-B/14 + CLIP ViT-B/16 text", "skipped: no CUDA", "skipped")]
+    if ctx["quick"]:
+        backbone, size, batch, reps = "vit_tiny", 64, 4, 1
+        clip = open_clip.CLIP(**tiny_text_config())
+    else:
+        backbone, size, batch, reps = "dinov2_vitb14_reg", 448, 128, 3
+        clip = open_clip.create_model("ViT-B-16", pretrained=None)  # random weights: speed only
+    torch.manual_seed(0)
+    model = create(backbone, pretrained=False).to(device).eval()
+    encoder = TextEncoder(clip, open_clip.get_tokenizer("ViT-B-16"), {"model": "ViT-B-16"}).to(device)
+    if ctx["quick"]:
+        from open_clip.tokenizer import SimpleTokenizer
+
+        encoder.tokenizer = SimpleTokenizer(context_length=16)
+    images = torch.randn(batch, 3, size, size, device=device)
+    captions = [f"a photo of {batch - i} dogs playing with a red ball on the grass" for i in range(batch)]
+    mapping = TextToPatchMapping(encoder.embed_dim, int(model.embed_dim)).to(device)
+    loss_fn = HeadSelectInfoNCE().to(device)
+    optimizer = torch.optim.AdamW([*mapping.parameters(), *loss_fn.parameters()], lr=1e-4)
+    bf16 = device.type == "cuda"
+    regs = int(model.num_register_tokens)
+
+    @torch.no_grad()
+    def pooled() -> torch.Tensor:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            patches = model.forward_features(images)["x_norm_patchtokens"]
+            weights = cls_patch_attention(model.get_last_self_attention(images), regs)
+            return head_pooled_embeddings(patches, weights)
+
+    features = pooled()
+    text = encoder.encode(captions)
+
+    def step() -> None:
+        loss, _ = loss_fn(features, mapping(text))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    image_s = _median_time(pooled, reps, device)
+    text_s = _median_time(lambda: encoder.encode(captions), reps, device)
+    step_s = _median_time(step, reps, device)
+    images_per_s, captions_per_s, pairs_per_s = batch / image_s, batch / text_s, batch / step_s
+    epoch_s = (
+        COCO_TRAIN_IMAGES / images_per_s
+        + COCO_CAPTIONS_TRAIN / captions_per_s
+        + COCO_CAPTIONS_TRAIN / pairs_per_s
+    )
+    name = f"{backbone} {size} px + {'tiny' if ctx['quick'] else 'CLIP ViT-B/16'} text, batch {batch}"
+    measured = _row(
+        "text-align",
+        name,
+        f"pooled features {images_per_s:.0f} images/s, text {captions_per_s:.0f} captions/s, "
+        f"mapping step {pairs_per_s:.0f} pairs/s",
+        images_per_s=images_per_s,
+        captions_per_s=captions_per_s,
+        pairs_per_s=pairs_per_s,
+    )
+    projected = _row(
+        "text-align",
+        "one COCO Captions epoch (118,287 images once, 591,753 captions, cached features)",
+        f"{epoch_s / 60:.1f} min",
+        "projected",
+        projected_s=epoch_s,
+    )
+    return [measured, projected]
+
+
 SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("environment", section_environment),
     ("pytest -m gpu", section_pytest),
@@ -559,6 +644,7 @@ SECTIONS: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
     ("training step", section_train_step),
     ("hummingbird", section_hummingbird),
     ("finetune", section_finetune),
+    ("text-align", section_text_align),
 ]
 
 

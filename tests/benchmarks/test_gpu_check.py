@@ -41,6 +41,7 @@ def test_gpu_check_quick_writes_json_and_table(tmp_path: Path) -> None:
         "training step",
         "hummingbird",
         "finetune",
+        "text-align",
     }
     if not torch.cuda.is_available():
         assert by_check[("pytest -m gpu", "CUDA tests")]["value"] == "skipped: no CUDA"
@@ -59,7 +60,7 @@ def test_gpu_check_quick_writes_json_and_table(tmp_path: Path) -> None:
     share = by_check[("training step", "sort + loss share of the neco step")]
     assert 0 < share["share"] < 1 and 0 <= share["profiler_sort_share"] < 1
     projected = [r for r in rows if r["kind"] == "projected"]
-    assert {r["section"] for r in projected} == {"training step", "hummingbird", "finetune"}
+    assert {r["section"] for r in projected} == {"training step", "hummingbird", "finetune", "text-align"}
     finetune = [r for r in rows if r["section"] == "finetune" and r["kind"] == "measured"]
     assert len(finetune) == 1 and finetune[0]["step_s"] > 0 and finetune[0]["images_per_s"] > 0
     hummingbird = [r for r in rows if r["section"] == "hummingbird" and r["kind"] == "measured"]

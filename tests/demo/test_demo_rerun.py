@@ -38,7 +38,7 @@ def test_rerun_with_other_settings_redoes_training(tmp_path, monkeypatch: pytest
 
     same = run_demo(DemoConfig.quick(**small))  # identical settings: reused, no new steps
     assert same["parts"]["scenes"] == "reused" and same["parts"]["training"] == "reused"
-    assert torch.equal(_steps_and_teacher(out)[2]["pos_embed"], teacher["pos_embed"])
+    assert torch.equal(_steps_and_teacher(out)[2]["model.pos_embed"], teacher["model.pos_embed"])
 
     other = run_demo(DemoConfig.quick(**{**small, "train_steps": 3, "lr_backbone": 1e-4}))
     assert other["parts"]["scenes"] == "reused"

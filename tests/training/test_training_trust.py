@@ -164,7 +164,7 @@ def test_finite_garbage_in_a_checkpoint_fails_its_checksum_and_falls_back(
     checkpoint = _load(newest)
     assert len(checkpoint[CHECKSUM_KEY]) == 32
     generator = torch.Generator().manual_seed(0)
-    pos_embed = checkpoint["student"]["pos_embed"]
+    pos_embed = checkpoint["student"]["model.pos_embed"]  # timm-built backbone: `model.` + timm names
     pos_embed.copy_(torch.randn(pos_embed.shape, generator=generator))  # finite, plausible, wrong
     torch.save(checkpoint, newest)
     with pytest.raises(ValueError, match=r"step_00000002.ckpt: the tensors do not match the checksum"):

@@ -1,0 +1,494 @@
+"""`neco text-align`: train Talk2DINO's text-to-patch mapping with the backbone and text encoder frozen.
+
+The method (mapping, head-selected pooling, loss) is plain torch in `neco.method.text_align`; this
+module assembles it with Lightning: typed config checked up front, caption embeddings and each image's
+per-head pooled features computed once and cached (`text_embeddings.pt`, `image_features.pt`, keyed by
+checksums of the encoders and the data), the seeded resumable sampler of `neco train`, atomic periodic
+checkpoints with `last.ckpt`, exact resume.
+
+Checkpoints hold only the mapping and the logit scale (the frozen backbone is not stored; its name,
+weights file and checksum are), plus the text encoder spec (and, for a config-built tower, its
+weights): `neco eval openvocab --mapping CKPT` reads them (`load_text_align`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from neco.backbones.loading import load_backbone
+from neco.data.captions import CAPTION_LAYOUTS, build_caption_dataset
+from neco.evaluation.blocks.transforms import to_input
+from neco.method.text_align import (
+    HeadSelectInfoNCE,
+    TextToPatchMapping,
+    cls_patch_attention,
+    head_pooled_embeddings,
+)
+from neco.method.text_checkpoint import FORMAT, load_text_align, read_text_align
+from neco.method.text_encoder import DEFAULT_TEXT_MODEL, TextEncoder
+from neco.training import checkpoint as ckpt
+from neco.training.datamodule import EpochSampler
+from neco.utils.io import atomic_torch_save, ensure_writable_dir, write_json
+from neco.utils.logging import get_logger
+
+__all__ = [
+    "TextAlignConfig",
+    "TextAlignModule",
+    "TextAlignResult",
+    "train_text_align",
+    "load_text_align",
+    "caption_embeddings",
+]
+
+
+@dataclass
+class TextAlignConfig:
+    """Every setting of a text-align run (validated by `check()` before anything is read)."""
+
+    data_root: str
+    out_dir: str
+    layout: str = "coco"
+    split: str = "train2017"
+    backbone: str = "dinov2_vitb14_reg"
+    weights: str | None = None
+    which: str = "teacher"
+    text_model: str = DEFAULT_TEXT_MODEL["model"]
+    text_pretrained: str | None = DEFAULT_TEXT_MODEL["pretrained"]
+    text_weights: str | None = None
+    text_config: dict[str, Any] | None = None  # an open_clip CLIP config (tests: a tiny random tower)
+    text_init: str | None = None  # "words": see `neco.method.text_encoder.words_init` (config towers only)
+    text_download: bool = True
+    input_size: int = 448
+    cache_features: bool = True
+    batch_size: int = 128
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    epochs: int = 1
+    max_steps: int | None = None
+    hidden_dim: int | None = None
+    init_temperature: float = 0.07
+    accelerator: str = "auto"
+    devices: int | str = "auto"
+    strategy: str = "auto"
+    num_nodes: int = 1
+    precision: str = "auto"
+    num_workers: int = 4
+    seed: int = 0
+    ckpt_every_steps: int = 500
+    keep_checkpoints: int = 3
+    stop_at_step: int | None = None
+    log_every: int = 10
+    progress: bool = True
+    loggers: list[str] = field(default_factory=lambda: ["csv"])
+
+    def check(self) -> None:
+        """Raise a ValueError naming the option for any value out of range."""
+        if self.layout not in CAPTION_LAYOUTS:
+            raise ValueError(f"`--layout` must be one of {sorted(CAPTION_LAYOUTS)} but is {self.layout!r}")
+        positive = {
+            "--input-size": self.input_size,
+            "--epochs": self.epochs,
+            "--ckpt-every-steps": self.ckpt_every_steps,
+            "--keep-checkpoints": self.keep_checkpoints,
+            "--num-nodes": self.num_nodes,
+            "--log-every": self.log_every,
+        }
+        for flag, value in positive.items():
+            if int(value) < 1:
+                raise ValueError(f"`{flag}` must be >= 1 but is {value}")
+        if self.batch_size < 2:
+            raise ValueError(f"`--batch-size` must be >= 2 (in-batch negatives) but is {self.batch_size}")
+        for flag, value in (("--max-steps", self.max_steps), ("--stop-at-step", self.stop_at_step)):
+            if value is not None and value < 1:
+                raise ValueError(f"`{flag}` must be >= 1 but is {value}")
+        if not self.lr > 0:
+            raise ValueError(f"`--lr` must be > 0 but is {self.lr}")
+        if self.weight_decay < 0:
+            raise ValueError(f"`--weight-decay` must be >= 0 but is {self.weight_decay}")
+        choices = {
+            "--accelerator": (self.accelerator, ("auto", "cpu", "gpu")),
+            "--precision": (self.precision, ("auto", "fp32", "bf16")),
+            "--strategy": (self.strategy, ("auto", "ddp")),
+        }
+        for flag, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"`{flag}` must be one of {list(allowed)} but is {value!r}")
+        if self.accelerator == "gpu" and not torch.cuda.is_available():
+            raise ValueError("`--accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
+
+    def text_spec(self) -> dict[str, Any]:
+        """The text encoder spec (`TextEncoder.from_spec`)."""
+        if self.text_config is not None:
+            return {"config": self.text_config, "init": self.text_init}
+        return {"model": self.text_model, "pretrained": self.text_pretrained, "weights": self.text_weights}
+
+
+class _EmbeddedPairs(Dataset):
+    """Sampler keys (epoch, position, index) -> (image or its pooled features, caption embedding, epoch, position).
+
+    With `pooled` (num_images, H, D) the image is replaced by its cached per-head embeddings.
+    """
+
+    def __init__(self, pairs: Any, embeddings: torch.Tensor, pooled: torch.Tensor | None = None) -> None:
+        self.pairs, self.embeddings, self.pooled = pairs, embeddings, pooled
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor, int, int]:
+        epoch, position, index = key
+        if self.pooled is not None:
+            return self.pooled[int(self.pairs.image_of[index])], self.embeddings[index], epoch, position
+        image, caption = self.pairs[index]
+        return image, self.embeddings[caption], epoch, position
+
+
+class _Images(Dataset):
+    """Each image of the pairs once (for the feature cache)."""
+
+    def __init__(self, pairs: Any) -> None:
+        self.pairs = pairs
+
+    def __len__(self) -> int:
+        return len(self.pairs.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        from neco.data.base import load_rgb
+
+        return self.pairs.transform(load_rgb(self.pairs.images[index]))
+
+
+class TextAlignModule(L.LightningModule):
+    """The mapping and the loss's logit scale, trained against a frozen backbone's head-pooled patches."""
+
+    def __init__(
+        self, backbone: torch.nn.Module, text_dim: int, config: TextAlignConfig, meta: dict[str, Any]
+    ) -> None:
+        super().__init__()
+        self.config, self.meta = config, meta
+        self.mapping = TextToPatchMapping(text_dim, int(backbone.embed_dim), config.hidden_dim)
+        self.loss_fn = HeadSelectInfoNCE(config.init_temperature)
+        # Not a submodule: frozen, never in the optimizer, the checkpoints or DDP's gradient sync.
+        object.__setattr__(self, "backbone", backbone.eval().requires_grad_(False))
+        self.num_register_tokens = int(getattr(backbone, "num_register_tokens", 0))
+        self.data_position: tuple[int, int] = (0, 0)
+        self._resume_position: tuple[int, int] | None = None
+        self.text_tower: dict[str, torch.Tensor] | None = None
+        self.dataset: Dataset | None = None
+
+    def on_fit_start(self) -> None:
+        """Move the frozen backbone with the module (Lightning moves only submodules)."""
+        self.backbone.to(self.device)
+
+    @torch.no_grad()
+    def pooled(self, images: torch.Tensor) -> torch.Tensor:
+        """Per-head CLS-attention-weighted patch averages (B, H, D) of normalised images (B, 3, S, S)."""
+        patches = self.backbone.forward_features(images)["x_norm_patchtokens"]  # (B, N, D)
+        weights = cls_patch_attention(self.backbone.get_last_self_attention(images), self.num_register_tokens)
+        return head_pooled_embeddings(patches, weights)
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        """Loss of one batch of (image (B, 3, S, S) or cached pooled features (B, H, D), caption embedding) pairs."""
+        images, text, epoch, position = batch
+        pooled = self.pooled(images) if images.ndim == 4 else images.float()
+        loss, diagnostics = self.loss_fn(pooled, self.mapping(text.float()))
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"text-align loss is {loss.item()} at step {self.global_step}")
+        self.data_position = (int(epoch[0]), int(position.max()) + 1)
+        self.log("loss", loss, prog_bar=True)
+        for name, value in diagnostics.items():
+            self.log(name, value)
+        return loss
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        """AdamW over the mapping and the logit scale, constant learning rate."""
+        return torch.optim.AdamW(self.parameters(), lr=self.config.lr, weight_decay=self.config.weight_decay)
+
+    def train_dataloader(self) -> DataLoader:
+        """The seeded sampler of `neco train` over (image, caption) pairs, continuing after a resume."""
+        assert self.dataset is not None
+        trainer = self.trainer
+        sampler = EpochSampler(
+            len(self.dataset),
+            self.config.batch_size,
+            self.config.seed,
+            trainer.global_rank,
+            trainer.world_size,
+        )
+        position, self._resume_position = self._resume_position, None
+        if position is not None:
+            sampler.set_epoch(position[0])
+            sampler.resume(*position)
+        return DataLoader(
+            self.dataset,
+            batch_size=self.config.batch_size,
+            sampler=sampler,
+            num_workers=self.config.num_workers,
+            drop_last=True,
+            pin_memory=torch.cuda.is_available(),
+            persistent_workers=self.config.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.config.seed),
+        )
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Add the format, the run's identity (backbone, text encoder, sizes) and the data position."""
+        checkpoint["format"] = FORMAT
+        checkpoint["text_align"] = {**self.meta, "step": int(self.global_step)}
+        checkpoint["data_position"] = {"epoch": self.data_position[0], "position": self.data_position[1]}
+        if self.text_tower is not None:
+            checkpoint["text_tower"] = self.text_tower
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Continue the data stream where the checkpoint stopped."""
+        position = checkpoint.get("data_position")
+        if position is not None:
+            self._resume_position = (int(position["epoch"]), int(position["position"]))
+            self.data_position = self._resume_position
+
+
+@dataclass
+class TextAlignResult:
+    """What a run leaves: its folder, the last checkpoint, the step reached, the last logged values."""
+
+    out_dir: Path
+    last_checkpoint: Path | None
+    global_step: int
+    metrics: dict[str, float]
+    interrupted: bool
+
+
+def _digest(texts: list[str]) -> str:
+    digest = hashlib.sha256()
+    for text in texts:
+        digest.update(text.encode())
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def caption_embeddings(
+    encoder: TextEncoder, captions: list[str], cache: Path | None, device: torch.device
+) -> torch.Tensor:
+    """float16 CPU embeddings (len(captions), E), read from `cache` when it matches encoder and captions."""
+    key = {"encoder_sha256": encoder.checksum(), "captions_sha256": _digest(captions)}
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored["embeddings"]
+        get_logger("neco.text_align").info(f"{cache}: made by another text encoder or captions; recomputing")
+    encoder.to(device)
+    embeddings = encoder.encode(captions).to("cpu", torch.float16)
+    encoder.to("cpu")
+    if cache is not None:
+        atomic_torch_save({"key": key, "embeddings": embeddings}, cache)
+    return embeddings
+
+
+@torch.no_grad()
+def pooled_image_features(
+    module: TextAlignModule, pairs: Any, cache: Path | None, device: torch.device, key: dict[str, Any]
+) -> torch.Tensor:
+    """float16 CPU per-head pooled embeddings (num_images, H, D) of every image, cached like the text.
+
+    The backbone is frozen and the images are not augmented, so each image's pooled embeddings are the
+    same at every step: computing them once (as Talk2DINO pre-extracts its features) makes each
+    training step a few small matrix products.
+    """
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored["pooled"]
+        get_logger("neco.text_align").info(f"{cache}: made from another backbone or images; recomputing")
+    config = module.config
+    loader = DataLoader(_Images(pairs), batch_size=config.batch_size, num_workers=config.num_workers)
+    backbone = module.backbone.to(device)
+    precision = (
+        config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    )
+    chunks = []
+    for images in loader:
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            chunks.append(module.pooled(images.to(device)).to("cpu", torch.float16))
+    backbone.to("cpu")
+    pooled = torch.cat(chunks)
+    if cache is not None:
+        atomic_torch_save({"key": key, "pooled": pooled}, cache)
+    return pooled
+
+
+def _image_digest(pairs: Any) -> str:
+    digest = hashlib.sha256()
+    for path in pairs.images:
+        digest.update(f"{path}\0{path.stat().st_size}\0".encode())
+    return digest.hexdigest()
+
+
+def _accelerator(config: TextAlignConfig) -> str:
+    if config.accelerator == "auto":
+        return "gpu" if torch.cuda.is_available() else "cpu"
+    return config.accelerator
+
+
+def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
+    if resume is None:
+        return None
+    if resume == "auto":
+        last = checkpoint_dir / ckpt.LAST_NAME
+        return last.resolve() if last.exists() else None
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
+    return path.resolve()
+
+
+def train_text_align(
+    config: TextAlignConfig, *, resume: str | None = None, overwrite: bool = False
+) -> TextAlignResult:
+    """Train the mapping as `config` says; `resume` is None, 'auto' or a checkpoint file."""
+    config.check()
+    log = get_logger("neco.text_align")
+    out_dir = ensure_writable_dir(config.out_dir, "--out").resolve()
+    checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "--out (its checkpoints folder)")
+    ckpt.remove_orphan_temporaries(checkpoint_dir)
+    ckpt_path = _resolve_resume(resume, checkpoint_dir)
+    if ckpt_path is None:
+        ckpt.check_fresh_start(checkpoint_dir, overwrite)
+    # Data and both encoders are checked before any training starts.
+    pairs = build_caption_dataset(config.layout, config.data_root, config.split)
+    pairs.transform = lambda image: to_input(image, config.input_size)
+    L.seed_everything(config.seed, workers=True, verbose=False)
+    backbone, identity = load_backbone(config.backbone, weights=config.weights, which=config.which)
+    patch = int(backbone.patch_size)
+    if config.input_size % patch:
+        raise ValueError(
+            f"`--input-size` must be a multiple of the patch size {patch} but is {config.input_size}"
+        )
+    encoder = TextEncoder.from_spec(config.text_spec(), download=config.text_download)
+    # every DDP rank runs this before `fit`: each embeds on its own GPU (the caches are written atomically)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local_rank}" if _accelerator(config) == "gpu" else "cpu")
+    embeddings = caption_embeddings(encoder, pairs.captions, out_dir / "text_embeddings.pt", device)
+    meta = {
+        "backbone": identity,
+        "text": encoder.spec,
+        "text_sha256": encoder.checksum(),
+        "text_dim": encoder.embed_dim,
+        "patch_dim": int(backbone.embed_dim),
+        "hidden_dim": config.hidden_dim if config.hidden_dim is not None else int(backbone.embed_dim),
+        "input_size": config.input_size,
+        "data": {"layout": config.layout, "root": str(Path(config.data_root).resolve()), **pairs.describe()},
+        "config": dataclasses.asdict(config),
+    }
+    module = TextAlignModule(backbone, encoder.embed_dim, config, meta)
+    module.text_tower = encoder.text_state_dict() if encoder.carries_weights() else None
+    pooled = None
+    if config.cache_features:
+        key = {
+            "backbone_sha256": identity["sha256"],
+            "images_sha256": _image_digest(pairs),
+            "input_size": config.input_size,
+        }
+        pooled = pooled_image_features(module, pairs, out_dir / "image_features.pt", device, key)
+    module.dataset = _EmbeddedPairs(pairs, embeddings, pooled)
+    if ckpt_path is not None:
+        stored = read_text_align(ckpt_path, "--resume")["text_align"]
+        for key in ("text_sha256", "patch_dim", "text_dim", "hidden_dim"):
+            if stored[key] != meta[key]:
+                raise ValueError(
+                    f"--resume {ckpt_path}: its {key} is {stored[key]!r} but this run's is {meta[key]!r}"
+                )
+        if stored["backbone"]["sha256"] != identity["sha256"]:
+            raise ValueError(
+                f"--resume {ckpt_path}: trained on backbone {stored['backbone']['name']} (other weights)"
+            )
+    world = _world_size(config)
+    steps_per_epoch = max(1, len(pairs) // (config.batch_size * world))
+    max_steps = config.max_steps or config.epochs * steps_per_epoch
+    checkpointer = ckpt.PeriodicCheckpoint(
+        checkpoint_dir, config.ckpt_every_steps, config.keep_checkpoints, config.stop_at_step
+    )
+    trainer = _trainer(config, out_dir, checkpointer, max_steps)
+    warnings.filterwarnings(
+        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    if trainer.is_global_zero:
+        write_json(meta, out_dir / "text_align.json")
+        where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
+        log.info(
+            f"text-align: {len(pairs)} captions of {len(pairs.images)} images, {max_steps} steps "
+            f"({steps_per_epoch} per epoch) into {out_dir} ({where})"
+        )
+    trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
+    last = checkpoint_dir / ckpt.LAST_NAME
+    metrics = {
+        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
+    }
+    return TextAlignResult(
+        out_dir=out_dir,
+        last_checkpoint=last.resolve() if last.exists() else None,
+        global_step=int(trainer.global_step),
+        metrics=metrics,
+        interrupted=checkpointer.interrupted,
+    )
+
+
+def _world_size(config: TextAlignConfig) -> int:
+    devices = config.devices
+    if devices == "auto":
+        devices = max(1, torch.cuda.device_count()) if _accelerator(config) == "gpu" else 1
+    return int(devices) * config.num_nodes
+
+
+def _trainer(config: TextAlignConfig, out_dir: Path, checkpointer: Any, max_steps: int) -> L.Trainer:
+    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+
+    accelerator = _accelerator(config)
+    precision = (
+        config.precision if config.precision != "auto" else ("bf16" if accelerator == "gpu" else "fp32")
+    )
+    strategy: Any = config.strategy
+    if config.strategy == "ddp" or _world_size(config) > 1:
+        from lightning.pytorch.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "gpu" else "gloo")
+    makers = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
+    unknown = [name for name in config.loggers if name not in makers]
+    if unknown:
+        raise ValueError(f"`loggers` must be among {sorted(makers)} but include {unknown}")
+    loggers = [makers[name](save_dir=str(out_dir), name=name) for name in config.loggers]
+    return L.Trainer(
+        accelerator=accelerator,
+        devices=config.devices,
+        num_nodes=config.num_nodes,
+        strategy=strategy,
+        precision={"bf16": "bf16-mixed", "fp32": "32-true"}[precision],
+        max_epochs=-1,
+        max_steps=max_steps,
+        logger=loggers or False,
+        callbacks=[checkpointer],
+        plugins=[ckpt.AtomicCheckpointIO()],
+        enable_checkpointing=False,
+        enable_progress_bar=config.progress,
+        enable_model_summary=False,
+        log_every_n_steps=config.log_every,
+        use_distributed_sampler=False,
+        default_root_dir=str(out_dir),
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+    )
+
+
+def projected_epoch_hours(pairs_per_second: float, num_pairs: int = 591_753) -> float:
+    """Hours for one epoch of `num_pairs` caption pairs (COCO Captions train2017: 591,753) at a throughput."""
+    return num_pairs / pairs_per_second / 3600 if pairs_per_second > 0 else math.inf

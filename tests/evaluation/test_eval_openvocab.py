@@ -1,0 +1,97 @@
+"""`neco text-align` and `neco eval openvocab` end to end on tiny real-layout files, and their bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from neco.cli import main
+from neco.data.captions import write_scene_captions
+from neco.data.synthetic import write_scenes
+from neco.evaluation.schema import validate_result
+from neco.method.text_encoder import tiny_text_config
+
+EVAL = ["--dataset", "scenes", "--backbone", "vit_tiny_scenes", "--input-size", "32", "--num-workers", "0"]
+EVAL += ["--no-progress", "--batch-size", "4", "--num-figures", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def mapping(tmp_path_factory):
+    """(scenes, caption root, last checkpoint) of a 4-step `neco text-align` run on the COCO layout."""
+    root = tmp_path_factory.mktemp("openvocab")
+    scenes = write_scenes(root / "scenes", num_train=8, num_val=4, size=32, progress=False)
+    captions = write_scene_captions(scenes, root / "coco", "coco")
+    config = root / "tower.json"
+    config.write_text(json.dumps(tiny_text_config(width=32)))
+    threads = torch.get_num_threads()
+    rc = main(
+        ["text-align", "--data-root", str(captions), "--layout", "coco", "--backbone", "vit_tiny_scenes"]
+        + ["--text-config", str(config), "--text-init", "words", "--input-size", "32", "--batch-size", "4"]
+        + ["--max-steps", "4", "--ckpt-every-steps", "2", "--num-workers", "0", "--out", str(root / "run")]
+        + ["--threads", "1", "--no-progress", "--accelerator", "cpu"]
+    )
+    torch.set_num_threads(threads)
+    assert rc == 0
+    last = root / "run" / "checkpoints" / "last.ckpt"
+    assert last.exists() and (root / "run" / "text_embeddings.pt").is_file()
+    return scenes, captions, last
+
+
+def test_eval_openvocab_writes_schema_json_and_labelled_figure(mapping, tmp_path, capsys):
+    scenes, _, last = mapping
+    out = tmp_path / "eval"
+    rc = main(
+        ["eval", "openvocab", "--data-root", str(scenes), "--mapping", str(last), "--out", str(out), *EVAL]
+    )
+    assert rc == 0, capsys.readouterr().err
+    result = json.loads((out / "openvocab.json").read_text())
+    validate_result(result)
+    assert result["settings"]["background"] == "threshold"  # auto: the scenes have a background class
+    assert result["settings"]["mapping_step"] == 4
+    per_class = result["metrics"]["per_class_iou"]
+    assert list(per_class)[0] == "background" and len(per_class) == 9
+    assert 0 <= result["headline"]["value"] <= 100
+    assert (out / "openvocab_predictions.png").is_file()
+    rc = main(["eval", "openvocab", "--data-root", str(scenes), "--mapping", str(last), "--out", str(out)]
+              + ["--background", "drop", "--templates", "simple", *EVAL])  # fmt: skip
+    assert rc == 0
+    dropped = json.loads((out / "openvocab.json").read_text())
+    assert "background" not in dropped["metrics"]["per_class_iou"]
+    assert dropped["settings"]["num_prompted_classes"] == 8
+
+
+def test_eval_openvocab_bad_inputs(mapping, tmp_path, capsys):
+    scenes, captions, last = mapping
+    base = ["eval", "openvocab", "--data-root", str(scenes), "--out", str(tmp_path / "e"), *EVAL]
+    assert main(base) == 2
+    assert "`--mapping` is required" in capsys.readouterr().err
+    names = tmp_path / "names.json"
+    names.write_text(json.dumps({"dots": "polka dots", "unicorn": "a unicorn"}))
+    assert main([*base, "--mapping", str(last), "--class-names", str(names)]) == 2
+    err = capsys.readouterr().err
+    assert "unknown class names ['unicorn']" in err and "names.json" in err
+    not_a_mapping = tmp_path / "x.ckpt"
+    torch.save({"state_dict": {}}, not_a_mapping)
+    assert main([*base, "--mapping", str(not_a_mapping)]) == 2
+    assert "not a `neco text-align` checkpoint" in capsys.readouterr().err
+    assert main([*base, "--mapping", str(tmp_path / "none.ckpt")]) == 2
+    assert "none.ckpt: file not found" in capsys.readouterr().err
+
+
+def test_text_align_bad_inputs(mapping, tmp_path, capsys):
+    _, captions, _ = mapping
+    common = ["text-align", "--backbone", "vit_tiny_scenes", "--out", str(tmp_path / "r"), "--no-progress"]
+    assert main([*common, "--data-root", str(tmp_path / "nowhere")]) == 2
+    assert "missing caption file" in capsys.readouterr().err
+    (captions / "train2017" / "extra.jpg").write_bytes(
+        (captions / "train2017").glob("*.jpg").__next__().read_bytes()
+    )
+    folder_err = main([*common, "--data-root", str(captions / "train2017"), "--layout", "folder"])
+    assert folder_err == 2
+    assert "have no caption file" in capsys.readouterr().err
+    (captions / "train2017" / "extra.jpg").unlink()
+    offline = [*common, "--data-root", str(captions), "--no-text-download", "--text-model", "ViT-B-16"]
+    assert main([*offline, "--text-weights", str(tmp_path / "clip.pt")]) == 2
+    assert "clip.pt: file not found" in capsys.readouterr().err
