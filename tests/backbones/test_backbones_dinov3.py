@@ -167,3 +167,18 @@ def test_gated_weights_message_names_file_and_place(tmp_path, monkeypatch) -> No
     loaded = create("dinov3_vits16", pretrained=True, depth=1)
     for key, value in reference.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("pretrained", [True, False])
+def test_export_names_meta_license_only_for_meta_weights(pretrained: bool, tmp_path, capsys) -> None:
+    """A run that started from random weights holds nothing of Meta's: its export prints no license notice."""
+    from neco.cli import main
+
+    torch.manual_seed(0)
+    state = create("dinov3_vits16", pretrained=False).state_dict()
+    path = tmp_path / "run.ckpt"
+    config = {"model": {"backbone": "dinov3_vits16", "pretrained": pretrained, "weights": None}}
+    checkpoint = {"format": "neco-checkpoint", "version": 1, "backbone": "dinov3_vits16", "config": config}
+    torch.save({**checkpoint, "student": state, "teacher": state, "step": 1}, path)
+    assert main(["export", str(path), "--format", "timm", "-o", str(tmp_path / "out.safetensors")]) == 0
+    assert ("DINOv3 license" in capsys.readouterr().out) is pretrained

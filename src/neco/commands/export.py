@@ -144,13 +144,20 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
     out = save_state_dict(state, out)
     note = " (the EMA teacher, the better model)" if info.which == "teacher" else ""
     print(f"wrote {info.which or 'single network'}{note} as {keys} to {out}")
-    if timm_built and config.family == "dinov3":
+    if timm_built and config.family == "dinov3" and not _started_from_random_init(checkpoint):
         print(
             "the weights stay under Meta's DINOv3 license (https://ai.meta.com/resources/models-and-libraries/dinov3-license/)"
         )
     if args.format == "hf":
         _write_hf_config(config.with_overrides(**recorded), official, out)
     return 0
+
+
+def _started_from_random_init(checkpoint: Any) -> bool:
+    """True for a neco training checkpoint whose run started from random weights (no Meta weights inside)."""
+    config = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    model = config.get("model") if isinstance(config, dict) else None
+    return isinstance(model, dict) and model.get("pretrained") is False and not model.get("weights")
 
 
 def _write_hf_config(config: Any, official: dict[str, Any], out: Path) -> None:
