@@ -231,17 +231,68 @@ def neco_config(recipe: Recipe, scenes: Path | None, out_dir: Path) -> Any:
 
 
 def public_state(backbone: torch.nn.Module, head: torch.nn.Module) -> dict[str, torch.Tensor]:
-    """neco backbone + head state -> the public model's keys (backbone keys agree; `mlp.i` -> `projection_head.i`)."""
-    state = dict(backbone.state_dict())
+    """neco backbone + head state -> the public model's keys (`mlp.i` -> `projection_head.i`).
+
+    The backbone (`model.` + timm names) goes through neco's own converter to the official DINOv2 names;
+    for register models that gives the folded CLS token and a zero CLS position row, the same sum the
+    public ViT adds. There is no `mask_token` (timm has none; the public one never gets a gradient).
+    """
+    from neco.backbones.formats import convert
+
+    state = convert(backbone.state_dict(), to="official", source="timm")
     state.update({"projection_head." + k.split(".", 1)[1]: v for k, v in head.state_dict().items()})
     return state
 
 
+def _load_public(net: torch.nn.Module, state: dict[str, torch.Tensor], *, head: bool = True) -> None:
+    """Load neco's converted state into a public model: only `mask_token` (and the head if not copied) may stay."""
+    result = net.load_state_dict(state, strict=False)
+    allowed = {"mask_token"}
+    missing = [
+        k for k in result.missing_keys if k not in allowed and (head or not k.startswith("projection_head."))
+    ]
+    if missing or result.unexpected_keys:
+        raise RuntimeError(f"public keys not loaded: {missing}; unexpected: {result.unexpected_keys}")
+
+
 def neco_name(public_name: str) -> tuple[str, str]:
-    """A public parameter name -> (part, neco name): part is "backbone" or "head"."""
+    """A public parameter name -> (part, key): part "backbone" (key: official name) or "head" (neco name)."""
     if public_name.startswith("projection_head."):
         return "head", "mlp." + public_name.split(".", 1)[1]
     return "backbone", public_name
+
+
+def neco_official_grads(backbone: Any) -> dict[str, torch.Tensor]:
+    """The gradients of a neco backbone in the official DINOv2 layout (neco's converter, then the CLS row).
+
+    With registers timm stores `cls_token + pos_embed[:, :1]` as one tensor, so the official CLS token and
+    CLS position row both have its gradient; the converter (made for weights) writes a zero row there.
+    """
+    from neco.backbones.formats import convert
+
+    grads = {name: p.grad for name, p in backbone.named_parameters() if p.grad is not None}
+    official = convert(grads, to="official", source="timm")
+    if backbone.num_register_tokens and {"cls_token", "pos_embed"} <= official.keys():
+        official["pos_embed"] = torch.cat([official["cls_token"], official["pos_embed"][:, 1:]], dim=1)
+    return official
+
+
+def canonical_weights(backbone: torch.nn.Module, head: torch.nn.Module | None) -> dict[str, torch.Tensor]:
+    """Backbone + head weights in one layout for either code: neco's `canonical_tensors` + public head names.
+
+    `head=None`: `backbone` is a public model (head inside). The canonical layout folds the CLS position row
+    of register models into the CLS token (the features see only the sum) and has no `mask_token`.
+    """
+    from neco.backbones.loading import canonical_tensors
+
+    if head is None:
+        state = backbone.state_dict()
+        body = {k: v for k, v in state.items() if not k.startswith("projection_head.")}
+        heads = {k: v for k, v in state.items() if k.startswith("projection_head.")}
+    else:
+        body = backbone.state_dict()
+        heads = {"projection_head." + k.split(".", 1)[1]: v for k, v in head.state_dict().items()}
+    return {k: v.detach().double() for k, v in {**canonical_tensors(body), **heads}.items()}
 
 
 class PublicTraining:
@@ -311,15 +362,12 @@ class PublicTraining:
             )
         finally:
             pub.module.vit_small_v2 = saved
-        public.model.load_state_dict(public_state(module.student, module.student_head))
+        _load_public(public.model, public_state(module.student, module.student_head))
+        # Without `copy_teacher_head` the public teacher head keeps its own draw.
         teacher_state = public_state(module.teacher, module.teacher_head)
         if not copy_teacher_head:
             teacher_state = {k: v for k, v in teacher_state.items() if not k.startswith("projection_head.")}
-        missing = public.teacher.load_state_dict(teacher_state, strict=copy_teacher_head)
-        if not copy_teacher_head and [
-            k for k in missing.missing_keys if not k.startswith("projection_head.")
-        ]:
-            raise RuntimeError(f"public teacher keys not loaded: {missing.missing_keys}")
+        _load_public(public.teacher, teacher_state, head=copy_teacher_head)
         public.recorder = Recorder(public)
         return public
 
@@ -535,21 +583,27 @@ def _max_rel(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float, float]:
 
 
 def _grad_table(public: Any, module: Any) -> dict[str, dict[str, float]]:
-    """Per public parameter: max |g_neco - g_public|, max |g_public| and their ratio."""
+    """Per public parameter: max |g_neco - g_public|, max |g_public| and their ratio (official layout)."""
     parts = {
-        "backbone": dict(module.student.named_parameters()),
-        "head": dict(module.student_head.named_parameters()),
+        "backbone": neco_official_grads(module.student),
+        "head": {n: p.grad for n, p in module.student_head.named_parameters() if p.grad is not None},
     }
+    public_names = {neco_name(name) for name, _ in public.model.named_parameters()}
+    unmatched = sorted(
+        f"{part}:{k}" for part, grads in parts.items() for k in grads if (part, k) not in public_names
+    )
+    if unmatched:
+        raise RuntimeError(f"neco gradients with no public tensor: {unmatched}")
     table = {}
     for name, param in public.model.named_parameters():
-        part, neco = neco_name(name)
-        other = parts[part][neco]
-        if param.grad is None and other.grad is None:
-            continue  # no gradient in either code (the mask token)
-        if param.grad is None or other.grad is None:
+        part, key = neco_name(name)
+        other = parts[part].get(key)
+        if param.grad is None and other is None:
+            continue  # no gradient in either code (the public mask token; neco has none)
+        if param.grad is None or other is None:
             table[name] = {"max_abs_diff": float("inf"), "max_abs": 0.0, "rel": float("inf")}
             continue
-        diff, scale, rel = _max_rel(other.grad, param.grad)
+        diff, scale, rel = _max_rel(other, param.grad)
         table[name] = {"max_abs_diff": diff, "max_abs": scale, "rel": rel}
     return table
 
@@ -568,7 +622,7 @@ def one_step(
     module = _neco_module(recipe, scenes, out, seed)
     if public_pos_embed:  # the public ViT's interpolation: +0.1 offset, scale_factor, no antialias
         for backbone in (module.student, module.teacher):
-            backbone.interpolate_offset, backbone.interpolate_antialias = 0.1, False
+            backbone.model.interpolate_offset, backbone.model.interpolate_antialias = 0.1, False
     public = PublicTraining(pub).build(recipe, module)
     public.on_train_epoch_start()
     batch = fixed_batch(module.config, seed)
@@ -683,31 +737,26 @@ def _public_timing(module: Any) -> None:
 
 def _weights_table(
     public: Any,
-    nets: dict[str, tuple[torch.nn.Module, torch.nn.Module]],
+    nets: dict[str, tuple[torch.nn.Module, torch.nn.Module | None]],
     start: dict[str, dict[str, torch.Tensor]],
 ) -> dict[str, Any]:
     """Student and teacher after N steps vs the public ones: L2 and max of the difference over the public movement.
 
-    `nets` maps "student" / "teacher" to (backbone, head) in neco's names (or a public model twice).
+    `nets` maps "student" / "teacher" to a neco (backbone, head), or to (public model, None); both sides are
+    compared in `canonical_weights`' layout, every tensor of either side matched by name.
     """
     out: dict[str, Any] = {}
     for role, pub_net in (("student", public.model), ("teacher", public.teacher)):
-        backbone, head = nets[role]
-        if isinstance(backbone, type(pub_net)):  # a second public model: same names
-            parts = {"backbone": dict(backbone.named_parameters()), "head": dict(backbone.named_parameters())}
-            rename = lambda name: ("backbone", name)  # noqa: E731
-        else:
-            parts = {"backbone": dict(backbone.named_parameters()), "head": dict(head.named_parameters())}
-            rename = neco_name
+        ours = canonical_weights(*nets[role])
+        theirs = canonical_weights(pub_net, None)
+        if ours.keys() != theirs.keys():
+            raise RuntimeError(f"{role} tensors differ: {sorted(ours.keys() ^ theirs.keys())}")
         diff_sq = moved_sq = 0.0
         max_diff = max_moved = 0.0
         worst, worst_rel = "", -1.0
-        for name, param in pub_net.named_parameters():
-            part, other_name = rename(name)
-            other = parts[part][other_name].detach().float()
-            ref = param.detach().float()
-            delta = (other - ref).double()
-            moved = (ref - start[role][name]).double()
+        for name, ref in theirs.items():
+            delta = ours[name] - ref
+            moved = ref - start[role][name]
             diff_sq += float((delta**2).sum())
             moved_sq += float((moved**2).sum())
             max_diff = max(max_diff, float(delta.abs().max()))
@@ -748,8 +797,8 @@ def n_steps(
     _nudge(control.model)
     _nudge(control.teacher)
     start = {
-        "student": {k: v.detach().clone().double() for k, v in public.model.named_parameters()},
-        "teacher": {k: v.detach().clone().double() for k, v in public.teacher.named_parameters()},
+        "student": canonical_weights(public.model, None),
+        "teacher": canonical_weights(public.teacher, None),
     }
     config = module.config
     t0 = time.perf_counter()
@@ -798,7 +847,7 @@ def n_steps(
     _trainer(recipe.steps, public=True).fit(control, train_dataloaders=scenes_loader(config, public=True))
     results["public_ulp_control"] = _weights_table(
         public,
-        {"student": (control.model, control.model), "teacher": (control.teacher, control.teacher)},
+        {"student": (control.model, None), "teacher": (control.teacher, None)},
         start,
     )
     return results
@@ -862,9 +911,11 @@ def _evaluate(model: torch.nn.Module, scenes: Path, seeds: tuple[int, ...]) -> d
 
 
 def _as_neco_backbone(public_net: torch.nn.Module, like: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the neco backbone `like` holding a public model's backbone (official keys, loaded strictly)."""
+    from neco.backbones.loading import load_weights
+
     backbone = copy.deepcopy(like)
-    state = {k: v for k, v in public_net.state_dict().items() if not k.startswith("projection_head.")}
-    backbone.load_state_dict(state)
+    load_weights(backbone, public_net.state_dict())  # the `projection_head.` keys are dropped as head keys
     return backbone
 
 
