@@ -125,12 +125,12 @@ def test_parameter_groups_freeze_and_layer_decay() -> None:
     scale_of = {id(p): g["lr"] for g in groups for p in g["params"]}
     backbone = model.backbone
     assert (
-        not backbone.patch_embed.proj.weight.requires_grad
+        not backbone.model.patch_embed.proj.weight.requires_grad
         and not backbone.blocks[1].norm1.weight.requires_grad
     )
     depth = len(backbone.blocks)
     assert scale_of[id(backbone.blocks[2].norm1.weight)] == 0.5 ** (depth + 1 - 3)
-    assert scale_of[id(backbone.norm.weight)] == 1.0 and scale_of[id(model.decoder.head.weight)] == 1.0
+    assert scale_of[id(backbone.model.norm.weight)] == 1.0 and scale_of[id(model.decoder.head.weight)] == 1.0
     assert poly_factor(0, 100, 0.9, 0.01) == 1.0 and poly_factor(100, 100, 0.9, 0.01) == pytest.approx(0.01)
 
 

@@ -53,7 +53,7 @@ def _step(device: str, batch: dict, bf16: bool) -> tuple[float, torch.Tensor, li
     with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         loss = module.compute_loss(moved)[0]
     loss.backward()
-    grad = module.student.patch_embed.proj.weight.grad.detach().float().cpu()
+    grad = module.student.model.patch_embed.proj.weight.grad.detach().float().cpu()
     return float(loss), grad, seen
 
 

@@ -59,6 +59,7 @@ def poly_factor(step: int, total: int, power: float, floor: float) -> float:
 
 def _layer_id(name: str, depth: int) -> int:
     """0 for the embeddings, i + 1 for block i, depth + 1 for what follows the blocks (final norm)."""
+    name = name.removeprefix("model.")  # neco's Backbone wraps the timm ViT as `model`
     if name.startswith("blocks."):
         return int(name.split(".")[1]) + 1
     if name.split(".")[0] in (
