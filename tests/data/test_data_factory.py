@@ -13,8 +13,8 @@ def test_unknown_name_lists_valid_names(tmp_path):
     with pytest.raises(ValueError, match=r"must be one of \['ade20k', 'cityscapes', 'coco-stuff'"):
         build_segmentation_dataset("pascal", tmp_path, "val")
     assert set(SEGMENTATION_DATASETS) == {
-        "voc", "ade20k", "coco-stuff", "coco-things", "coco-stuff27", "cityscapes", "pascal-context",
-        "scenes"
+        "voc", "ade20k", "coco-stuff-164k", "coco-stuff", "coco-things", "coco-stuff27", "cityscapes",
+        "pascal-context", "scenes"
     }  # fmt: skip
 
 

@@ -1,9 +1,13 @@
-"""COCO-Stuff semantic segmentation with the coarse label sets of Leopart and PiCIE/STEGO.
+"""COCO-Stuff semantic segmentation: the 171 classes of COCO-Stuff-164k and the coarse label sets.
 
 Images come from COCO 2017 and labels from the COCO-Stuff `stuffthingmaps` PNGs (values are
-`category_id - 1`, 255 = unlabeled); `neco.data.coco_labels` maps them to one of three label
-sets: `coco-stuff` (15 stuff super-categories), `coco-things` (12 thing super-categories) or
-`coco-stuff27` (27 = 12 + 15). Images and maps are paired by file stem.
+`category_id - 1`, 255 = unlabeled); `neco.data.coco_labels` maps them to one of four label
+sets: `coco-stuff-164k` (the 171 classes Segmenter and mmsegmentation train on), `coco-stuff`
+(15 stuff super-categories), `coco-things` (12 thing super-categories) or `coco-stuff27`
+(27 = 12 + 15). Images and maps are paired by file stem. mmsegmentation's layout
+(`coco_stuff164k/images/`, `annotations/` holding the raw maps) is accepted; the
+`*_labelTrainIds.png` files its converter writes beside the raw maps are skipped, since neco maps
+the raw values itself.
 """
 
 from __future__ import annotations
@@ -22,9 +26,13 @@ _TREE = """
   <root>/
     images/{train2017,val2017}/*.jpg            (or <root>/{train2017,val2017}/*.jpg)
     stuffthingmaps/{train2017,val2017}/*.png    (COCO-Stuff stuffthingmaps_trainval2017;
-                                                 also accepted: stuffthingmaps_trainval2017/ or
-                                                 annotations/stuffthingmaps_trainval2017/)
+                                                 also accepted: stuffthingmaps_trainval2017/,
+                                                 annotations/stuffthingmaps_trainval2017/ or
+                                                 annotations/ as in mmsegmentation's coco_stuff164k)
 """
+
+# mmsegmentation's converter writes `<stem>_labelTrainIds.png` (already train ids) beside each raw map
+_CONVERTED_SUFFIX = "_labelTrainIds"
 
 _IMAGE_DIRS = ("images/{split}", "{split}", "coco/images/{split}")
 _LABEL_DIRS = (
@@ -51,12 +59,12 @@ def build_coco(
     file_list: str | Path | None = None,
     transform: JointTransform | None = None,
 ) -> SegmentationDataset:
-    """COCO `split` (train or val) with the coarse `label_set` (coco-stuff, coco-things, coco-stuff27).
+    """COCO `split` (train or val) with `label_set` (coco-stuff-164k, coco-stuff, coco-things, coco-stuff27).
 
     Args:
         root: folder holding the images and the stuffthingmaps (see the module docstring).
         split: train or val.
-        label_set: which coarse label set; see `neco.data.coco_labels`.
+        label_set: which label set; see `neco.data.coco_labels`.
         file_list: optional text file of image ids or file names (one per line) to restrict to,
             e.g. the curated lists of Leopart or STEGO.
         transform: joint transform applied to (image, mask).
@@ -88,7 +96,18 @@ def build_coco(
         raise layout_error(spec, root, missing)
     assert image_dir is not None and label_dir is not None
     images = list_files(image_dir, (".jpg", ".jpeg", ".png"))
-    labels = list_files(label_dir, (".png",))
+    found = list_files(label_dir, (".png",))
+    labels = {stem: path for stem, path in found.items() if not stem.endswith(_CONVERTED_SUFFIX)}
+    if found and not labels:
+        raise layout_error(
+            spec,
+            root,
+            [
+                f"{label_dir.relative_to(root)} holds only mmsegmentation's converted *{_CONVERTED_SUFFIX}.png "
+                "maps; neco reads the raw stuffthingmaps (value = category_id - 1): unzip "
+                "stuffthingmaps_trainval2017.zip there"
+            ],
+        )
     if file_list is not None:
         list_path = Path(file_list).expanduser()
         if not list_path.is_file():

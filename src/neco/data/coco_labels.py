@@ -1,10 +1,12 @@
-"""The COCO-Stuff label hierarchy and the three coarse label sets built from it.
+"""The COCO-Stuff label hierarchy, its 171 classes and the three coarse label sets built from it.
 
 COCO-Stuff's `stuffthingmaps` PNGs store `category_id - 1`: values 0-90 are the 91 thing ids
 (80 used, 11 unused), 91-181 the 91 stuff ids (COCO ids 92-182), 255 is "unlabeled". Every
 category belongs to one super-category of the official hierarchy (12 for things, 15 for stuff).
 
 Label sets (each a lookup table from the 256 raw values to train ids, unmapped -> 255):
+- `coco-stuff-164k` (Segmenter, mmsegmentation): the 171 used categories, the 80 things then the
+  91 stuff classes in category-id order, as contiguous ids 0..170 (the 11 unused thing ids -> 255).
 - `coco-stuff` (Leopart): the 15 stuff super-categories, sorted by name; thing pixels ignored.
 - `coco-things` (Leopart): the 12 thing super-categories, sorted by name; stuff pixels ignored.
 - `coco-stuff27` (PiCIE / STEGO): the 12 thing then the 15 stuff super-categories, in the
@@ -16,6 +18,8 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
+    "COCO_STUFF_164K_CLASSES",
+    "COCO_THING_CLASSES",
     "THING_SUPERCATEGORIES",
     "STUFF_SUPERCATEGORIES",
     "COCO_LABEL_SETS",
@@ -39,6 +43,24 @@ _THING_ID_RANGES: tuple[tuple[int, int, str], ...] = (
     (78, 83, "appliance"),  # microwave .. refrigerator
     (84, 91, "indoor"),  # book .. toothbrush
 )
+
+# The 11 ids of the COCO paper's 91 thing categories that have no annotations in COCO 2014 / 2017
+# (street sign, hat, shoe, eye glasses, plate, mirror, window, desk, door, blender, hair brush).
+_UNUSED_THING_IDS: frozenset[int] = frozenset((12, 26, 29, 30, 45, 66, 68, 69, 71, 83, 91))
+
+COCO_THING_CLASSES: tuple[str, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog",
+    "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella",
+    "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard", "sports ball", "kite",
+    "baseball bat", "baseball glove", "skateboard", "surfboard", "tennis racket", "bottle",
+    "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich", "orange",
+    "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
+    "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
+    "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
+"""The 80 COCO thing classes in category-id order (the COCO 2017 detection names)."""
 
 # Stuff classes of COCO-Stuff, ids 92-182 in order, with their super-category.
 _STUFF_CLASSES: tuple[tuple[str, str], ...] = (
@@ -150,6 +172,13 @@ _STUFF27_ORDER: tuple[str, ...] = (
 )  # fmt: skip
 
 
+_THING_IDS: tuple[int, ...] = tuple(i for i in range(1, 92) if i not in _UNUSED_THING_IDS)
+_CATEGORY_IDS_164K: tuple[int, ...] = _THING_IDS + tuple(range(92, 92 + len(_STUFF_CLASSES)))
+
+COCO_STUFF_164K_CLASSES: tuple[str, ...] = COCO_THING_CLASSES + tuple(name for name, _ in _STUFF_CLASSES)
+"""The 171 classes of COCO-Stuff-164k: 80 things then 91 stuff, train id = position."""
+
+
 def coco_supercategory(category_id: int) -> tuple[str, bool]:
     """(super-category, is_thing) of a COCO-Stuff category id in 1..182."""
     for first, last, name in _THING_ID_RANGES:
@@ -170,6 +199,9 @@ def _coarse_name_27(category_id: int) -> str:
 
 def _build_map(label_set: str) -> tuple[np.ndarray, tuple[str, ...]]:
     table = np.full(256, 255, dtype=np.int64)
+    if label_set == "coco-stuff-164k":
+        table[np.array(_CATEGORY_IDS_164K) - 1] = np.arange(len(_CATEGORY_IDS_164K))  # maps store id - 1
+        return table, COCO_STUFF_164K_CLASSES
     if label_set == "coco-stuff":
         names = STUFF_SUPERCATEGORIES
     elif label_set == "coco-things":
@@ -193,6 +225,7 @@ COCO_LABEL_SETS: dict[str, str] = {
     "coco-stuff": "15 stuff super-categories (Leopart COCO-Stuff); thing pixels ignored",
     "coco-things": "12 thing super-categories (Leopart COCO-Things); stuff pixels ignored",
     "coco-stuff27": "27 super-categories: 12 thing + 15 stuff (PiCIE/STEGO COCO-Stuff-27)",
+    "coco-stuff-164k": "171 classes: 80 thing + 91 stuff (Segmenter / mmsegmentation COCO-Stuff-164k)",
 }
 
 

@@ -14,6 +14,7 @@ __all__ = ["SEGMENTATION_DATASETS", "build_segmentation_dataset", "build_scenes"
 SEGMENTATION_DATASETS: dict[str, str] = {
     "voc": "Pascal VOC 2012, 21 classes (VOCSegmentation or VOCdevkit layout); splits train, trainaug, val",
     "ade20k": "ADE20k / ADEChallengeData2016, 150 classes; splits train, val",
+    "coco-stuff-164k": "COCO-Stuff-164k, 171 classes (Segmenter / mmsegmentation); splits train, val",
     "coco-stuff": "COCO-Stuff, 15 stuff super-categories (Leopart); splits train, val",
     "coco-things": "COCO-Things, 12 thing super-categories (Leopart); splits train, val",
     "coco-stuff27": "COCO-Stuff-27, 27 super-categories (PiCIE/STEGO); splits train, val",
@@ -81,6 +82,7 @@ def _pascal_context(root: str | Path, split: str = "val", **kw: Any) -> Segmenta
 _BUILDERS: dict[str, Callable[..., SegmentationDataset]] = {
     "voc": _voc,
     "ade20k": _ade20k,
+    "coco-stuff-164k": _coco("coco-stuff-164k"),
     "coco-stuff": _coco("coco-stuff"),
     "coco-things": _coco("coco-things"),
     "coco-stuff27": _coco("coco-stuff27"),

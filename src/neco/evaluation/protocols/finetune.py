@@ -31,7 +31,7 @@ __all__ = ["FinetuneSettings", "Finetune", "FinetuneOutcome", "published_iterati
 
 # Segmenter's schedules: 160k iterations on ADE20k (64 epochs of 20,210 images at batch 8) and on
 # COCO-Stuff-164k; 80k on Pascal Context (256 epochs of 4,996 at batch 16) and VOC-aug.
-_LONG_SCHEDULE = ("ade20k", "coco-stuff", "coco-things", "coco-stuff27")
+_LONG_SCHEDULE = ("ade20k", "coco-stuff-164k", "coco-stuff", "coco-things", "coco-stuff27")
 
 
 def published_iterations(dataset: str) -> int:
