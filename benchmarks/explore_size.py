@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from neco.backbones import create
     from neco.data.synthetic import generate_scenes
     from neco.explore import backbone_features
-    from neco.viz.explore import ExploreBackbone, reduce_features, write_explore_html
+    from neco.explore.page import ExploreBackbone, reduce_features, write_explore_html
 
     t0 = time.perf_counter()
     images, labels = generate_scenes(args.images, size=args.size, seed=0, split="val")

@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from neco.demo.figures import save_retrieval_figure
-from neco.viz.explore import patch_labels
+from neco.explore.page import patch_labels
 
 
 def test_retrieval_agreement_counts_same_class_neighbours(tmp_path):

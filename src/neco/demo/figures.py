@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from neco.explore.page import patch_labels
 from neco.utils.io import save_png
-from neco.viz.explore import patch_labels
 from neco.viz.overlay import colourise
 from neco.viz.pca import denormalise, pca_rgb
 
@@ -105,7 +105,7 @@ def save_retrieval_figure(
 ) -> dict[str, float]:
     """For each query patch (image index, row, col): its `top_k` nearest pool patches per model.
 
-    A retrieved patch is framed green when its majority label (`neco.viz.explore.patch_labels`) is the
+    A retrieved patch is framed green when its majority label (`neco.explore.page.patch_labels`) is the
     query patch's, red otherwise (an ignore-labelled patch is never a match), and each model's column
     titles give the fraction of same-class neighbours over all the queries.
 

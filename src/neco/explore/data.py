@@ -1,8 +1,8 @@
-"""Feed the nearest-patch explorer page: load images (or a segmentation split) and backbones, compute features.
+"""The explorer's inputs: load images (or a segmentation split) and backbones, compute their features.
 
-`neco.viz.explore` writes the page from arrays; this module produces those arrays and is what
-`neco explore` and `neco demo` call. Backbones load through `neco.backbones.loading.load_backbone` (the
-loading rule of every command) and features come from `neco.features.extract_features`.
+`neco.explore.page` writes the page from arrays; this module produces those arrays. Backbones load
+through `neco.backbones.loading.load_backbone` (the loading rule of every command) and features come
+from `neco.evaluation.features.extract_features`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ import torch
 from PIL import Image
 
 from neco.backbones.loading import load_backbone
-from neco.features import extract_features
+from neco.evaluation.features import extract_features
+from neco.explore.page import ExploreBackbone, write_explore_html
 
 __all__ = [
     "ExploreImages",
@@ -172,8 +173,6 @@ def write_explore(
         backbones: one or two (display name, model) pairs; with two, the page shows them side by side.
         views: the images (and masks) to show, e.g. from `load_image_files` or `dataset_images`.
     """
-    from neco.viz.explore import ExploreBackbone, write_explore_html
-
     patches = {int(model.patch_size) for _, model in backbones}
     if len(patches) != 1:
         raise ValueError(f"the backbones must share one patch size but have {sorted(patches)}")

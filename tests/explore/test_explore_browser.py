@@ -1,6 +1,6 @@
 """The explorer page in a real headless Chromium (Debian's package, driven by Playwright), from file:// offline.
 
-The marked nearest patches must equal `neco.viz.explore.nearest_patches` on the same reduced, quantised
+The marked nearest patches must equal `neco.explore.page.nearest_patches` on the same reduced, quantised
 features. Without Chromium the tests are skipped locally, but fail under CI (CI=true), where `.ci/run`
 installs it.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from neco.viz.explore import (
+from neco.explore.page import (
     ExploreBackbone,
     nearest_patches,
     page_vectors,
