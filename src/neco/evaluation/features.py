@@ -104,8 +104,8 @@ class Features:
             return fn(images.to(self.device, non_blocking=True))
 
 
-def _pixels(images: Any, model: nn.Module) -> torch.Tensor | None:
-    """PIL images / uint8 arrays (H, W, 3) or (N, H, W, 3) as a normalised (N, 3, H, W) tensor; None for others."""
+def _pixels(images: Any) -> torch.Tensor | None:
+    """PIL images / uint8 arrays (H, W, 3) or (N, H, W, 3) as one uint8 (N, 3, H, W) tensor; None for others."""
     items = images if isinstance(images, list | tuple) else [images]
     if not items or not all(isinstance(i, Image.Image | np.ndarray) for i in items):
         return None
@@ -120,20 +120,22 @@ def _pixels(images: Any, model: nn.Module) -> torch.Tensor | None:
         raise ValueError(
             f"all images must have one size but have {sorted({a.shape[1:3] for a in arrays})}; resize them"
         )
-    config = getattr(model, "config", None)
-    mean = torch.tensor(getattr(config, "mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
-    std = torch.tensor(getattr(config, "std", IMAGENET_STD)).view(1, 3, 1, 1)
-    pixels = torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2).float() / 255  # (N, 3, H, W)
-    return (pixels - mean) / std
+    return torch.from_numpy(np.concatenate(arrays)).permute(0, 3, 1, 2)
 
 
 def _batches(images: Any, batch_size: int, model: nn.Module) -> tuple[Iterable[torch.Tensor], int | None]:
-    pixels = _pixels(images, model)
-    images = images if pixels is None else pixels
+    pixels = _pixels(images)
+    if pixels is not None:
+        # normalised batch by batch: a float copy of every image at once would take 4x the uint8 memory
+        config = getattr(model, "config", None)
+        mean = torch.tensor(getattr(config, "mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
+        std = torch.tensor(getattr(config, "std", IMAGENET_STD)).view(1, 3, 1, 1)
+        batches = ((batch.float() / 255 - mean) / std for batch in pixels.split(batch_size))
+        return batches, -(-len(pixels) // batch_size)
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"`images` must be a (N, 3, H, W) tensor but has shape {tuple(images.shape)}")
-        return images.split(batch_size), (images.shape[0] + batch_size - 1) // batch_size
+        return images.split(batch_size), -(-images.shape[0] // batch_size)
     if not isinstance(images, Iterable) or isinstance(images, str | bytes):
         raise TypeError(
             f"`images` must be a normalised (N, 3, H, W) float tensor, an iterable of such batches, PIL "
@@ -160,7 +162,7 @@ def extract_features(
         images: a normalised float tensor (N, 3, H, W), or an iterable of such batches (all the same H, W),
             or PIL images / uint8 RGB arrays (H, W, 3) / (N, H, W, 3) of one size, normalised with the
             backbone's own mean and std (no resizing).
-        batch_size: images per forward pass when `images` is a tensor.
+        batch_size: images per forward pass when `images` is a tensor, PIL images or arrays.
         device: where to run; the model's device when None.
         progress: show a tqdm progress bar.
     """

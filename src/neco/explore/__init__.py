@@ -7,7 +7,6 @@ write_explore("explore.html", [(name, model)], load_image_files(["a.jpg", "b.jpg
 
 from neco.explore.data import (
     ExploreImages,
-    backbone_features,
     dataset_images,
     load_image_files,
     load_named_backbone,
@@ -28,7 +27,6 @@ __all__ = [
     "ExploreBackbone",
     "ExploreImages",
     "ReducedFeatures",
-    "backbone_features",
     "dataset_images",
     "load_image_files",
     "load_named_backbone",

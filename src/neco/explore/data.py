@@ -24,7 +24,6 @@ __all__ = [
     "ExploreImages",
     "load_image_files",
     "dataset_images",
-    "backbone_features",
     "load_named_backbone",
     "write_explore",
 ]
@@ -118,30 +117,6 @@ def dataset_images(
     )
 
 
-def backbone_features(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    *,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Patch features (N, D, S / p, S / p) of uint8 images (N, S, S, 3), normalised with the backbone's mean/std."""
-    config = getattr(model, "config", None)
-    mean = torch.tensor(getattr(config, "mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
-    std = torch.tensor(getattr(config, "std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
-
-    class _Batches:
-        def __len__(self) -> int:
-            return (len(pixels) + batch_size - 1) // batch_size
-
-        def __iter__(self):
-            for start in range(0, len(pixels), batch_size):
-                yield (pixels[start : start + batch_size].float() / 255 - mean) / std  # (B, 3, S, S)
-
-    return extract_features(model, _Batches(), device=device, progress=False)
-
-
 def load_named_backbone(
     spec: str, *, weights: str | None = None, pretrained: bool = True, which: str = "teacher"
 ) -> tuple[torch.nn.Module, str]:
@@ -184,7 +159,9 @@ def write_explore(
             f"(e.g. {max(patch, size // patch * patch)})"
         )
     columns = [
-        ExploreBackbone(name, backbone_features(model, views.images, batch_size=batch_size, device=device))
+        ExploreBackbone(
+            name, extract_features(model, views.images, batch_size=batch_size, device=device, progress=False)
+        )
         for name, model in backbones
     ]
     return write_explore_html(
