@@ -84,8 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     from neco.backbones import create
     from neco.data.synthetic import generate_scenes
-    from neco.explore import backbone_features
-    from neco.viz.explore import ExploreBackbone, reduce_features, write_explore_html
+    from neco.evaluation.features import extract_features
+    from neco.explore.page import ExploreBackbone, reduce_features, write_explore_html
 
     t0 = time.perf_counter()
     images, labels = generate_scenes(args.images, size=args.size, seed=0, split="val")
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     features, feature_s = [], []
     for model in models:
         t0 = time.perf_counter()
-        features.append(backbone_features(model, images, batch_size=8, device=args.device))
+        features.append(extract_features(model, images, batch_size=8, device=args.device, progress=False))
         feature_s.append(time.perf_counter() - t0)
     result = {
         "setting": {

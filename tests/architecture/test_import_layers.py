@@ -1,8 +1,9 @@
 """The import graph of `src/neco` runs downward only: no package imports one above it, and no cycle.
 
-Layers, bottom to top (DESIGN.md, docs/architecture.md): utils; backbones and data; viz, method and
-features (patch grids of images); evaluation; training and explore (the explorer page's
-orchestration); demo; the command line (commands, cli) and the package's front door. Inside
+Layers, bottom to top (DESIGN.md, docs/architecture.md): utils; backbones and data; viz and method;
+evaluation (with `evaluation.features`, the one home of patch features); training and explore (the
+explorer: its inputs and its page); demo; the command line (commands, cli) and the package's front
+door. Inside
 evaluation: blocks < (features, options, schema) < protocol < protocols < runner. Function-local
 imports count too: hiding a crossing inside a function does not remove it.
 """
@@ -27,9 +28,7 @@ LAYERS = {
     "demo": 5,
     "commands": 6,
     "cli": 6,
-    "features": 2,
     "explore": 4,
-    "weights": 6,
     "__init__": 7,
 }
 
@@ -116,3 +115,15 @@ def test_package_graph_has_no_cycle():
         if target != part:
             graph.setdefault(part, set()).add(target)
     graphlib.TopologicalSorter(graph).prepare()  # raises CycleError naming the cycle
+
+
+def test_one_home_per_name():
+    """Issue 24: `features`, `explore` and `weights` each name one library place (commands/ holds the CLI entries)."""
+    homes: dict[str, list[str]] = {}
+    for path in sorted(SRC.rglob("*")):
+        relative = path.relative_to(SRC)
+        name = path.stem if path.suffix == ".py" else path.name if path.is_dir() else None
+        if name in ("features", "explore", "weights") and relative.parts[0] != "commands":
+            homes.setdefault(name, []).append(str(relative))
+    assert all(len(places) == 1 for places in homes.values()), homes
+    assert set(homes) == {"features", "explore"}, homes  # weights code lives in backbones/ (loading, formats)

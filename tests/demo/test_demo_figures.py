@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from neco.demo.figures import save_retrieval_figure
-from neco.viz.explore import patch_labels
+from neco.explore.page import patch_labels
 
 
 def test_retrieval_agreement_counts_same_class_neighbours(tmp_path):
@@ -31,4 +31,4 @@ def test_retrieval_agreement_counts_same_class_neighbours(tmp_path):
     assert agreement["class features"] == 1.0  # both right-half patches of the query's own image
     assert agreement["anti features"] == 0.0
     with Image.open(tmp_path / "r.png") as picture:
-        assert picture.size == (32 * (1 + 2 * 2), 18 + 3 * 32)
+        assert picture.size == (32 * (1 + 2 * 2), 16 + 3 * 32)

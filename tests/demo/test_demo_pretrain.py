@@ -47,3 +47,28 @@ def test_shipped_asset_loads_through_the_registry():
     model = create("vit_tiny_scenes", pretrained=True)
     assert model.patch_size == 8 and model.embed_dim == 192
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_asset_writer_reproduces_the_shipped_bytes(tmp_path):
+    """Issue 24: the shipped asset's weights and provenance, written again, give the shipped file's sha256.
+
+    `neco pretrain-tiny --threads 1` rebuilt every tensor of the asset exactly, but after the timm backbone
+    rewrite the writer put `mask_token` last instead of after `pos_embed`; torch.save keeps key order.
+    """
+    import hashlib
+    from dataclasses import asdict
+    from importlib import resources
+
+    from neco.backbones import load_weights
+    from neco.demo.pretrain import save_tiny_asset
+
+    shipped = resources.files("neco").joinpath("assets", "vit_tiny_scenes.pth")
+    provenance = torch.load(shipped, weights_only=True)["provenance"]
+    model = create("vit_tiny", pretrained=False)
+    load_weights(model, shipped)
+    log = {k: provenance[k] for k in ("seconds", "final_loss", "final_label_accuracy")}
+    save_tiny_asset(
+        model, {"config": asdict(TinyPretrainConfig()), **log, "loss_curve": []}, tmp_path / "t.pth"
+    )
+    digest = hashlib.sha256((tmp_path / "t.pth").read_bytes()).hexdigest()
+    assert digest == hashlib.sha256(shipped.read_bytes()).hexdigest()

@@ -61,8 +61,8 @@ def _run(args: argparse.Namespace) -> int:
 
     from neco.commands._backbone import load_backbone_of
     from neco.data.base import BadImageError, load_rgb
+    from neco.evaluation.features import extract_features
     from neco.evaluation.runner import check_divisible, resolve_device
-    from neco.features import extract_features
     from neco.utils.io import atomic_torch_save, check_new_file
 
     if args.batch_size < 1:

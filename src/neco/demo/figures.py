@@ -10,8 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
+from neco.explore.page import patch_labels
 from neco.utils.io import save_png
-from neco.viz.explore import patch_labels
+from neco.viz.grid import tile_grid
 from neco.viz.overlay import colourise
 from neco.viz.pca import denormalise, pca_rgb
 
@@ -22,25 +23,6 @@ __all__ = [
     "save_curves",
     "save_diagnostics",
 ]
-
-_HEADER = 18
-
-
-def _save_png(canvas: Image.Image, path: str | Path) -> Path:
-    return save_png(canvas, path)
-
-
-def _grid(rows: Sequence[Sequence[Image.Image]], titles: Sequence[str], tile: int) -> Image.Image:
-    """Paste equal-size tiles in a grid under one header row of column titles."""
-    cols = max(len(r) for r in rows)
-    canvas = Image.new("RGB", (cols * tile, _HEADER + len(rows) * tile), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for c, title in enumerate(titles):
-        draw.text((c * tile + 4, 3), title, fill=(0, 0, 0))
-    for r, row in enumerate(rows):
-        for c, picture in enumerate(row):
-            canvas.paste(picture.resize((tile, tile), Image.NEAREST), (c * tile, _HEADER + r * tile))
-    return canvas
 
 
 def save_pca_comparison(
@@ -53,7 +35,7 @@ def save_pca_comparison(
         [Image.fromarray(p), Image.fromarray(b), Image.fromarray(a)]
         for p, b, a in zip(pictures, maps_before, maps_after)
     ]
-    return _save_png(_grid(rows, ["image", "PCA before", "PCA after"], tile), path)
+    return save_png(tile_grid(rows, tile, ["image", "PCA before", "PCA after"]), path)
 
 
 def save_segmentation_comparison(
@@ -74,7 +56,7 @@ def save_segmentation_comparison(
         row = [Image.fromarray(picture)]
         row += [Image.fromarray(colourise(x[i], num_classes, ignore_index)) for x in (masks, before, after)]
         rows.append(row)
-    return _save_png(_grid(rows, ["image", "ground truth", "before", "after"], tile), path)
+    return save_png(tile_grid(rows, tile, ["image", "ground truth", "before", "after"]), path)
 
 
 def _mark(
@@ -105,7 +87,7 @@ def save_retrieval_figure(
 ) -> dict[str, float]:
     """For each query patch (image index, row, col): its `top_k` nearest pool patches per model.
 
-    A retrieved patch is framed green when its majority label (`neco.viz.explore.patch_labels`) is the
+    A retrieved patch is framed green when its majority label (`neco.explore.page.patch_labels`) is the
     query patch's, red otherwise (an ignore-labelled patch is never a match), and each model's column
     titles give the fraction of same-class neighbours over all the queries.
 
@@ -148,7 +130,7 @@ def save_retrieval_figure(
         + [t for tiles in columns.values() for t in tiles[q]]
         for q, (index, r, c) in enumerate(query_cells)
     ]
-    _save_png(_grid(rows, titles, tile), path)
+    save_png(tile_grid(rows, tile, titles), path)
     return agreement
 
 

@@ -162,7 +162,10 @@ def save_tiny_asset(model: nn.Module, log: dict[str, Any], path: str | Path) -> 
     """Save the backbone as an fp16 official-format state dict with its provenance (small, weights_only-safe)."""
     official = convert(model.state_dict(), to="official")
     if model.config.mask_token:  # official DINOv2 files carry the (training-only, untrained) mask token
-        official["mask_token"] = torch.zeros(1, model.embed_dim)
+        # after pos_embed, as in official files: torch.save keeps the key order, so the asset's bytes do too
+        items = list(official.items())
+        at = next(i for i, (key, _) in enumerate(items) if key == "pos_embed") + 1
+        official = dict([*items[:at], ("mask_token", torch.zeros(1, model.embed_dim)), *items[at:]])
     state = {k: v.detach().to(torch.float16) if v.is_floating_point() else v for k, v in official.items()}
     # A neco checkpoint whose student and teacher are the same tensors (stored once by torch.save).
     payload = {

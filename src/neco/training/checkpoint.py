@@ -6,7 +6,6 @@ import errno
 import os
 import shutil
 import signal
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -119,7 +118,9 @@ def _write_error(path: Path, err: BaseException, needed: int | None) -> Checkpoi
 
 def _checkpoint_bytes(checkpoint: dict[str, Any]) -> int:
     # torch.save writes a storage shared by several tensors once
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in _tensors(checkpoint)}
+    storages = {
+        t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, t in named_tensors(checkpoint)
+    }
     return sum(storages.values())
 
 
@@ -309,11 +310,6 @@ class PeriodicCheckpoint(L.Callback):
                 if good is not None
                 else "; no checkpoint before the divergence: start again with a lower learning rate"
             )
-
-
-def _tensors(value: Any) -> Iterator[torch.Tensor]:
-    for _, tensor in named_tensors(value):
-        yield tensor
 
 
 def _step_of(path: Path) -> int:

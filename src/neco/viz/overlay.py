@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from neco.utils.io import save_png
+from neco.viz.grid import tile_grid
 from neco.viz.palette import IGNORE_COLOUR, class_palette
 from neco.viz.pca import denormalise
 
@@ -30,10 +31,6 @@ def colourise(
     return out
 
 
-# Height in pixels of the column titles above the panels.
-TITLE_HEIGHT = 16
-
-
 def save_overlay_figure(
     images: torch.Tensor,
     masks: torch.Tensor,
@@ -48,20 +45,13 @@ def save_overlay_figure(
 ) -> Path:
     """Write a PNG with rows image | GT overlay | prediction overlay for (N, 3, H, W) images and (N, H', W') labels.
 
-    A band of TITLE_HEIGHT pixels on top names the three columns.
+    A band of `neco.viz.grid.TITLE_HEIGHT` pixels on top names the three columns.
     """
-    pictures = denormalise(images)
-    canvas = Image.new("RGB", (3 * tile, TITLE_HEIGHT + tile * len(pictures)), (255, 255, 255))
-    draw = ImageDraw.Draw(canvas)
-    for col, title in enumerate(titles):
-        draw.text((col * tile + 3, 3), title, fill=(0, 0, 0))  # PIL's built-in bitmap font: no font file
-    for row, picture in enumerate(pictures):
-        top = TITLE_HEIGHT + row * tile
+    rows = []
+    for picture, mask, prediction in zip(denormalise(images), masks, predictions):
         base = Image.fromarray(picture).resize((tile, tile), Image.BILINEAR)
-        canvas.paste(base, (0, top))
-        for col, labels in ((1, masks[row]), (2, predictions[row])):
-            colour = Image.fromarray(colourise(labels, num_classes, ignore_index)).resize(
-                (tile, tile), Image.NEAREST
-            )
-            canvas.paste(Image.blend(base, colour, alpha), (col * tile, top))
-    return save_png(canvas, path)
+        colours = [Image.fromarray(colourise(x, num_classes, ignore_index)) for x in (mask, prediction)]
+        rows.append(
+            [base] + [Image.blend(base, c.resize((tile, tile), Image.NEAREST), alpha) for c in colours]
+        )
+    return save_png(tile_grid(rows, tile, titles), path)

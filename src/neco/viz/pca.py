@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from neco.utils.io import save_png
+from neco.viz.grid import tile_grid
 
 __all__ = ["pca_rgb", "denormalise", "save_pca_figure"]
 
@@ -46,10 +47,8 @@ def denormalise(images: torch.Tensor) -> np.ndarray:
 
 def save_pca_figure(images: torch.Tensor, features: torch.Tensor, path: str | Path, tile: int = 224) -> Path:
     """Write a PNG with one row per image: the image and its PCA colour map (nearest-upsampled)."""
-    pictures = denormalise(images)
-    maps = pca_rgb(features)
-    canvas = Image.new("RGB", (2 * tile, tile * len(pictures)), (255, 255, 255))
-    for row, (picture, colour_map) in enumerate(zip(pictures, maps)):
-        canvas.paste(Image.fromarray(picture).resize((tile, tile), Image.BILINEAR), (0, row * tile))
-        canvas.paste(Image.fromarray(colour_map).resize((tile, tile), Image.NEAREST), (tile, row * tile))
-    return save_png(canvas, path)
+    rows = [
+        [Image.fromarray(picture).resize((tile, tile), Image.BILINEAR), Image.fromarray(colour_map)]
+        for picture, colour_map in zip(denormalise(images), pca_rgb(features))
+    ]
+    return save_png(tile_grid(rows, tile), path)

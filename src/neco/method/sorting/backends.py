@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from functools import partial
 
 import torch
 from torch import Tensor
@@ -12,20 +13,13 @@ from torch import Tensor
 from neco.method.sorting.reference import sort_reference
 from neco.utils.logging import log_once
 
-__all__ = [
-    "BACKENDS",
-    "select",
-    "reference_backend",
-    "cpu_backend",
-    "triton_backend",
-    "cpu_available",
-    "triton_available",
-]
+__all__ = ["BACKENDS", "select", "cpu_available", "triton_available"]
 
 SortFn = Callable[[Tensor, Tensor, Tensor, list[int], float, str, float], tuple[Tensor, Tensor]]
 
 
-def reference_backend(
+def _sort(
+    kind: str,
     x: Tensor,
     comparators: Tensor,
     offsets: Tensor,
@@ -34,61 +28,32 @@ def reference_backend(
     distribution: str,
     art_lambda: float,
 ) -> tuple[Tensor, Tensor]:
-    """Run the plain-PyTorch path (autograd does the backward)."""
-    return sort_reference(x, comparators, layer_offsets, steepness, distribution, art_lambda)
+    """Sort with the `kind` implementation: reference, cpu, triton, or triton_or_reference.
 
+    triton_or_reference falls back to the reference path (with a one-line warning) once the Triton
+    kernel failed to compile or launch; the reference path's backward is autograd's, the kernels
+    recompute the layer states in their own backward.
+    """
+    settings = (steepness, distribution, art_lambda)
+    if kind == "cpu":
+        from neco.method.sorting.cpu_kernel import sort_cpu
 
-def cpu_backend(
-    x: Tensor,
-    comparators: Tensor,
-    offsets: Tensor,
-    layer_offsets: list[int],
-    steepness: float,
-    distribution: str,
-    art_lambda: float,
-) -> tuple[Tensor, Tensor]:
-    """Run the compiled CPU kernel (recomputes layer states in backward)."""
-    from neco.method.sorting.cpu_kernel import sort_cpu
-
-    return sort_cpu(x, comparators.to(torch.int32), offsets, steepness, distribution, art_lambda)
-
-
-def triton_backend(
-    x: Tensor,
-    comparators: Tensor,
-    offsets: Tensor,
-    layer_offsets: list[int],
-    steepness: float,
-    distribution: str,
-    art_lambda: float,
-) -> tuple[Tensor, Tensor]:
-    """Run the Triton kernel (CUDA tensors, or the Triton interpreter)."""
-    from neco.method.sorting.triton_kernel import sort_triton
-
-    return sort_triton(x, comparators.to(torch.int32), layer_offsets, steepness, distribution, art_lambda)
-
-
-def _triton_or_reference(
-    x: Tensor,
-    comparators: Tensor,
-    offsets: Tensor,
-    layer_offsets: list[int],
-    steepness: float,
-    distribution: str,
-    art_lambda: float,
-) -> tuple[Tensor, Tensor]:
-    """Triton kernel, falling back to the reference path (with a one-line warning) if it fails to compile."""
-    if not _triton_broken:
+        return sort_cpu(x, comparators.to(torch.int32), offsets, *settings)
+    if kind == "triton" or (kind == "triton_or_reference" and not _triton_broken):
         try:
-            return triton_backend(x, comparators, offsets, layer_offsets, steepness, distribution, art_lambda)
+            from neco.method.sorting.triton_kernel import sort_triton
+
+            return sort_triton(x, comparators.to(torch.int32), layer_offsets, *settings)
         except Exception as error:  # compile / launch failure: keep training on the reference path
+            if kind == "triton":
+                raise
             _triton_broken.append(True)
             log_once(
                 f"DiffSort: Triton kernel failed ({type(error).__name__}: {str(error).splitlines()[0][:200]}); "
                 "using the PyTorch reference path",
                 level=logging.WARNING,
             )
-    return reference_backend(x, comparators, offsets, layer_offsets, steepness, distribution, art_lambda)
+    return sort_reference(x, comparators, layer_offsets, *settings)
 
 
 _triton_broken: list[bool] = []
@@ -130,14 +95,14 @@ def select(backend: str, x: Tensor) -> tuple[str, SortFn]:
             raise ValueError(f"`backend` 'cpu' needs a CPU tensor but `x` is on {x.device}")
         if not cpu_available():
             raise RuntimeError("`backend` 'cpu': the compiled CPU kernel could not be built or loaded")
-        return "compiled CPU kernel", cpu_backend
+        return "compiled CPU kernel", partial(_sort, "cpu")
     if backend == "triton":
         if not triton_available():
             raise RuntimeError("`backend` 'triton': triton is not importable")
-        return "Triton kernel", triton_backend
+        return "Triton kernel", partial(_sort, "triton")
     if backend == "auto" and supported:
         if x.device.type == "cpu" and cpu_available():
-            return "compiled CPU kernel", cpu_backend
+            return "compiled CPU kernel", partial(_sort, "cpu")
         if x.device.type == "cuda" and triton_available():
-            return "Triton kernel", _triton_or_reference
-    return "PyTorch reference", reference_backend
+            return "Triton kernel", partial(_sort, "triton_or_reference")
+    return "PyTorch reference", partial(_sort, "reference")

@@ -1,6 +1,6 @@
 """The explorer page in a real headless Chromium (Debian's package, driven by Playwright), from file:// offline.
 
-The marked nearest patches must equal `neco.viz.explore.nearest_patches` on the same reduced, quantised
+The marked nearest patches must equal `neco.explore.page.nearest_patches` on the same reduced, quantised
 features. Without Chromium the tests are skipped locally, but fail under CI (CI=true), where `.ci/run`
 installs it.
 """
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from neco.viz.explore import (
+from neco.explore.page import (
     ExploreBackbone,
     nearest_patches,
     page_vectors,
@@ -52,12 +52,14 @@ def scene_page(tmp_path_factory):
     """A compare page of generated scenes (with masks) and the features it was written from."""
     from neco.backbones import create
     from neco.data.synthetic import generate_scenes
-    from neco.explore import backbone_features
+    from neco.evaluation.features import extract_features
 
     images, labels = generate_scenes(5, size=SIZE, seed=0, split="val")
     torch.manual_seed(0)
     models = {"scenes-start": create("vit_tiny_scenes", pretrained=True), "random": create("vit_tiny")}
-    features = {name: backbone_features(model, images) for name, model in models.items()}
+    features = {
+        name: extract_features(model, images, batch_size=16, progress=False) for name, model in models.items()
+    }
     path = tmp_path_factory.mktemp("explore") / "page.html"
     write_explore_html(
         path,

@@ -164,7 +164,7 @@ def _jpeg_data_uri(image: np.ndarray, quality: int) -> str:
 
 
 def _asset(name: str) -> str:
-    return resources.files("neco.viz").joinpath("explore_assets", name).read_text(encoding="utf-8")
+    return resources.files("neco.explore").joinpath("assets", name).read_text(encoding="utf-8")
 
 
 def write_explore_html(

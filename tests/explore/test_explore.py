@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from neco.cli import main
-from neco.viz.explore import (
+from neco.explore.page import (
     ExploreBackbone,
     nearest_patches,
     page_vectors,

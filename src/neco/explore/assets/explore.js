@@ -1,4 +1,4 @@
-// neco explore: nearest-patch retrieval in the browser. Reads the JSON written by neco.viz.explore and
+// neco explore: nearest-patch retrieval in the browser. Reads the JSON written by neco.explore.page and
 // computes cosines on the reduced features exactly as `page_vectors` / `nearest_patches` do there
 // (same operations in the same order), so the marked patches equal the Python reference.
 (function () {

@@ -1,8 +1,8 @@
-"""Feed the nearest-patch explorer page: load images (or a segmentation split) and backbones, compute features.
+"""The explorer's inputs: load images (or a segmentation split) and backbones, compute their features.
 
-`neco.viz.explore` writes the page from arrays; this module produces those arrays and is what
-`neco explore` and `neco demo` call. Backbones load through `neco.backbones.loading.load_backbone` (the
-loading rule of every command) and features come from `neco.features.extract_features`.
+`neco.explore.page` writes the page from arrays; this module produces those arrays. Backbones load
+through `neco.backbones.loading.load_backbone` (the loading rule of every command) and features come
+from `neco.evaluation.features.extract_features`.
 """
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import torch
 from PIL import Image
 
 from neco.backbones.loading import load_backbone
-from neco.features import extract_features
+from neco.evaluation.features import extract_features
+from neco.explore.page import ExploreBackbone, write_explore_html
 
 __all__ = [
     "ExploreImages",
     "load_image_files",
     "dataset_images",
-    "backbone_features",
     "load_named_backbone",
     "write_explore",
 ]
@@ -117,30 +117,6 @@ def dataset_images(
     )
 
 
-def backbone_features(
-    model: torch.nn.Module,
-    images: np.ndarray,
-    *,
-    batch_size: int = 16,
-    device: str | torch.device | None = None,
-) -> torch.Tensor:
-    """Patch features (N, D, S / p, S / p) of uint8 images (N, S, S, 3), normalised with the backbone's mean/std."""
-    config = getattr(model, "config", None)
-    mean = torch.tensor(getattr(config, "mean", (0.485, 0.456, 0.406))).view(1, 3, 1, 1)
-    std = torch.tensor(getattr(config, "std", (0.229, 0.224, 0.225))).view(1, 3, 1, 1)
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2)  # (N, 3, S, S) uint8
-
-    class _Batches:
-        def __len__(self) -> int:
-            return (len(pixels) + batch_size - 1) // batch_size
-
-        def __iter__(self):
-            for start in range(0, len(pixels), batch_size):
-                yield (pixels[start : start + batch_size].float() / 255 - mean) / std  # (B, 3, S, S)
-
-    return extract_features(model, _Batches(), device=device, progress=False)
-
-
 def load_named_backbone(
     spec: str, *, weights: str | None = None, pretrained: bool = True, which: str = "teacher"
 ) -> tuple[torch.nn.Module, str]:
@@ -172,8 +148,6 @@ def write_explore(
         backbones: one or two (display name, model) pairs; with two, the page shows them side by side.
         views: the images (and masks) to show, e.g. from `load_image_files` or `dataset_images`.
     """
-    from neco.viz.explore import ExploreBackbone, write_explore_html
-
     patches = {int(model.patch_size) for _, model in backbones}
     if len(patches) != 1:
         raise ValueError(f"the backbones must share one patch size but have {sorted(patches)}")
@@ -185,7 +159,9 @@ def write_explore(
             f"(e.g. {max(patch, size // patch * patch)})"
         )
     columns = [
-        ExploreBackbone(name, backbone_features(model, views.images, batch_size=batch_size, device=device))
+        ExploreBackbone(
+            name, extract_features(model, views.images, batch_size=batch_size, device=device, progress=False)
+        )
         for name, model in backbones
     ]
     return write_explore_html(
