@@ -19,14 +19,8 @@ import torch
 from neco.utils.checksum import CHECKSUM_KEY, named_tensors, tensor_checksum
 
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "WHICH", "check_tensors_finite", "extract_state_dict"]
-__all__ += [
-    "key_problems",
-    "named_tensors",
-    "non_finite_tensors",
-    "read_checkpoint",
-    "read_training_checkpoint",
-]
-__all__ += ["recorded_register_tokens"]
+__all__ += ["key_problems", "named_tensors", "non_finite_tensors", "read_checkpoint"]
+__all__ += ["read_training_checkpoint", "recorded_register_tokens"]
 
 CHECKPOINT_FORMAT = "neco-checkpoint"
 CHECKPOINT_VERSION = 1

@@ -68,12 +68,9 @@ def _fetch(source: WeightSource, target: Path, progress: bool) -> None:
     connection attempt decides it.
     """
     url = source.download_url()
-    if source.hf_repo is not None:  # the endpoint huggingface_hub uses ($HF_ENDPOINT), for mirrors
-        try:
-            from huggingface_hub.constants import ENDPOINT
-        except ImportError:
-            ENDPOINT = os.environ.get("HF_ENDPOINT", "https://huggingface.co")  # noqa: N806
-        url = f"{ENDPOINT.rstrip('/')}/{source.hf_repo}/resolve/main/{source.hf_filename}"
+    if source.hf_repo is not None:  # $HF_ENDPOINT: a hub mirror, as huggingface_hub reads it
+        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+        url = f"{endpoint}/{source.hf_repo}/resolve/main/{source.hf_filename}"
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:

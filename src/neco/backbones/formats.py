@@ -27,16 +27,8 @@ from torch import nn
 
 from neco.backbones.registry import BackboneConfig
 
-__all__ = [
-    "FORMATS",
-    "HEAD_PREFIXES",
-    "convert",
-    "detect_format",
-    "hf_config",
-    "is_head_key",
-    "meta_state_dict",
-]
-__all__ += ["strip_prefixes", "to_timm_state", "write_hf_config"]
+__all__ = ["FORMATS", "HEAD_PREFIXES", "convert", "detect_format", "hf_config", "is_head_key"]
+__all__ += ["meta_state_dict", "strip_prefixes", "to_timm_state", "write_hf_config"]
 
 FORMATS = {
     "official": "official DINOv2 / DINO torch.hub names (neco's canonical format)",
@@ -69,6 +61,10 @@ _HF5 = {"attention.q_proj.": _QKV_HF[0] + ".", "attention.k_proj.": _QKV_HF[1] +
 _HF5 |= {"attention.v_proj.": _QKV_HF[2] + ".", "attention.o_proj.": "attention.output.dense."}
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)$")
 _HF_LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
+# config.json fields every DINOv2 backbone shares (transformers' defaults, written out for other readers)
+_HF_FIXED = {"hidden_act": "gelu", "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+_HF_FIXED |= {"initializer_range": 0.02, "layer_norm_eps": 1e-6, "num_channels": 3, "qkv_bias": True}
+_HF_FIXED |= {"drop_path_rate": 0.0, "torch_dtype": "float32"}
 META_DINOV3_MARKER = "storage_tokens"  # the key that identifies Meta's DINOv3 files (timm checks the same)
 
 StateDict = dict[str, torch.Tensor]
@@ -312,19 +308,11 @@ def hf_config(config: BackboneConfig, pos_grid: int | None = None) -> dict[str, 
         "num_attention_heads": config.num_heads,
         # transformers 5 validates an int here; the DINOv2 ratios are whole numbers
         "mlp_ratio": int(config.mlp_ratio) if float(config.mlp_ratio).is_integer() else config.mlp_ratio,
-        "hidden_act": "gelu",
-        "hidden_dropout_prob": 0.0,
-        "attention_probs_dropout_prob": 0.0,
-        "initializer_range": 0.02,
-        "layer_norm_eps": 1e-6,
         "image_size": (config.pos_grid if pos_grid is None else int(pos_grid)) * config.patch_size,
         "patch_size": config.patch_size,
-        "num_channels": 3,
-        "qkv_bias": True,
         "layerscale_value": float(config.layerscale_init),
-        "drop_path_rate": 0.0,
         "use_swiglu_ffn": config.ffn == "swiglu",
-        "torch_dtype": "float32",
+        **_HF_FIXED,
     }
     return values | ({"num_register_tokens": config.num_register_tokens} if registers else {})
 

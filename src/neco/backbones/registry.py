@@ -118,32 +118,22 @@ _DINOV3 = {
     "dinov3_vit7b16": ("vit_7b_patch16_dinov3", 4096, 40, 32, "ViT-7B/16"),
 }
 # Released NeCo teachers (https://huggingface.co/FunAILab/NeCo, docs/weights.md): official key names.
-# neco name -> (base backbone, file in the repository); `_xr`: register-trained, used without registers.
-_NECO = {
-    "neco_vits14": ("dinov2_vits14", "vit-small/dinov2-architectures/neco_on_dinov2_vit14_teacher.ckpt"),
-    "neco_vits14_reg": (
-        "dinov2_vits14_reg",
-        "vit-small/dinov2-architectures/neco_on_dinov2r_vit14_teacher.ckpt",
-    ),
-    "neco_vits14_xr": (
-        "dinov2_vits14_reg",
-        "vit-small/dinov2-architectures/neco_on_dinov2r_xr_vit14_teacher.ckpt",
-    ),
-    "neco_vitb14": ("dinov2_vitb14", "vit-base/dinov2-architectures/neco_on_dinov2_vit14_teacher.ckpt"),
-    "neco_vitb14_reg": (
-        "dinov2_vitb14_reg",
-        "vit-base/dinov2-architectures/neco_on_dinov2r_vit14_teacher.ckpt",
-    ),
-    "neco_vitb14_xr": (
-        "dinov2_vitb14_reg",
-        "vit-base/dinov2-architectures/neco_on_dinov2r_xr_vit14_teacher.ckpt",
-    ),
-    "neco_dino_vits16": ("dino_vits16", "vit-small/dino-architectures/neco_on_dino_vit16_teacher.ckpt"),
+# `_xr`: register-trained weights used without registers.
+_NECO = {  # neco name -> (base backbone, repository folder, file stem): <folder>-architectures/neco_on_<stem>_teacher.ckpt
+    "neco_vits14": ("dinov2_vits14", "vit-small/dinov2", "dinov2_vit14"),
+    "neco_vits14_reg": ("dinov2_vits14_reg", "vit-small/dinov2", "dinov2r_vit14"),
+    "neco_vits14_xr": ("dinov2_vits14_reg", "vit-small/dinov2", "dinov2r_xr_vit14"),
+    "neco_vitb14": ("dinov2_vitb14", "vit-base/dinov2", "dinov2_vit14"),
+    "neco_vitb14_reg": ("dinov2_vitb14_reg", "vit-base/dinov2", "dinov2r_vit14"),
+    "neco_vitb14_xr": ("dinov2_vitb14_reg", "vit-base/dinov2", "dinov2r_xr_vit14"),
+    "neco_dino_vits16": ("dino_vits16", "vit-small/dino", "dino_vit16"),
 }
 
 
-def _url_source(url: str) -> WeightSource:
-    return WeightSource(filename=url.rsplit("/", 1)[1], url=url)
+def _dinov2(name: str, patch: int, dim: int, depth: int, heads: int, reg: int, **kw: Any) -> BackboneConfig:
+    """A DINOv2-family config; the register count decides the official interpolation."""
+    interpolation = {"interpolate_offset": 0.0 if reg else 0.1, "interpolate_antialias": bool(reg)}
+    return BackboneConfig(name, "dinov2", patch, dim, depth, heads, reg, **interpolation, **kw)
 
 
 def _table() -> dict[str, BackboneConfig]:
@@ -152,54 +142,65 @@ def _table() -> dict[str, BackboneConfig]:
     for letter, (size, dim, depth, heads) in _SIZES.items():
         for reg in (0, 4):
             name, tag = f"dinov2_vit{letter}14{'_reg' if reg else ''}", "_reg4" if reg else ""
-            out[name] = BackboneConfig(
-                name, "dinov2", 14, dim, depth, heads, reg, ffn="swiglu" if letter == "g" else "mlp",
-                interpolate_offset=0.0 if reg else 0.1, interpolate_antialias=bool(reg),
-                weights=_url_source(f"{_FB}/dinov2/dinov2_vit{letter}14/dinov2_vit{letter}14{tag}_pretrain.pth"),
+            url = f"{_FB}/dinov2/dinov2_vit{letter}14/dinov2_vit{letter}14{tag}_pretrain.pth"
+            out[name] = _dinov2(name, 14, dim, depth, heads, reg, ffn="swiglu" if letter == "g" else "mlp")
+            out[name] = replace(
+                out[name],
+                weights=WeightSource(url.rsplit("/", 1)[1], url=url),
                 timm_name=f"vit_{size}_patch14{tag}_dinov2.lvd142m",
                 hf_name=f"facebook/dinov2-{'with-registers-' if reg else ''}{size}",
                 description=f"DINOv2 ViT-{letter.upper()}/14{' with 4 registers' if reg else ''}",
-            )  # fmt: skip
+            )
     for letter, arch in (("s", "deitsmall"), ("b", "vitbase")):
         size, dim, depth, heads = _SIZES[letter]
         for patch in (16, 8):
-            out[f"dino_vit{letter}{patch}"] = BackboneConfig(
-                f"dino_vit{letter}{patch}", "dino", patch, dim, depth, heads, layerscale_init=None,
-                pos_grid=224 // patch, timm_name=f"vit_{size}_patch{patch}_224.dino",
-                weights=_url_source(f"{_FB}/dino/dino_{arch}{patch}_pretrain/dino_{arch}{patch}_pretrain.pth"),
-                hf_name=f"facebook/dino-vit{letter}{patch}", description=f"DINO (v1) ViT-{letter.upper()}/{patch}",
-            )  # fmt: skip
+            name = f"dino_vit{letter}{patch}"
+            url = f"{_FB}/dino/dino_{arch}{patch}_pretrain/dino_{arch}{patch}_pretrain.pth"
+            out[name] = BackboneConfig(
+                name,
+                "dino",
+                patch,
+                dim,
+                depth,
+                heads,
+                layerscale_init=None,
+                pos_grid=224 // patch,
+                weights=WeightSource(url.rsplit("/", 1)[1], url=url),
+                timm_name=f"vit_{size}_patch{patch}_224.dino",
+                hf_name=f"facebook/dino-vit{letter}{patch}",
+                description=f"DINO (v1) ViT-{letter.upper()}/{patch}",
+            )
     for name, (timm_name, dim, depth, heads, label) in _DINOV3.items():
         file = f"{name}_pretrain_lvd1689m*.pth"
         gated = (
             f"the official DINOv3 file {file} (gated: accept the DINOv3 license at {_DINOV3_LICENSE} to "
             "receive the download URL; weights under Meta's DINOv3 license)"
         )
+        description = f"DINOv3 {label} (LVD-1689M, 4 registers, RoPE; via timm)"
         out[name] = BackboneConfig(
-            name, "dinov3", 16, dim, depth, heads, 4, pos_grid=0, timm_name=f"{timm_name}.lvd1689m",
-            weights=WeightSource(file, gated=gated), description=f"DINOv3 {label} (LVD-1689M, 4 registers, RoPE; via timm)",
-        )  # fmt: skip
-    for reg in (0, 4):
-        name = "vit_tiny_reg" if reg else "vit_tiny"
-        out[name] = BackboneConfig(
-            name, "dinov2", 8, 192, 4, 3, reg, interpolate_offset=0.0 if reg else 0.1,
-            interpolate_antialias=bool(reg), pos_grid=28,
-            description=f"tiny DINOv2-style ViT for tests and demos{' (4 registers)' if reg else ''}",
-        )  # fmt: skip
+            name, "dinov3", 16, dim, depth, heads, 4, pos_grid=0, description=description
+        )
+        out[name] = replace(
+            out[name], timm_name=f"{timm_name}.lvd1689m", weights=WeightSource(file, gated=gated)
+        )
+    for reg, name in ((0, "vit_tiny"), (4, "vit_tiny_reg")):
+        description = f"tiny DINOv2-style ViT for tests and demos{' (4 registers)' if reg else ''}"
+        out[name] = _dinov2(name, 8, 192, 4, 3, reg, pos_grid=28, description=description)
     out["vit_tiny_scenes"] = replace(
         out["vit_tiny"],
         name="vit_tiny_scenes",
         weights=WeightSource("vit_tiny_scenes.pth", asset="vit_tiny_scenes.pth"),
         description="vit_tiny pretrained at image level on synthetic scenes (`neco pretrain-tiny`; the demo's start)",
     )
-    for name, (base, path) in _NECO.items():
+    for name, (base, folder, stem) in _NECO.items():
+        path = f"{folder}-architectures/neco_on_{stem}_teacher.ckpt"
         xr = {"num_register_tokens": 0} if name.endswith("_xr") else {}
+        weights = WeightSource(path.rsplit("/", 1)[1], hf_repo="FunAILab/NeCo", hf_filename=path)
+        xr_note = " used without registers (XR)" if xr else ""
+        description = f"NeCo post-trained {out[base].description} (teacher){xr_note}"
         out[name] = replace(
-            out[base], name=name, timm_name=None, hf_name=None,
-            weights=WeightSource(path.rsplit("/", 1)[1], hf_repo="FunAILab/NeCo", hf_filename=path),
-            description=f"NeCo post-trained {out[base].description} (teacher){' used without registers (XR)' if xr else ''}",
-            **xr,
-        )  # fmt: skip
+            out[base], name=name, timm_name=None, hf_name=None, weights=weights, description=description, **xr
+        )
     return out
 
 
