@@ -14,7 +14,7 @@ import sys as _sys
 from pathlib import Path as _Path
 
 # Every module the backbones import (torch.hub checks each is installed before loading; yaml is PyYAML).
-dependencies = ["torch", "timm", "yaml", "safetensors", "huggingface_hub"]
+dependencies = ["torch", "timm", "yaml", "safetensors"]
 
 _SRC = _Path(__file__).resolve().parent / "src"
 if _SRC.is_dir() and str(_SRC) not in _sys.path:

@@ -17,26 +17,7 @@ from neco.backbones.loading import (
 from neco.backbones.model import Backbone, patch_grid
 from neco.backbones.registry import BackboneConfig, WeightSource, get_config, list_backbones
 
-__all__ = [
-    "FORMATS",
-    "HUBS",
-    "Backbone",
-    "BackboneConfig",
-    "WeightSource",
-    "WeightsInfo",
-    "cache_dir",
-    "convert",
-    "create",
-    "detect_format",
-    "download_weights",
-    "get_config",
-    "list_backbones",
-    "load_backbone",
-    "load_weights",
-    "patch_grid",
-    "read_checkpoint",
-    "read_state_dict",
-    "resolve_backbone",
-    "state_dict_checksum",
-    "weight_source",
-]
+__all__ = ["FORMATS", "HUBS", "Backbone", "BackboneConfig", "WeightSource", "WeightsInfo", "cache_dir"]
+__all__ += ["convert", "create", "detect_format", "download_weights", "get_config", "list_backbones"]
+__all__ += ["load_backbone", "load_weights", "patch_grid", "read_checkpoint", "read_state_dict"]
+__all__ += ["resolve_backbone", "state_dict_checksum", "weight_source"]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,36 +18,27 @@ import torch
 
 from neco.utils.checksum import CHECKSUM_KEY, named_tensors, tensor_checksum
 
-__all__ = [
-    "CHECKPOINT_FORMAT",
-    "CHECKPOINT_VERSION",
-    "WHICH",
-    "check_tensors_finite",
-    "describe_file",
-    "extract_state_dict",
-    "named_tensors",
-    "non_finite_tensors",
-    "read_checkpoint",
-    "read_training_checkpoint",
-    "recorded_register_tokens",
-]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "WHICH", "check_tensors_finite", "extract_state_dict"]
+__all__ += ["key_problems", "named_tensors", "non_finite_tensors", "read_checkpoint"]
+__all__ += ["read_training_checkpoint", "recorded_register_tokens"]
 
 CHECKPOINT_FORMAT = "neco-checkpoint"
 CHECKPOINT_VERSION = 1
-WHICH = {
-    "teacher": "the EMA teacher (the better model; default)",
-    "student": "the student",
-}
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_PROTOCOL = 0x80  # first byte of a pickle (the legacy torch.save format)
+WHICH = {"teacher": "the EMA teacher (the better model; default)", "student": "the student"}
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format; a legacy pickle starts with 0x80
+_SHOWN = 12
 
 StateDict = dict[str, torch.Tensor]
 
 
+def _is_safetensors(head: bytes, size: int) -> bool:
+    """True when `head` starts like safetensors: an 8-byte little-endian header length, then JSON."""
+    return len(head) >= 9 and 0 < int.from_bytes(head[:8], "little") <= size - 8 and head[8:9] == b"{"
+
+
 def _looks_like(head: bytes) -> str:
     """What the first bytes of a file that is neither a torch pickle nor safetensors look like."""
-    text = head.lstrip().lower()
-    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
+    if head.lstrip().lower().startswith((b"<!doctype html", b"<html", b"<head", b"<?xml")):
         return "an HTML/XML page (a download that saved an error or login page?)"
     if head.startswith(_ZIP_MAGIC):
         return "a torch checkpoint (zip) named .safetensors: rename it to .pth"
@@ -58,28 +49,14 @@ def _looks_like(head: bytes) -> str:
     return "a text file"
 
 
-def _is_safetensors(head: bytes, size: int) -> bool:
-    """True when `head` starts like safetensors: an 8-byte little-endian header length, then JSON."""
-    if len(head) < 9:
-        return False
-    length = int.from_bytes(head[:8], "little")
-    return 0 < length <= size - 8 and head[8:9] == b"{"
+def read_checkpoint(
+    path: str | Path, *, weights_only: bool = True, mmap: bool = False, what: str = "weights file"
+) -> Any:
+    """Read a weights file (`torch.save` pickle with `weights_only` by default, or safetensors).
 
-
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path))
-    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for any bad file
-        raise ValueError(
-            f"weights file {path} is not a readable safetensors file ({type(err).__name__}: {err}); "
-            "it is truncated or not safetensors at all: download it again"
-        ) from err
-
-
-def describe_file(path: str | Path, what: str = "weights file") -> tuple[bytes, int]:
-    """The first bytes and size of `path`; a ValueError naming it when it is missing, empty or not a checkpoint."""
+    `mmap` memory-maps a zip-format torch file, so reading its top-level entries does not read its
+    tensors. A file that is missing, empty, text, an HTML page, or truncated gets an error naming it.
+    """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{what} {path} does not exist")
@@ -88,39 +65,28 @@ def describe_file(path: str | Path, what: str = "weights file") -> tuple[bytes, 
         raise ValueError(f"{what} {path} is empty (0 bytes): not a checkpoint; download or copy it again")
     with path.open("rb") as handle:
         head = handle.read(64)
-    if path.suffix == ".safetensors" and not _is_safetensors(head, size):
+    safetensors = _is_safetensors(head, size)
+    kind = (
+        None
+        if (head.startswith(_ZIP_MAGIC) or head[0] == 0x80 or safetensors)
+        else "torch checkpoint or safetensors"
+    )
+    if path.suffix == ".safetensors" and not safetensors:
+        kind = "safetensors"
+    if kind:
         raise ValueError(
-            f"{what} {path} is not a safetensors file: it looks like {_looks_like(head)} "
-            f"(starts with {head[:16]!r})"
+            f"{what} {path} is not a {kind} file: it looks like {_looks_like(head)} (starts with {head[:16]!r})"
         )
-    if not (head.startswith(_ZIP_MAGIC) or head[0] == _PICKLE_PROTOCOL or _is_safetensors(head, size)):
-        raise ValueError(
-            f"{what} {path} is not a torch checkpoint or safetensors file: it looks like "
-            f"{_looks_like(head)} (starts with {head[:16]!r})"
-        )
-    return head, size
-
-
-def read_checkpoint(
-    path: str | Path, *, weights_only: bool = True, mmap: bool = False, what: str = "weights file"
-) -> Any:
-    """Read a weights file (`torch.save` pickle with `weights_only` by default, or safetensors).
-
-    `mmap` memory-maps a zip-format torch file, so reading its top-level entries does not read its
-    tensors. A file that is empty, text, an HTML page, or truncated gets a ValueError naming it and
-    saying what it is not.
-    """
-    path = Path(path)
-    head, size = describe_file(path, what)
-    if _is_safetensors(head, size):
-        return _read_safetensors(path)
     try:
+        if safetensors:
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
         return torch.load(
             path, map_location="cpu", weights_only=weights_only, mmap=mmap and head.startswith(_ZIP_MAGIC)
         )
     except pickle.UnpicklingError as err:
-        refused = re.search(r"Unsupported global: GLOBAL (\S+)", str(err))
-        if refused:
+        if refused := re.search(r"Unsupported global: GLOBAL (\S+)", str(err)):
             # A real torch pickle holding objects beyond tensors and plain containers.
             raise ValueError(
                 f"{what} {path} holds objects that `torch.load(weights_only=True)` refuses "
@@ -129,9 +95,10 @@ def read_checkpoint(
                 "or re-save its state dict as plain tensors"
             ) from err
         raise ValueError(f"{what} {path} is not a readable torch checkpoint ({err})") from err
-    except Exception as err:  # noqa: BLE001 - torch raises many types (EOFError, KeyError, RuntimeError) for bad files
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for bad files
+        kind = "safetensors file" if safetensors else "torch checkpoint"
         raise ValueError(
-            f"{what} {path} is not a readable torch checkpoint ({type(err).__name__}: {err}); "
+            f"{what} {path} is not a readable {kind} ({type(err).__name__}: {err}); "
             "it is truncated or corrupt: download or copy it again"
         ) from err
 
@@ -147,12 +114,35 @@ def non_finite_tensors(value: Any) -> list[str]:
 
 def check_tensors_finite(checkpoint: Any, path: str | Path, what: str = "checkpoint") -> None:
     """Raise ValueError naming the first tensors of `checkpoint` holding NaN or infinity (corrupt file)."""
-    bad = non_finite_tensors(checkpoint)
-    if bad:
+    if bad := non_finite_tensors(checkpoint):
         raise ValueError(
             f"{what} {path}: {len(bad)} tensor(s) hold NaN or infinite values, e.g. {bad[:3]}; "
             "the file is corrupt (or was saved from a diverged run)"
         )
+
+
+def key_problems(
+    expected: Mapping[str, torch.Tensor],
+    stored: Mapping[str, Any],
+    skip_shape: Callable[[str], bool] = lambda k: False,
+) -> str:
+    """ "missing keys [..]; unexpected keys [..]; shape mismatches [..]" of `stored` against `expected` ("" if none)."""
+
+    def listing(keys: list[str]) -> str:
+        more = f", ... ({len(keys)} in all)" if len(keys) > _SHOWN else ""
+        return f"[{', '.join(keys[:_SHOWN])}{more}]"
+
+    wrong = sorted(
+        f"{k} {tuple(stored[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(stored) & set(expected)
+        if not skip_shape(k) and tuple(stored[k].shape) != tuple(expected[k].shape)
+    )
+    problems = {
+        "missing keys": sorted(set(expected) - set(stored)),
+        "unexpected keys": sorted(set(stored) - set(expected)),
+        "shape mismatches": wrong,
+    }
+    return "; ".join(f"{what} {listing(keys)}" for what, keys in problems.items() if keys)
 
 
 def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
@@ -165,9 +155,8 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
     if "state_dict" not in checkpoint:
         raise ValueError(f"checkpoint {path}: not a neco training checkpoint (no state_dict)")
     check_tensors_finite(checkpoint, path)
-    stored = checkpoint.get(CHECKSUM_KEY)
     # Checkpoints written before neco stored checksums have none; every newer one must match.
-    if stored is not None:
+    if (stored := checkpoint.get(CHECKSUM_KEY)) is not None:
         actual = tensor_checksum({k: v for k, v in checkpoint.items() if k != CHECKSUM_KEY})
         if actual != stored:
             raise ValueError(
@@ -179,35 +168,16 @@ def read_training_checkpoint(path: str | Path) -> dict[str, Any]:
 
 def recorded_register_tokens(weights: str | Path | Mapping[str, Any]) -> int | None:
     """The register-token count a neco or Lightning training checkpoint records; None for other files."""
-    if isinstance(weights, Mapping):
-        obj: Any = weights
-    elif Path(weights).suffix == ".safetensors":
-        return None  # a plain tensor file records nothing
-    else:
+    obj: Any = weights
+    if not isinstance(weights, Mapping):
+        if Path(weights).suffix == ".safetensors":
+            return None  # a plain tensor file records nothing
         try:  # memory-mapped: the top-level entries are read, the tensors are not
             obj = read_checkpoint(weights, mmap=True)
         except (OSError, ValueError):  # not a readable checkpoint: the loader reports it, naming the file
             return None
     value = obj.get("num_register_tokens") if isinstance(obj, Mapping) else None
     return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-
-def _is_tensor_dict(obj: Any) -> bool:
-    return isinstance(obj, Mapping) and bool(obj) and any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _split_networks(state: Mapping[str, Any], which: str) -> tuple[dict[str, Any], str | None]:
-    """Pick `teacher.*` or `student.*`/`model.*` keys when both networks share one state dict."""
-    groups: dict[str, dict[str, Any]] = {prefix: {} for prefix in ("teacher.", "student.", "model.")}
-    for key, value in state.items():
-        for prefix in groups:
-            if key.startswith(prefix):
-                groups[prefix][key[len(prefix) :]] = value
-                break
-    student = groups["student."] or groups["model."]
-    if not (groups["teacher."] and student):
-        return dict(state), None
-    return (groups["teacher."] if which == "teacher" else student), which
 
 
 def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dict[str, Any]]:
@@ -218,36 +188,34 @@ def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dic
     """
     if which not in WHICH:
         raise ValueError(f"`which` must be one of {sorted(WHICH)} but is {which!r}")
-    meta: dict[str, Any] = {"which": None}
     if not isinstance(obj, Mapping):
         raise ValueError(
             f"checkpoint must be a dict of tensors or a training checkpoint but is {type(obj).__name__}"
         )
+    meta: dict[str, Any] = {"which": which, "container": "state dict"}
     if obj.get("format") == CHECKPOINT_FORMAT:
         if not isinstance(obj.get(which), Mapping):
             raise ValueError(f"neco checkpoint has no `{which}` state dict (keys: {sorted(obj)[:12]})")
-        meta.update(
-            container="neco checkpoint",
-            which=which,
-            backbone=obj.get("backbone"),
-            num_register_tokens=obj.get("num_register_tokens"),
-        )
-        state = obj[which]
+        meta.update(container="neco checkpoint", backbone=obj.get("backbone"))
+        meta["num_register_tokens"], state = obj.get("num_register_tokens"), obj[which]
     elif isinstance(obj.get("teacher"), Mapping) and isinstance(obj.get("student"), Mapping):
-        meta.update(container="DINO training checkpoint", which=which)
-        state = obj[which]
+        meta["container"], state = "DINO training checkpoint", obj[which]
     elif isinstance(obj.get("state_dict"), Mapping):
-        meta.update(container="Lightning checkpoint")
+        meta.update(container="Lightning checkpoint", which=None)
         state = obj["state_dict"]
-    elif isinstance(obj.get("model"), Mapping) and not _is_tensor_dict(obj):
-        meta.update(container="checkpoint with a `model` entry")
+    elif isinstance(obj.get("model"), Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
+        meta.update(container="checkpoint with a `model` entry", which=None)
         state = obj["model"]
     else:
-        meta.update(container="state dict")
-        state = obj
-    state, picked = _split_networks(state, which)
-    if picked:
-        meta["which"] = picked
+        meta["which"], state = None, obj
+    # Both networks in one state dict (`teacher.*` and `student.*` / `model.*`): pick one.
+    groups: dict[str, dict[str, Any]] = {"teacher.": {}, "student.": {}, "model.": {}}
+    for key, value in state.items():
+        if prefix := next((p for p in groups if key.startswith(p)), None):
+            groups[prefix][key[len(prefix) :]] = value
+    student = groups["student."] or groups["model."]
+    if groups["teacher."] and student:
+        state, meta["which"] = (groups["teacher."] if which == "teacher" else student), which
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
         raise ValueError(f"{meta['container']} holds no tensors")

@@ -3,8 +3,8 @@
 `create(name, pretrained=..., weights=...)` builds a registered backbone and loads its weights with
 `load_weights`, one strict loader for every checkpoint format (docs/weights.md): unwrap the container
 (`neco.backbones.checkpoint`), pick the teacher or the student, convert the keys (official, timm, HF,
-Meta DINOv3) to the model's own; only head keys may be left over, anything else is an error naming
-the keys and the guessed format.
+Meta DINOv3) to the model's own with timm's `checkpoint_filter_fn`; only head keys may be left over,
+anything else is an error naming the keys and the guessed format.
 
 `resolve_backbone` turns `--backbone NAME|CHECKPOINT|RUN_FOLDER [--weights FILE]` into a registry
 name and a weights file; `load_backbone` builds it (teacher or student) in eval mode and returns its
@@ -22,12 +22,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import checkpoint_filter_fn
 from torch import nn
 
 from neco.backbones.checkpoint import (
     CHECKPOINT_FORMAT,
     check_tensors_finite,
     extract_state_dict,
+    key_problems,
     read_checkpoint,
     recorded_register_tokens,
 )
@@ -37,31 +39,22 @@ from neco.backbones.model import Backbone
 from neco.backbones.registry import get_config
 from neco.utils.logging import get_logger
 
-__all__ = [
-    "CHECKPOINT_SUFFIXES",
-    "backbone_identity",
-    "WeightsInfo",
-    "canonical_tensors",
-    "create",
-    "load_backbone",
-    "load_weights",
-    "read_backbone_tensors",
-    "read_state_dict",
-    "resolve_backbone",
-    "state_dict_checksum",
-]
+__all__ = ["CHECKPOINT_SUFFIXES", "WeightsInfo", "backbone_identity", "canonical_tensors", "create"]
+__all__ += ["load_backbone", "load_weights", "read_backbone_tensors", "read_checkpoint", "read_state_dict"]
+__all__ += ["resolve_backbone", "state_dict_checksum"]
 
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".ckpt", ".safetensors")
 _RUN_CHECKPOINTS = ("last.ckpt", "checkpoints/last.ckpt")  # a run folder's newest checkpoint
+
+StateDict = dict[str, torch.Tensor]
 
 
 def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The tensors that define a ViT backbone's features, in one layout whatever file it came from.
 
-    Official key names (timm / HF exports converted back), without `mask_token` (training-only, absent
-    from timm exports) and, for register models, with the CLS position row folded into the CLS token as
-    timm stores it (the features see only their sum). State dicts that are not a ViT backbone are
-    returned as they are.
+    Official key names (timm / HF files converted back), without `mask_token` (training-only) and, for
+    register models, with the CLS position row folded into the CLS token as timm stores it (the features
+    see only their sum). timm-built models and state dicts that are not a ViT backbone are kept as they are.
     """
     state = model.state_dict() if isinstance(model, torch.nn.Module) else model
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -71,7 +64,7 @@ def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[
         stripped = strip_prefixes(tensors)
         if any(is_head_key(k) for k in stripped):
             return tensors
-        official = convert(stripped, to="official", source=detect_format(stripped))
+        official = convert(stripped, to="official")
     except ValueError:
         return tensors
     official.pop("mask_token", None)
@@ -110,17 +103,6 @@ def backbone_identity(model: torch.nn.Module, name: str, weights: str | Path | N
     }
 
 
-def _run_checkpoint(spec: str, folder: Path) -> Path:
-    """The `last.ckpt` of a run folder given as `--backbone`; a FileNotFoundError naming where it looked."""
-    for relative in _RUN_CHECKPOINTS:
-        if (folder / relative).is_file():
-            return folder / relative
-    raise FileNotFoundError(
-        f"--backbone {spec} is a folder without a checkpoint: expected a training run folder holding "
-        f"{' or '.join(_RUN_CHECKPOINTS)}, or pass a checkpoint file or a registry name"
-    )
-
-
 def resolve_backbone(
     spec: str, weights: str | Path | None = None, *, random_init: bool = False
 ) -> tuple[str, str | Path | None]:
@@ -131,7 +113,11 @@ def resolve_backbone(
     """
     path, name, resolved = Path(spec), spec, weights
     if spec and path.is_dir():
-        path = _run_checkpoint(spec, path)
+        if (path := next((path / r for r in _RUN_CHECKPOINTS if (path / r).is_file()), None)) is None:
+            raise FileNotFoundError(
+                f"--backbone {spec} is a folder without a checkpoint: expected a training run folder holding "
+                f"{' or '.join(_RUN_CHECKPOINTS)}, or pass a checkpoint file or a registry name"
+            )
     if spec and (path.suffix in CHECKPOINT_SUFFIXES or path.is_file()):
         if weights is not None:
             raise ValueError(
@@ -162,8 +148,7 @@ def load_backbone(
     """Build a backbone from a registry name, a neco checkpoint file or a run folder given as `spec`.
 
     Returns the model in eval mode and its identity (name, weights file, sha256) for result files.
-    With `weights` the file is loaded through `neco.backbones.create(name, weights=...)`, which reads
-    every supported format (a neco checkpoint gives its teacher unless `which="student"`).
+    A neco checkpoint gives its teacher unless `which="student"`.
     """
     name, weights = resolve_backbone(spec, weights, random_init=not pretrained)
     try:
@@ -173,11 +158,6 @@ def load_backbone(
             raise
         raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
     return model, {**backbone_identity(model, name, weights), "which": which}
-
-
-_SHOWN = 12
-
-StateDict = dict[str, torch.Tensor]
 
 
 @dataclass
@@ -195,13 +175,14 @@ class WeightsInfo:
 
     def describe(self) -> str:
         """One line for logs: "<source>: <container>, teacher, official keys, 12 head keys dropped"."""
-        parts = [self.container]
-        if self.which:
-            parts.append(self.which)
-        parts.append(f"{self.format} keys")
-        if self.dropped_head_keys:
-            parts.append(f"{len(self.dropped_head_keys)} head keys dropped")
-        parts.extend(self.notes)
+        heads = [f"{len(self.dropped_head_keys)} head keys dropped"] if self.dropped_head_keys else []
+        parts = [
+            self.container,
+            *([self.which] if self.which else []),
+            f"{self.format} keys",
+            *heads,
+            *self.notes,
+        ]
         return f"{self.source}: " + ", ".join(parts)
 
 
@@ -212,25 +193,17 @@ def read_backbone_tensors(
 
     `info.format` is "unknown" until a converter names it.
     """
-    if isinstance(source, Mapping):
-        obj, name = source, "state dict"
-    else:
-        obj, name = read_checkpoint(source), str(source)
+    name = "state dict" if isinstance(source, Mapping) else str(source)
+    obj = source if isinstance(source, Mapping) else read_checkpoint(source)
     tensors, meta = extract_state_dict(obj, which)
     tensors = strip_prefixes(tensors)
-    heads = sorted(k for k in tensors if is_head_key(k))
     backbone = {k: v for k, v in tensors.items() if not is_head_key(k)}
     # a diverged run's weights would load, export and evaluate into NaN results: refused here, once
     check_tensors_finite(backbone, name, "weights file" if name != "state dict" else "weights")
     info = WeightsInfo(
-        source=name,
-        container=meta["container"],
-        which=meta["which"],
-        format="unknown",
-        dropped_head_keys=heads,
-        backbone=meta.get("backbone"),
-        num_register_tokens=meta.get("num_register_tokens"),
+        name, meta["container"], meta["which"], "unknown", sorted(set(tensors) - set(backbone))
     )
+    info.backbone, info.num_register_tokens = meta.get("backbone"), meta.get("num_register_tokens")
     return backbone, info
 
 
@@ -241,11 +214,6 @@ def read_state_dict(
     backbone, info = read_backbone_tensors(source, which=which)
     info.format = detect_format(backbone)
     return convert(backbone, to="official", source=info.format), info
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_SHOWN])
-    return f"[{shown}{f', ... ({len(keys)} in all)' if len(keys) > _SHOWN else ''}]"
 
 
 def load_weights(
@@ -270,21 +238,19 @@ def load_weights(
         state, info.format = to_timm_state(backbone, model.model, name)
     else:
         state = _official_vit_state(backbone, model, info)
-    _check_keys(
-        model.model.state_dict(),
-        state,
-        f"{info.source} (guessed: {info.container}, {info.format} keys)",
-        name,
-    )
+    if problems := key_problems(model.model.state_dict(), state):
+        raise ValueError(
+            f"cannot load {info.source} (guessed: {info.container}, {info.format} keys) into {name}: {problems}. "
+            "Only head keys may be unexpected (nothing may be missing); "
+            "check the backbone name (registers, size, patch) matches the checkpoint"
+        )
     model.model.load_state_dict(state, strict=True)
     get_logger("neco.backbones").info(f"loaded {name} from {info.describe()}")
     return info
 
 
-def _official_vit_state(backbone: StateDict, model: nn.Module, info: WeightsInfo) -> StateDict:
+def _official_vit_state(backbone: StateDict, model: Backbone, info: WeightsInfo) -> StateDict:
     """Official / timm / HF DINOv2-family tensors in the names of `model.model`, converted by timm's filter."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
     info.format = detect_format(backbone)
     official = convert(backbone, to="official", source=info.format)
     if (
@@ -310,35 +276,6 @@ def _official_vit_state(backbone: StateDict, model: nn.Module, info: WeightsInfo
     # timm's filter recognises official DINOv2 names by `mask_token` (and drops it); DINO v1 files lack it
     official.setdefault("mask_token", torch.zeros(1, vit.embed_dim))
     return checkpoint_filter_fn(official, vit)
-
-
-def _check_keys(
-    expected: Mapping[str, torch.Tensor],
-    state: Mapping[str, torch.Tensor],
-    what: str,
-    name: str,
-) -> None:
-    """Refuse missing, unexpected and misshaped keys."""
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    wrong_shape = sorted(
-        f"{k} {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in set(state) & set(expected)
-        if state[k].shape != expected[k].shape
-    )
-    if missing or unexpected or wrong_shape:
-        problems = []
-        if missing:
-            problems.append(f"missing keys {_listing(missing)}")
-        if unexpected:
-            problems.append(f"unexpected keys {_listing(unexpected)}")
-        if wrong_shape:
-            problems.append(f"shape mismatches {_listing(wrong_shape)}")
-        raise ValueError(
-            f"cannot load {what} into {name}: " + "; ".join(problems) + ". "
-            "Only head keys may be unexpected (nothing may be missing); "
-            "check the backbone name (registers, size, patch) matches the checkpoint"
-        )
 
 
 def create(
@@ -370,9 +307,10 @@ def create(
             overrides["num_register_tokens"] = recorded
     config = registered.with_overrides(**overrides)
     model = Backbone(config, init=weights is None and not pretrained)
+    if weights is None and pretrained:
+        weights = download_weights(
+            weight_source(config, "official" if pretrained is True else str(pretrained)), progress=progress
+        )
     if weights is not None:
         load_weights(model, weights, which=which)
-    elif pretrained:
-        source = weight_source(config, "official" if pretrained is True else str(pretrained))
-        load_weights(model, download_weights(source, progress=progress), which=which)
     return model

@@ -1,10 +1,9 @@
 """Every backbone is a timm model behind one wrapper with the DINOv2 interface neco's code calls.
 
-DINOv2 (with or without registers), DINO v1 and the tiny test / demo ViTs are timm
-`VisionTransformer`s with one override, `_OfficialViT`, which reproduces the official DINO / DINOv2
-position-embedding interpolation (timm's differs for the models without registers). DINOv3 is timm's
-Eva; `timm:<model name>[,key=value,...]` names any timm ViT (the pairs are `timm.create_model`
-arguments, part of the name, so a checkpoint that stores the name rebuilds the same shape).
+DINOv2 (with or without registers), DINO v1 and the tiny ViTs are timm `VisionTransformer`s with one
+override, `_OfficialViT`, which reproduces the official position-embedding interpolation (timm's
+differs for the models without registers). DINOv3 is timm's Eva; `timm:<model name>[,key=value,...]`
+names any timm ViT (the pairs are `timm.create_model` arguments, so a stored name rebuilds the shape).
 
 Shapes: B = batch, T = tokens (1 + R + h*w), R = register tokens, D = embed dim, p = patch size,
 (h, w) = (H // p, W // p) the patch grid (the pixels beyond the last whole patch are dropped).
@@ -12,6 +11,7 @@ Shapes: B = batch, T = tokens (1 + R + h*w), R = register tokens, D = embed dim,
 
 from __future__ import annotations
 
+import difflib
 import functools
 import math
 from collections.abc import Callable, Sequence
@@ -37,12 +37,10 @@ def official_pos_embed(
 
     No interpolation when the grid is M x M *and* the input square; otherwise bicubic in float32, with
     `scale_factor = ((h + offset) / M, (w + offset) / M)` when `offset` > 0 (DINO v1, DINOv2 without
-    registers) or to `size = (h, w)` (DINOv2 with registers, antialiased). A leading CLS row (when the
-    table has 1 + M*M rows) is kept as is. Returns (1, [1 +] h*w, D) in the dtype of `pos_embed`.
+    registers) or to `size = (h, w)` (DINOv2 with registers, antialiased). A leading CLS row is kept.
     """
     rows = pos_embed.shape[1]
-    side = math.isqrt(rows)
-    cls_rows = 0 if side * side == rows else 1
+    cls_rows = 0 if math.isqrt(rows) ** 2 == rows else 1
     side = math.isqrt(rows - cls_rows)
     if side * side != rows - cls_rows:
         raise ValueError(f"`pos_embed` must hold [1 +] M*M rows but holds {rows}")
@@ -51,11 +49,8 @@ def official_pos_embed(
         return pos_embed
     dim = pos_embed.shape[-1]
     grid = pos_embed[:, cls_rows:].float().reshape(1, side, side, dim).permute(0, 3, 1, 2)  # (1, D, M, M)
-    if offset:
-        size = {"scale_factor": ((grid_h + offset) / side, (grid_w + offset) / side)}
-    else:
-        size = {"size": (grid_h, grid_w)}
-    grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **size)  # (1, D, h, w)
+    scale = {"scale_factor": ((grid_h + offset) / side, (grid_w + offset) / side)} if offset else {}
+    grid = F.interpolate(grid, mode="bicubic", antialias=antialias, **(scale or {"size": (grid_h, grid_w)}))
     if grid.shape[-2:] != (grid_h, grid_w):
         raise ValueError(f"interpolated grid must be {(grid_h, grid_w)} but is {tuple(grid.shape[-2:])}")
     patches = grid.permute(0, 2, 3, 1).reshape(1, grid_h * grid_w, dim)  # (1, h*w, D)
@@ -76,14 +71,8 @@ class _OfficialViT(VisionTransformer):
         height, width = self._pixels
         if (height // patch, width // patch) != (grid_h, grid_w):  # not called through `Backbone`
             height, width = grid_h * patch, grid_w * patch
-        pos = official_pos_embed(
-            self.pos_embed,
-            height,
-            width,
-            patch,
-            offset=self.interpolate_offset,
-            antialias=self.interpolate_antialias,
-        )
+        offset, antialias = self.interpolate_offset, self.interpolate_antialias
+        pos = official_pos_embed(self.pos_embed, height, width, patch, offset=offset, antialias=antialias)
         x = x.reshape(batch, grid_h * grid_w, dim)
         prefix = [t.expand(batch, -1, -1) for t in (self.cls_token, self.reg_token) if t is not None]
         if self.no_embed_class:  # registers: the CLS token holds its own position row (timm's layout)
@@ -102,10 +91,10 @@ class _OfficialViT(VisionTransformer):
 
 def _official_vit(config: BackboneConfig, init: bool) -> _OfficialViT:
     """A DINOv2 / DINO ViT of `config` in timm; random numbers drawn in the order neco's own ViT drew them."""
-    swiglu: dict[str, Any] = {}
+    mlp: dict[str, Any] = {"mlp_ratio": config.mlp_ratio}
     if config.ffn == "swiglu":  # the official width: 2/3 of the MLP's, rounded up to a multiple of 8
         hidden = (int(int(config.embed_dim * config.mlp_ratio) * 2 / 3) + 7) // 8 * 8
-        swiglu = {
+        mlp = {
             "mlp_layer": SwiGLUPacked,
             "act_layer": nn.SiLU,
             "mlp_ratio": (2 * hidden + 0.5) / config.embed_dim,
@@ -127,26 +116,22 @@ def _official_vit(config: BackboneConfig, init: bool) -> _OfficialViT:
             global_pool="",
             drop_path_rate=config.drop_path_rate,
             weight_init="skip",
-            **({"mlp_ratio": config.mlp_ratio} | swiglu),
+            **mlp,
         )
     # Why this order: seeded runs (the tiny-start pretrainers, the demo) stay reproducible bit for bit.
     linears = [m for m in vit.blocks.modules() if isinstance(m, nn.Linear)]
     for module in [vit.patch_embed.proj, *linears]:
         module.reset_parameters()
+    tokens = [t for t in (vit.cls_token, vit.reg_token, vit.pos_embed) if t is not None]
     with torch.no_grad():
-        for token in (vit.cls_token, vit.reg_token, vit.pos_embed):
-            if token is not None:
-                token.zero_()
+        for token in tokens:
+            token.zero_()
     if init:  # the official table has a CLS row; timm's register layout folds it into the CLS token
-        pos = (
-            vit.pos_embed.new_empty(1, vit.pos_embed.shape[1] + 1, vit.embed_dim)
-            if vit.no_embed_class
-            else vit.pos_embed
-        )
+        rows = vit.pos_embed.shape[1] + int(vit.no_embed_class)
+        pos = vit.pos_embed.new_empty(1, rows, vit.embed_dim) if vit.no_embed_class else vit.pos_embed
         trunc_normal_(pos, std=0.02)
-        nn.init.normal_(vit.cls_token, std=1e-6)
-        if vit.reg_token is not None:
-            nn.init.normal_(vit.reg_token, std=1e-6)
+        for token in tokens[:-1]:
+            nn.init.normal_(token, std=1e-6)
         if vit.no_embed_class:
             with torch.no_grad():
                 vit.cls_token.add_(pos[:, :1])
@@ -173,30 +158,26 @@ def parse_timm_name(name: str) -> tuple[str, dict[str, Any]]:
     return model_name, kwargs
 
 
-def _create_timm(model_name: str, kwargs: dict[str, Any]) -> tuple[nn.Module, bool]:
-    """`timm.create_model` without head (and pooling where the model allows); returns (model, dynamic size).
+def _create_timm(model_name: str, kwargs: dict[str, Any], name: str) -> tuple[nn.Module, bool]:
+    """`timm.create_model` without head, checked to be a ViT; returns (model, dynamic input size).
 
     Tried in order: no pooling with `dynamic_img_size=True`, then the model's own pooling (DeiT's
     distilled models insist on it), each without `dynamic_img_size` when the model does not take it.
     """
-    attempts = [
+    errors = []
+    for extra in (
         {"global_pool": "", "dynamic_img_size": True},
         {"dynamic_img_size": True},
         {"global_pool": ""},
         {},
-    ]
-    errors = []
-    for extra in attempts:
+    ):
         try:
             model = timm.create_model(model_name, pretrained=False, num_classes=0, **extra, **kwargs)
+            break
         except (TypeError, AssertionError, ValueError) as err:
             errors.append(f"{extra}: {err}")
-            continue
-        return model, bool(extra.get("dynamic_img_size"))
-    raise ValueError(f"timm.create_model({model_name!r}, {kwargs}) failed: " + "; ".join(errors))
-
-
-def _check_vit(model: nn.Module, name: str) -> None:
+    else:
+        raise ValueError(f"timm.create_model({model_name!r}, {kwargs}) failed: " + "; ".join(errors))
     missing = [
         a for a in ("patch_embed", "blocks", "num_prefix_tokens", "embed_dim") if not hasattr(model, a)
     ]
@@ -208,13 +189,7 @@ def _check_vit(model: nn.Module, name: str) -> None:
     patch = tuple(getattr(model.patch_embed, "patch_size", ()))
     if len(patch) != 2 or patch[0] != patch[1]:
         raise ValueError(f"backbone {name!r}: the patch size must be square but is {patch}")
-
-
-def _closest_timm_names(model_name: str) -> list[str]:
-    """timm's model names nearest to `model_name` by edit distance over the whole name."""
-    import difflib
-
-    return difflib.get_close_matches(model_name, timm.list_models(), n=5, cutoff=0.6)
+    return model, "dynamic_img_size" in extra
 
 
 @functools.lru_cache(maxsize=64)
@@ -222,7 +197,7 @@ def timm_config(name: str) -> BackboneConfig:
     """The neco config of `timm:<model>[,k=v...]`, read from the model built on the meta device (no memory)."""
     model_name, kwargs = parse_timm_name(name)
     if not timm.is_model(model_name.split(".", 1)[0]):
-        close = _closest_timm_names(model_name.split(".", 1)[0])
+        close = difflib.get_close_matches(model_name.split(".", 1)[0], timm.list_models(), n=5, cutoff=0.6)
         hint = (
             f"did you mean {close[0]!r}? (close names: {close})"
             if close
@@ -230,22 +205,18 @@ def timm_config(name: str) -> BackboneConfig:
         )
         raise ValueError(f"backbone {name!r}: timm has no model {model_name!r}; {hint}")
     with torch.device("meta"):
-        model, dynamic = _create_timm(model_name, kwargs)
-    _check_vit(model, name)
+        model, dynamic = _create_timm(model_name, kwargs, name)
     has_cls = getattr(model, "cls_token", None) is not None
-    img_size = getattr(model.patch_embed, "img_size", None) or (224, 224)
     pretrained_cfg = getattr(model, "pretrained_cfg", None) or {}
     return BackboneConfig(
-        name=name,
-        family="timm",
-        patch_size=int(model.patch_embed.patch_size[0]),
-        embed_dim=int(model.embed_dim),
-        depth=len(model.blocks),
-        num_heads=int(getattr(getattr(model.blocks[-1], "attn", None), "num_heads", 0)),
-        num_register_tokens=int(model.num_prefix_tokens) - int(has_cls),
-        mask_token=False,
+        name,
+        "timm",
+        int(model.patch_embed.patch_size[0]),
+        int(model.embed_dim),
+        len(model.blocks),
+        int(getattr(getattr(model.blocks[-1], "attn", None), "num_heads", 0)),
+        int(model.num_prefix_tokens) - int(has_cls),
         pos_grid=0,
-        img_size=int(img_size[0]),
         timm_name=model_name,
         mean=tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
         std=tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
@@ -262,7 +233,7 @@ def _timm_family_model(config: BackboneConfig) -> tuple[nn.Module, bool]:
             f"backbone {config.name!r}: `num_register_tokens` is fixed by the timm model "
             f"({base.num_register_tokens}) but {config.num_register_tokens} was asked"
         )
-    kwargs: dict[str, Any] = dict(config.timm_kwargs)
+    kwargs = dict(config.timm_kwargs)
     kwargs.update(
         {
             f: getattr(config, f)
@@ -273,7 +244,7 @@ def _timm_family_model(config: BackboneConfig) -> tuple[nn.Module, bool]:
     if config.drop_path_rate:
         kwargs["drop_path_rate"] = config.drop_path_rate
     model_name = config.timm_name.split(".", 1)[0] if config.family == "dinov3" else str(config.timm_name)
-    return _create_timm(model_name, kwargs)
+    return _create_timm(model_name, kwargs, config.name)
 
 
 class Backbone(nn.Module):
@@ -285,7 +256,7 @@ class Backbone(nn.Module):
 
     def __init__(self, config: BackboneConfig, *, init: bool = True) -> None:
         super().__init__()
-        if config.drop_path_rate < 0 or config.drop_path_rate >= 1:
+        if not 0 <= config.drop_path_rate < 1:
             raise ValueError(f"`drop_path_rate` must be in [0, 1) but is {config.drop_path_rate}")
         if config.num_register_tokens < 0:
             raise ValueError(f"`num_register_tokens` must be >= 0 but is {config.num_register_tokens}")
@@ -298,7 +269,6 @@ class Backbone(nn.Module):
             self.model, self.dynamic_img_size = _timm_family_model(config)
         else:
             self.model, self.dynamic_img_size = _official_vit(config, init), True
-        _check_vit(self.model, config.name)
         self.patch_size = int(self.model.patch_embed.patch_size[0])
         self.embed_dim = self.num_features = int(self.model.embed_dim)
         self.num_heads = config.num_heads
@@ -311,11 +281,11 @@ class Backbone(nn.Module):
         """The transformer blocks of the timm model."""
         return self.model.blocks
 
-    def _prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Check the input (B, 3, H, W); drop the pixels beyond the last whole patch for models that do not."""
+    def _run(self, x: torch.Tensor, hooks: Sequence[tuple[nn.Module, Callable]] = ()) -> torch.Tensor:
+        """Check x (B, 3, H, W), crop it to whole patches, run timm's `forward_features` with temporary hooks."""
+        p = self.patch_size
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"input must be (B, 3, H, W) but is {tuple(x.shape)}")
-        p = self.patch_size
         if x.shape[2] < p or x.shape[3] < p:
             raise ValueError(f"input H and W must be >= patch size {p} but are {tuple(x.shape[2:])}")
         if isinstance(self.model, _OfficialViT):
@@ -326,13 +296,9 @@ class Backbone(nn.Module):
                 f"{self.config.name} has a fixed input size {tuple(self.model.patch_embed.img_size)} (its timm "
                 f"model has no dynamic_img_size) but the input is {tuple(x.shape[2:])}"
             )
-        return x
-
-    def _run(self, x: torch.Tensor, hooks: Sequence[tuple[nn.Module, Callable]] = ()) -> torch.Tensor:
-        """timm's `forward_features` (final norm applied) with temporary forward hooks."""
         handles = [module.register_forward_hook(hook) for module, hook in hooks]
         try:
-            return self.model.forward_features(self._prepare(x))
+            return self.model.forward_features(x)
         finally:
             for handle in handles:
                 handle.remove()
@@ -341,9 +307,7 @@ class Backbone(nn.Module):
         """Final-norm CLS (B, D), registers (B, R, D), patches (B, h*w, D) and pre-norm tokens (B, T, D)."""
         prenorm: list[torch.Tensor] = []
         norm = getattr(self.model, "norm", None)
-        hooks = (
-            [(norm, lambda _m, inputs, _o: prenorm.append(inputs[0]))] if isinstance(norm, nn.Module) else []
-        )
+        hooks = [(norm, lambda _m, i, _o: prenorm.append(i[0]))] if isinstance(norm, nn.Module) else []
         tokens = self._run(x, hooks)  # (B, T, D)
         patches = tokens[:, self.num_prefix_tokens :]
         return {
@@ -378,12 +342,11 @@ class Backbone(nn.Module):
         outputs: dict[int, torch.Tensor] = {}
         self._run(x, [(self.blocks[i], lambda _m, _i, out, i=i: outputs.__setitem__(i, out)) for i in take])
         layers = [self.model.norm(outputs[i]) if norm else outputs[i] for i in take]
-        class_tokens = [out[:, 0] for out in layers]
         patches = [out[:, self.num_prefix_tokens :] for out in layers]
         if reshape:
             batch, grid_h, grid_w = x.shape[0], x.shape[2] // self.patch_size, x.shape[3] // self.patch_size
             patches = [p.reshape(batch, grid_h, grid_w, -1).permute(0, 3, 1, 2).contiguous() for p in patches]
-        return tuple(zip(patches, class_tokens)) if return_class_token else tuple(patches)
+        return tuple(zip(patches, [out[:, 0] for out in layers])) if return_class_token else tuple(patches)
 
     def get_last_self_attention(self, x: torch.Tensor) -> torch.Tensor:
         """Attention probabilities (B, heads, T, T) of the last block; token order [CLS, registers, patches].
@@ -392,25 +355,20 @@ class Backbone(nn.Module):
         matrix on timm's unfused attention path (taken for this call only); RoPE and q/k norms are
         thus included exactly as the model computes them.
         """
-        name = self.config.name
+        name, attn = self.config.name, getattr(self.blocks[-1], "attn", None)
         if not self.has_class_token:
             raise ValueError(f"{name} has no CLS token; the attention-based evaluations read the CLS row")
-        attn = getattr(self.blocks[-1], "attn", None)
-        if not (hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module)):
-            raise ValueError(
-                f"cannot read the last-block attention of {name}: its attention module "
-                f"{type(attn).__name__} has no unfused softmax path (`fused_attn` and `attn_drop`)"
-            )
         captured: list[torch.Tensor] = []
-        fused, attn.fused_attn = attn.fused_attn, False
-        try:
-            self._run(x, [(attn.attn_drop, lambda _m, inputs, _o: captured.append(inputs[0]))])
-        finally:
-            attn.fused_attn = fused
+        if hasattr(attn, "fused_attn") and isinstance(getattr(attn, "attn_drop", None), nn.Module):
+            fused, attn.fused_attn = attn.fused_attn, False
+            try:
+                self._run(x, [(attn.attn_drop, lambda _m, inputs, _o: captured.append(inputs[0]))])
+            finally:
+                attn.fused_attn = fused
         if len(captured) != 1 or captured[0].ndim != 4:
             raise ValueError(
-                f"cannot read the last-block attention of {name}: its attention module "
-                f"{type(attn).__name__} did not pass a (B, heads, T, T) matrix through `attn_drop`"
+                f"cannot read the last-block attention of {name}: its attention module {type(attn).__name__} "
+                "has no unfused softmax path (`fused_attn`, `attn_drop` given a (B, heads, T, T) matrix)"
             )
         return captured[0]
 

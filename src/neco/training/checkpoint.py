@@ -13,7 +13,7 @@ import lightning as L
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from neco.backbones.checkpoint import check_tensors_finite, named_tensors, non_finite_tensors
+from neco.backbones.checkpoint import check_tensors_finite, key_problems, named_tensors, non_finite_tensors
 from neco.backbones.checkpoint import read_training_checkpoint as read_checkpoint
 from neco.utils.checksum import CHECKSUM_KEY, tensor_checksum
 from neco.utils.io import atomic_torch_save
@@ -472,28 +472,10 @@ def check_resume_compatible(path: Path, module: L.LightningModule) -> dict[str, 
     }
     if mine != theirs:
         raise ValueError(f"--resume {path}: checkpoint of {theirs} but the config builds {mine}")
-    expected = module.state_dict()
-    stored = checkpoint["state_dict"]
-    missing = sorted(set(expected) - set(stored))
-    unexpected = sorted(set(stored) - set(expected))
     # The reference queue is sized lazily at the first step (it loads any shape), so skip its buffers.
-    wrong = [
-        k
-        for k in expected
-        if k in stored and not k.startswith("loss_fn.") and tuple(stored[k].shape) != tuple(expected[k].shape)
-    ]
-    if missing or unexpected or wrong:
-        details = []
-        if missing:
-            details.append(f"missing {missing[:5]}")
-        if unexpected:
-            details.append(f"unexpected {unexpected[:5]}")
-        if wrong:
-            details.append(
-                "shape mismatch "
-                + ", ".join(f"{k}: {tuple(stored[k].shape)} vs {tuple(expected[k].shape)}" for k in wrong[:5])
-            )
+    problems = key_problems(module.state_dict(), checkpoint["state_dict"], lambda k: k.startswith("loss_fn."))
+    if problems:
         raise ValueError(
-            f"--resume {path}: checkpoint does not match the configured architecture: {'; '.join(details)}"
+            f"--resume {path}: checkpoint does not match the configured architecture: {problems}"
         )
     return checkpoint
