@@ -123,3 +123,32 @@ def test_eval_openvocab_sliding_window_and_pamr(mapping, tmp_path, capsys):
         assert (tmp_path / "slid" / "openvocab_predictions.png").is_file()
     assert main([*base, "--out", str(tmp_path / "bad"), "--slide-window", "16", "--slide-stride", "20"]) == 2
     assert "`--slide-stride` (20) must not exceed `--slide-window` (16)" in capsys.readouterr().err
+
+
+def test_openvocab_prompts_whatever_class_names_the_dataset_has(mapping, tmp_path):
+    """Class names come from the dataset object (e.g. a 171-class COCO-Stuff loader): no name list in the protocol."""
+    from neco import backbones
+    from neco.data import build_segmentation_dataset
+    from neco.data.base import SegmentationDataset
+    from neco.evaluation import Features, evaluate
+    from neco.evaluation.protocol import EvalData
+    from neco.evaluation.protocols.openvocab import OpenVocabSettings
+
+    scenes, _, last = mapping
+    val = build_segmentation_dataset("scenes", scenes, "val")
+    names = ["sky", "wall-concrete", "grass", "tvmonitor", "playingfield", "dirt", "sea", "tree", "road"]
+    renamed = SegmentationDataset(val.pairs, name="renamed", split="val", class_names=names)
+    model = backbones.create("vit_tiny_scenes", pretrained=True)
+    run = evaluate(
+        "openvocab",
+        Features.of_model(model),
+        EvalData(val=renamed, name="renamed"),
+        OpenVocabSettings(mapping=str(last), templates="simple"),
+        input_size=32,
+        progress=False,
+        num_workers=0,
+        out_dir=tmp_path,
+    )
+    assert run.result["settings"]["background"] == "none"  # auto: class 0 is not a background class
+    assert run.result["settings"]["num_prompted_classes"] == len(names)
+    assert list(run.result["metrics"]["per_class_iou"]) == names
