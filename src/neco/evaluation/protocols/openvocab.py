@@ -82,7 +82,7 @@ class OpenVocabSettings:
     pamr_dilations: tuple[int, ...] = option(DEFAULT_DILATIONS, "PAMR neighbourhood dilations", minimum=1)
 
     def check(self) -> None:
-        """The mapping checkpoint is required; a window must not be larger than the short side it slides over."""
+        """The mapping checkpoint is required; a sliding window's stride must not exceed the window."""
         if self.mapping is None:
             raise ValueError("`--mapping` is required: a checkpoint written by `neco text-align`")
         if self.slide_window and self.slide_stride_px() > self.slide_window:
@@ -215,8 +215,8 @@ class OpenVocab(Protocol):
         confusion = ConfusionMatrix(len(names), val.ignore_index)
         keeper = ctx.keeper()
         if settings.slide_window:
-            items = ((index, *val.load(index)) for index in range(len(val)))
-            for _, image, mask in ctx.iterate(items, "openvocab: sliding windows"):
+            pairs = (val.load(index) for index in range(len(val)))  # PIL image, (H, W) label at full size
+            for image, mask in ctx.iterate(pairs, "openvocab: sliding windows"):
                 with ctx.timer("segment"):
                     resized = short_side_resize(image, settings.slide_short_side)
                     pixels = TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD)
