@@ -95,3 +95,60 @@ def test_text_align_bad_inputs(mapping, tmp_path, capsys):
     offline = [*common, "--data-root", str(captions), "--no-text-download", "--text-model", "ViT-B-16"]
     assert main([*offline, "--text-weights", str(tmp_path / "clip.pt")]) == 2
     assert "clip.pt: file not found" in capsys.readouterr().err
+
+
+def test_eval_openvocab_sliding_window_and_pamr(mapping, tmp_path, capsys):
+    """One window over the whole image equals the single pass; PAMR and smaller windows change the maps."""
+    scenes, _, last = mapping
+    base = ["eval", "openvocab", "--data-root", str(scenes), "--mapping", str(last), *EVAL]
+    base += ["--background", "drop", "--templates", "identity"]
+
+    def run(name: str, *extra: str) -> dict:
+        rc = main([*base, "--out", str(tmp_path / name), *extra])
+        assert rc == 0, capsys.readouterr().err
+        result = json.loads((tmp_path / name / "openvocab.json").read_text())
+        validate_result(result)
+        return result
+
+    single = run("single")
+    whole = run("whole", "--slide-window", "32", "--slide-short-side", "32")
+    assert whole["settings"]["inference"] == {"slide_window": 32, "stride": 16, "short_side": 32}
+    assert single["settings"]["inference"] == {"single_pass": 32} and single["settings"]["pamr"] is None
+    assert whole["metrics"]["per_class_iou"] == pytest.approx(single["metrics"]["per_class_iou"], abs=1e-6)
+    slid = run("slid", "--slide-window", "28", "--slide-stride", "14", "--slide-short-side", "42")
+    refined = run("pamr", "--pamr", "--pamr-iterations", "3", "--pamr-dilations", "1", "2")
+    assert refined["settings"]["pamr"] == {"iterations": 3, "dilations": [1, 2]}
+    for other in (slid, refined):
+        assert other["metrics"]["per_class_iou"] != single["metrics"]["per_class_iou"]
+        assert (tmp_path / "slid" / "openvocab_predictions.png").is_file()
+    assert main([*base, "--out", str(tmp_path / "bad"), "--slide-window", "16", "--slide-stride", "20"]) == 2
+    assert "`--slide-stride` (20) must not exceed `--slide-window` (16)" in capsys.readouterr().err
+
+
+def test_openvocab_prompts_whatever_class_names_the_dataset_has(mapping, tmp_path):
+    """Class names come from the dataset object (e.g. a 171-class COCO-Stuff loader): no name list in the protocol."""
+    from neco import backbones
+    from neco.data import build_segmentation_dataset
+    from neco.data.base import SegmentationDataset
+    from neco.evaluation import Features, evaluate
+    from neco.evaluation.protocol import EvalData
+    from neco.evaluation.protocols.openvocab import OpenVocabSettings
+
+    scenes, _, last = mapping
+    val = build_segmentation_dataset("scenes", scenes, "val")
+    names = ["sky", "wall-concrete", "grass", "tvmonitor", "playingfield", "dirt", "sea", "tree", "road"]
+    renamed = SegmentationDataset(val.pairs, name="renamed", split="val", class_names=names)
+    model = backbones.create("vit_tiny_scenes", pretrained=True)
+    run = evaluate(
+        "openvocab",
+        Features.of_model(model),
+        EvalData(val=renamed, name="renamed"),
+        OpenVocabSettings(mapping=str(last), templates="simple"),
+        input_size=32,
+        progress=False,
+        num_workers=0,
+        out_dir=tmp_path,
+    )
+    assert run.result["settings"]["background"] == "none"  # auto: class 0 is not a background class
+    assert run.result["settings"]["num_prompted_classes"] == len(names)
+    assert list(run.result["metrics"]["per_class_iou"]) == names

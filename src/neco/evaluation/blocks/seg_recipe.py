@@ -226,3 +226,12 @@ def predict_probabilities(
             total = probabilities if total is None else total + probabilities
             runs += 1
     return total / runs
+
+
+def slide_scores(model: Any, image: torch.Tensor, window: int, stride: int, patch: int) -> torch.Tensor:
+    """Per-pixel scores (C, H, W) of one normalised image (3, H, W) averaged over `window` windows `stride` apart.
+
+    `model` maps a (1, 3, h, w) crop padded to whole `patch`es to (1, C, h, w) scores (e.g. open-vocabulary
+    cosines); the same windows as the fine-tuning inference.
+    """
+    return _slide(model, image, window, stride, patch)

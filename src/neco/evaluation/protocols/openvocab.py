@@ -14,6 +14,13 @@ the scenes):
 `auto` is `threshold` for a dataset with a background class and `none` otherwise (COCO-Stuff,
 Cityscapes, ADE20k: every class is a name). `--class-names FILE` (JSON {dataset class: prompt name})
 renames classes for the prompts (VOC's joined names are spaced by default: `SPACED_NAMES`).
+Inference options (Talk2DINO's evaluation, see docs/evaluation.md for what is verified):
+- `--slide-window W` (0: off): each image is resized to `--slide-short-side` on its short side and
+  scored in W x W windows `--slide-stride` apart (the fine-tuning protocol's `slide_scores`), the
+  window scores averaged and upsampled to the label's own size; off, the image and mask are resized
+  to the square `--input-size` and scored in one pass;
+- `--pamr`: the class score maps, upsampled to the (window's) image size, are refined by PAMR
+  (`neco.evaluation.blocks.pamr`) before the argmax and the background threshold.
 Metrics: mIoU over the scored classes, pixel accuracy, per-class IoU (percent).
 """
 
@@ -27,8 +34,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+import torchvision.transforms.functional as TF
 
 from neco.evaluation.blocks.metrics import ConfusionMatrix
+from neco.evaluation.blocks.pamr import DEFAULT_DILATIONS, pamr
+from neco.evaluation.blocks.seg_recipe import short_side_resize, slide_scores
+from neco.evaluation.blocks.transforms import IMAGENET_MEAN, IMAGENET_STD, resize_ids, to_input
 from neco.evaluation.features import Features
 from neco.evaluation.options import option
 from neco.evaluation.protocol import EvalData, Protocol, ProtocolOutput, RunContext, register_protocol
@@ -61,11 +72,28 @@ class OpenVocabSettings:
     bg_clean: float = option(0.2, "weight of the attention map in background cleaning (0: off)", minimum=0)
     class_names: str | None = option(None, "JSON file {dataset class name: prompt name}")
     text_download: bool = option(True, "download the text encoder's weights when they are not cached")
+    slide_window: int = option(
+        0, "sliding-window inference: window side in pixels (0: one pass at --input-size)", minimum=0
+    )
+    slide_stride: int = option(0, "sliding-window stride in pixels (0: half the window)", minimum=0)
+    slide_short_side: int = option(448, "sliding window: images resized to this short side", minimum=1)
+    pamr: bool = option(False, "refine the score maps with PAMR (pixel-adaptive mask refinement)")
+    pamr_iterations: int = option(10, "PAMR iterations", minimum=1)
+    pamr_dilations: tuple[int, ...] = option(DEFAULT_DILATIONS, "PAMR neighbourhood dilations", minimum=1)
 
     def check(self) -> None:
-        """The mapping checkpoint is required."""
+        """The mapping checkpoint is required; a sliding window's stride must not exceed the window."""
         if self.mapping is None:
             raise ValueError("`--mapping` is required: a checkpoint written by `neco text-align`")
+        if self.slide_window and self.slide_stride_px() > self.slide_window:
+            raise ValueError(
+                f"`--slide-stride` ({self.slide_stride_px()}) must not exceed `--slide-window` ({self.slide_window}): "
+                "pixels between windows would get no score"
+            )
+
+    def slide_stride_px(self) -> int:
+        """The sliding-window stride in pixels: `slide_stride`, or half the window when it is 0."""
+        return self.slide_stride or max(1, self.slide_window // 2)
 
 
 def read_class_names(path: str | Path, names: list[str]) -> dict[str, str]:
@@ -156,27 +184,72 @@ class OpenVocab(Protocol):
         cleaning = mode == "threshold" and settings.bg_clean > 0
         if cleaning:
             features.require_attention()
+
+        def score(images: torch.Tensor) -> torch.Tensor:
+            """Class scores (B, C, H, W) at the images' own size: cosines, cleaning, upsampling, PAMR."""
+            grid = features(images).cpu()  # (B, D, h, w)
+            scores = segment_scores(grid, classes)  # (B, C, h, w)
+            if cleaning:
+                weights = cls_patch_attention(features.attention(images), features.num_register_tokens)
+                scores = clean_background(scores, grid, weights, classes, settings.bg_clean)
+            scores = F.interpolate(scores, size=images.shape[-2:], mode="bilinear", align_corners=False)
+            if settings.pamr:
+                # on the backbone's device: 48 shifted sums x 10 iterations per class map are slow on a CPU
+                device = features.device
+                refined = pamr(
+                    images.to(device), scores.to(device), settings.pamr_iterations, settings.pamr_dilations
+                )
+                scores = refined.cpu()
+            return scores
+
+        def predict(scores: torch.Tensor) -> torch.Tensor:
+            """Dataset class ids (B, H, W) of scores (B, C, H, W): argmax, background below the threshold."""
+            best, index = scores.max(dim=1)
+            prediction = index + offset
+            if mode == "threshold":
+                prediction = torch.where(
+                    best < settings.bg_threshold, torch.zeros_like(prediction), prediction
+                )
+            return prediction
+
         confusion = ConfusionMatrix(len(names), val.ignore_index)
         keeper = ctx.keeper()
-        for images, masks, _ in ctx.batches(val, "openvocab"):
-            with ctx.timer("segment"):
-                grid = features(images).cpu()  # (B, D, h, w)
-                scores = segment_scores(grid, classes)  # (B, C, h, w)
-                if cleaning:
-                    weights = cls_patch_attention(features.attention(images), features.num_register_tokens)
-                    scores = clean_background(scores, grid, weights, classes, settings.bg_clean)
-                scores = F.interpolate(scores, size=masks.shape[-2:], mode="bilinear", align_corners=False)
-                best, index = scores.max(dim=1)  # (B, H, W) each
-                prediction = index + offset
-                if mode == "threshold":
-                    prediction = torch.where(
-                        best < settings.bg_threshold, torch.zeros_like(prediction), prediction
+        if settings.slide_window:
+            pairs = (val.load(index) for index in range(len(val)))  # PIL image, (H, W) label at full size
+            for image, mask in ctx.iterate(pairs, "openvocab: sliding windows"):
+                with ctx.timer("segment"):
+                    resized = short_side_resize(image, settings.slide_short_side)
+                    pixels = TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD)
+                    scores = slide_scores(
+                        score, pixels, settings.slide_window, settings.slide_stride_px(), features.patch_size
+                    )[None]  # (1, C, H', W')
+                    scores = F.interpolate(scores, size=mask.shape, mode="bilinear", align_corners=False)
+                    prediction = predict(scores)
+                    target = torch.from_numpy(np.asarray(mask, dtype=np.int64))[None]
+                    if mode == "drop":
+                        target[target == 0] = val.ignore_index
+                    confusion.update(prediction, target)
+                if keeper.count < keeper.limit:  # square copies for the figure
+                    size = ctx.input_size
+                    keeper.offer(
+                        images=to_input(image, size)[None],
+                        masks=resize_ids(target, size),
+                        predictions=resize_ids(prediction, size),
                     )
-                target = masks.clone()
-                if mode == "drop":
-                    target[target == 0] = val.ignore_index
-                confusion.update(prediction, target)
-            keeper.offer(images=images, masks=target, predictions=prediction)
+        else:
+            for images, masks, _ in ctx.batches(val, "openvocab"):
+                with ctx.timer("segment"):
+                    scores = score(images)
+                    if scores.shape[-2:] != masks.shape[-2:]:
+                        scores = F.interpolate(
+                            scores, size=masks.shape[-2:], mode="bilinear", align_corners=False
+                        )
+                    prediction = predict(scores)
+                    target = masks.clone()
+                    if mode == "drop":
+                        target[target == 0] = val.ignore_index
+                    confusion.update(prediction, target)
+                keeper.offer(images=images, masks=target, predictions=prediction)
         summary = confusion.summary(names)
         if mode == "drop":
             summary["per_class_iou"].pop(names[0], None)  # never scored: its pixels are ignored
@@ -189,6 +262,20 @@ class OpenVocab(Protocol):
             "text_encoder": meta["text"],
             "text_sha256": meta["text_sha256"],
             "mapping_step": meta.get("step"),
+            "inference": (
+                {
+                    "slide_window": settings.slide_window,
+                    "stride": settings.slide_stride_px(),
+                    "short_side": settings.slide_short_side,
+                }
+                if settings.slide_window
+                else {"single_pass": ctx.input_size}
+            ),
+            "pamr": (
+                {"iterations": settings.pamr_iterations, "dilations": list(settings.pamr_dilations)}
+                if settings.pamr
+                else None
+            ),
         }
         return ProtocolOutput(metrics=summary, settings=resolved, examples=keeper.examples())
 
