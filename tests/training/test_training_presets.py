@@ -93,3 +93,27 @@ def test_train_accepts_a_preset_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "`data.root` must be set to the coco image folder" in capsys.readouterr().err
     assert main(["train", "--config", "small/no_such", *common]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_every_preset_resolves_to_the_values_of_the_settings_before_jsonargparse() -> None:
+    """Each preset (and the defaults) gives the values the hand-written loader gave on main: the fixture
+    was dumped with it before the settings moved to jsonargparse. Keys added since hold their defaults."""
+    import json
+
+    from neco.training.config import config_keys, config_to_dict, load_config
+
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    before = json.loads((Path(__file__).parent / "fixtures" / "presets_resolved_main.json").read_text())
+    assert set(before) == {*list_presets(), "(defaults)"}
+    added = {"run.attention_validation." + k for k in ("enabled", "root", "dataset", "split", "every_steps",
+             "max_images", "input_size", "mass", "sigma", "min_component", "batch_size")}  # fmt: skip
+    for name, values in before.items():
+        now = flat(config_to_dict(load_config(None if name == "(defaults)" else preset_path(name))))
+        assert {k: now[k] for k in flat(values)} == flat(values), name
+        assert set(now) - set(flat(values)) == added, name
+        assert all(now[k] == config_keys()[k][0] for k in added), name
