@@ -21,6 +21,7 @@ import torch
 
 from neco.utils.io import ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
+from neco.utils.settings import option
 
 __all__ = ["DemoConfig", "PROTOCOLS", "evaluate_backbone", "run_demo", "train_config"]
 
@@ -29,34 +30,32 @@ log = get_logger("neco.demo")
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the demo; the defaults fit in about 10 minutes on 2 CPU cores."""
+    """Settings of the demo; the defaults fit in about 10 minutes on 2 CPU cores (the CLI ones are `neco demo`'s options)."""
 
-    out: str = "demo_out"
-    backbone: str = "vit_tiny_scenes"
-    weights: str | None = None
-    random_init: bool = (
-        False  # start from a random init of `backbone` (saved, so NeCo trains that same model)
-    )
-    which: str = "teacher"  # network of a checkpoint holding both (`weights`)
-    minutes: float = 5.0  # NeCo post-training budget (wall clock)
-    num_train: int = 200
-    num_val: int = 60
-    image_size: int = 96
-    eval_seeds: tuple[int, ...] = (0, 1, 2)
-    hummingbird_memory: int = 20_000
-    linear_epochs: int = 20
+    out: str = option("demo_out", "output folder", flag="--out")
+    backbone: str = option("vit_tiny_scenes", cli=False)  # `--backbone` etc.: the shared backbone options
+    weights: str | None = option(None, cli=False)
+    random_init: bool = option(False, cli=False)  # a random init of `backbone` (saved, so NeCo trains it)
+    which: str = option("teacher", cli=False)  # network of a checkpoint holding both (`weights`)
+    minutes: float = option(5.0, "NeCo post-training budget in minutes (wall clock)")
+    num_train: int = option(200, cli=False)
+    num_val: int = option(60, cli=False)
+    image_size: int = option(96, cli=False)
+    eval_seeds: tuple[int, ...] = option((0, 1, 2), cli=False)
+    hummingbird_memory: int = option(20_000, cli=False)
+    linear_epochs: int = option(20, cli=False)
     # lr 0.01 (the published probe's) left the tiny features' probe at background only (7.1 mIoU); 1.0 learns (13.9).
-    linear_lr: float = 1.0
-    overcluster_k: int = 100
-    train_steps: int | None = None  # default: estimated from `minutes`
-    batch_size: int = 16
+    linear_lr: float = option(1.0, cli=False)
+    overcluster_k: int = option(100, cli=False)
+    train_steps: int | None = option(None, "training steps (none: what fits in --minutes)", flag="--steps")
+    batch_size: int = option(16, cli=False)
     # Measured on the scenes (docs/benchmarks.md): the published 1e-5 barely moves the model in minutes;
     # 2e-4 collapses the features (teacher P flattens, patch cosine 0.3 -> 0.9); 5e-5 gains.
-    lr_backbone: float = 5e-5
-    ema_momentum: float = 0.99
+    lr_backbone: float = option(5e-5, "backbone learning rate of the post-training", flag="--lr")
+    ema_momentum: float = option(0.99, cli=False)
     # A sharper teacher than student (published: 100 / 100) keeps the targets from flattening on a weak start.
-    teacher_steepness: float = 300.0
-    progress: bool = True
+    teacher_steepness: float = option(300.0, "teacher sorting steepness (the student's: 100)")
+    progress: bool = option(True, "progress bars")
 
     def __post_init__(self) -> None:
         if not self.minutes > 0:
