@@ -155,7 +155,8 @@ def build_config(args: argparse.Namespace) -> Any:
                 f"`{first[key][0]}` and `{label}` both set `{key}` to different values: give one of them"
             )
         first.setdefault(key, (label, value))
-    return load_config(_config_file(args.config), [f"{key}={value}" for _, key, value in given])
+    options = [f"{key}={value}" for _, key, value in given[: len(given) - len(args.overrides)]]
+    return load_config(_config_file(args.config), [*options, *args.overrides])
 
 
 def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
