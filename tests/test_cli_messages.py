@@ -13,7 +13,7 @@ import pytest
 from neco.cli import build_parser, main
 from neco.training.config import TrainConfig, config_from_dict, config_to_dict
 
-OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*)")
+OPTION = re.compile(r"(?<![\w-])(--[a-z][a-z0-9-]*(?:\.[a-z_]+)*)")
 KEY = re.compile(r"`([a-z_]+(?:\.[a-z_]+)+)(?:=[^`]*)?`")
 
 

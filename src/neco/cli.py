@@ -11,8 +11,8 @@ from neco import __version__
 
 __all__ = ["COMPUTING", "build_parser", "main"]
 
-# Commands that run models or generate data: each takes `--threads` (added here when it has none).
-COMPUTING = ("demo", "eval", "explore", "features", "make-scenes", "pretrain-tiny", "train")
+# Commands that run models or generate data: each takes `--threads`, declared here only.
+COMPUTING = ("demo", "eval", "explore", "features", "make-scenes", "pretrain-tiny", "text-align", "train")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,25 +31,22 @@ def build_parser() -> argparse.ArgumentParser:
         module = importlib.import_module(f"neco.commands.{info.name}")
         module.register(subparsers)
     for name, command in subparsers.choices.items():
-        if name in COMPUTING and not _has_option(command, "--threads"):
-            command.add_argument(
-                "--threads",
-                type=int,
-                default=0,
-                help="CPU threads for torch and faiss (default: 0, the library default)",
-            )
+        if name in COMPUTING:
+            _add_threads(command)
         _show_defaults(command)
     return parser
 
 
-def _has_option(parser: argparse.ArgumentParser, option: str) -> bool:
-    """Whether `parser` or one of its subcommands (neco eval's protocols) has `option`."""
+def _add_threads(parser: argparse.ArgumentParser) -> None:
+    """The one `--threads` option, on `parser` or on each of its subcommands (neco eval's protocols)."""
     for action in parser._actions:
-        if option in action.option_strings:
-            return True
         if isinstance(action, argparse._SubParsersAction):
-            return all(_has_option(sub, option) for sub in action.choices.values())
-    return False
+            for sub in action.choices.values():
+                _add_threads(sub)
+            return
+    parser.add_argument(
+        "--threads", type=int, default=0, help="CPU threads for torch and faiss (default: 0, the library default)"
+    )
 
 
 def _show_defaults(parser: argparse.ArgumentParser) -> None:

@@ -73,7 +73,48 @@ def test_attention_callback_logs_on_schedule(tmp_path):
 
 
 def test_attention_callback_config_rejects_bad_values():
-    with pytest.raises(ValueError, match="`dataset` must be one of"):
+    with pytest.raises(ValueError, match="`run.attention_validation.dataset` must be one of"):
         AttentionValidationConfig(root="x", dataset="ade20k")
-    with pytest.raises(ValueError, match="`every_steps` must be >= 1"):
+    with pytest.raises(ValueError, match=r"`run.attention_validation.every_steps` must be >= 1"):
         AttentionValidationConfig(root="x", every_steps=0)
+    with pytest.raises(ValueError, match=r"`run.attention_validation.root` must be a VOC-format folder"):
+        AttentionValidationConfig(enabled=True)
+
+
+def test_neco_train_runs_the_attention_validation_of_its_config(tmp_path, capsys):
+    """`run.attention_validation.enabled=true` on the `neco train` line attaches the callback: its
+    Jaccard lands in the run's metrics.csv and the setting in the saved config.yaml."""
+    import csv
+
+    import yaml
+    from tiny_runs import FAST, PRESET
+
+    from neco.cli import main
+
+    root = write_scenes(tmp_path / "scenes", 8, 2, 48, 0, progress=False)
+    out = tmp_path / "run"
+    keys = [
+        "enabled=true",
+        f"root={root}",
+        "dataset=scenes",
+        "every_steps=2",
+        "max_images=2",
+        "input_size=32",
+    ]
+    argv = [
+        "train",
+        "--config",
+        str(PRESET),
+        "--out",
+        str(out),
+        "--max-steps",
+        "2",
+        *FAST,
+        f"data.root={tmp_path / 'train'}",
+    ]
+    assert main([*argv, *(f"run.attention_validation.{k}" for k in keys)]) == 0, capsys.readouterr().err
+    (metrics,) = (out / "csv").glob("version_*/metrics.csv")
+    rows = [r for r in csv.DictReader(metrics.open()) if r.get("val/attention_jaccard")]
+    assert len(rows) == 1 and 0.0 <= float(rows[0]["val/attention_jaccard"]) <= 100.0
+    saved = yaml.safe_load((out / "config.yaml").read_text())["run"]["attention_validation"]
+    assert saved["enabled"] is True and saved["every_steps"] == 2

@@ -123,6 +123,14 @@ def test_cli_reports_config_errors_without_traceback(
     err = capsys.readouterr().err
     assert code == 2
     assert "unknown config key `optim.lr_bakbone`" in err and "Traceback" not in err
+    assert (
+        main(["train", "--config", str(ROOT / "configs/tiny_cpu.yaml"), "loss", "--out", str(tmp_path)]) == 2
+    )
+    assert "override 'loss' must have the form `section.key=value`" in capsys.readouterr().err
+    assert (
+        main(["train", "--config", "tiny_cpu", "--loss.steepness_student", "-1", "--out", str(tmp_path)]) == 2
+    )
+    assert "`loss.steepness_student` must be > 0 but is -1.0 (config: " in capsys.readouterr().err
 
 
 def test_cli_missing_data_root(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

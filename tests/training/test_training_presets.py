@@ -48,6 +48,14 @@ def test_wheel_carries_the_presets_and_the_demo_reads_them(tmp_path: Path) -> No
         packed = {n[len("neco/configs/") :] for n in archive.namelist() if n.startswith("neco/configs/")}
         expected = {p.relative_to(ROOT / "configs").as_posix() for p in (ROOT / "configs").rglob("*.yaml")}
         assert expected and expected <= packed
+        # every module and data file of the package: a folder without __init__.py once fell out
+        shipped = {
+            p.relative_to(ROOT / "src").as_posix()
+            for p in (ROOT / "src" / "neco").rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and "configs" not in p.relative_to(ROOT / "src").parts
+        }
+        left_out = sorted(shipped - set(archive.namelist()))
+        assert not left_out, f"files of src/neco missing from the wheel: {left_out}"
         site = tmp_path / "site"
         archive.extractall(site)
     shutil.rmtree(source)  # the checkout the wheel came from is gone
@@ -93,3 +101,27 @@ def test_train_accepts_a_preset_name(tmp_path: Path, capsys: pytest.CaptureFixtu
     assert "`data.root` must be set to the coco image folder" in capsys.readouterr().err
     assert main(["train", "--config", "small/no_such", *common]) == 2
     assert "no such config file" in capsys.readouterr().err
+
+
+def test_every_preset_resolves_to_the_values_of_the_settings_before_jsonargparse() -> None:
+    """Each preset (and the defaults) gives the values the hand-written loader gave on main: the fixture
+    was dumped with it before the settings moved to jsonargparse. Keys added since hold their defaults."""
+    import json
+
+    from neco.training.config import config_keys, config_to_dict, load_config
+
+    def flat(values: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in values.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {prefix + key: value})
+        return out
+
+    before = json.loads((Path(__file__).parent / "fixtures" / "presets_resolved_main.json").read_text())
+    assert set(before) == {*list_presets(), "(defaults)"}
+    added = {"run.attention_validation." + k for k in ("enabled", "root", "dataset", "split", "every_steps",
+             "max_images", "input_size", "mass", "sigma", "min_component", "batch_size")}  # fmt: skip
+    for name, values in before.items():
+        now = flat(config_to_dict(load_config(None if name == "(defaults)" else preset_path(name))))
+        assert {k: now[k] for k in flat(values)} == flat(values), name
+        assert set(now) - set(flat(values)) == added, name
+        assert all(now[k] == config_keys()[k][0] for k in added), name

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `demo` subcommand."""
     from neco.commands._backbone import add_backbone_options
+    from neco.demo.run import DemoConfig
+    from neco.evaluation.options import add_options
 
     parser = subparsers.add_parser(
         "demo",
@@ -19,18 +22,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "(scenes, training) only when its settings are unchanged and redoes the others, saying which."
         ),
     )
-    parser.add_argument("--out", default="demo_out", help="output folder")
-    parser.add_argument("--minutes", type=float, default=5.0, help="NeCo post-training budget in minutes")
     add_backbone_options(parser, default="vit_tiny_scenes")
-    parser.add_argument("--steps", type=int, help="training steps (default: what fits in --minutes)")
-    parser.add_argument(
-        "--lr", type=float, help="backbone learning rate of the post-training (default: 5e-05)"
-    )
-    parser.add_argument("--teacher-steepness", type=float, help="teacher sorting steepness (default 300)")
+    add_options(parser, DemoConfig)
     parser.add_argument(
         "--quick", action="store_true", help="a seconds-long smoke run (tiny sizes; numbers not meaningful)"
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    # an option not given stays out of the namespace: DemoConfig's default, or --quick's, holds
+    for action in parser._actions:
+        if action.dest in {f.name for f in dataclasses.fields(DemoConfig) if f.metadata["cli"]}:
+            action.default = argparse.SUPPRESS
     parser.set_defaults(func=_run)
 
 
@@ -40,20 +40,9 @@ def _run(args: argparse.Namespace) -> int:
 
     # a neco checkpoint names both; --random-init with a weights file is refused there
     backbone, weights = resolve_backbone(args.backbone, args.weights, random_init=args.random_init)
-    options = dict(
-        out=args.out,
-        backbone=backbone,
-        weights=None if weights is None else str(weights),
-        progress=not args.no_progress,
-        random_init=args.random_init,
-        which=args.which,
-        train_steps=args.steps,
-        lr_backbone=args.lr,
-        teacher_steepness=args.teacher_steepness,
-        # --quick has its own budget unless --minutes is given
-        minutes=None if args.quick and args.minutes == 5.0 else args.minutes,
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
+    given.update(
+        backbone=backbone, weights=None if weights is None else str(weights), random_init=args.random_init
     )
-    # an option not given (None) leaves the setting's default (DemoConfig's, or --quick's)
-    given = {key: value for key, value in options.items() if value is not None}
     run_demo((DemoConfig.quick if args.quick else DemoConfig)(**given))
     return 0

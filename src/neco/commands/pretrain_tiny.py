@@ -37,9 +37,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=["mean", "cls"],
         help="token(s) the classifier reads (multilabel only; default: cls)",
     )
-    parser.add_argument(
-        "--threads", type=int, help="torch CPU threads (results depend on it; default: torch's, one per core)"
-    )
     parser.set_defaults(func=_run)
 
 

@@ -85,7 +85,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--overwrite", action="store_true", help="delete the --out run's checkpoints and start again"
     )
-    run.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.set_defaults(func=_run)
 

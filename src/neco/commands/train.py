@@ -10,35 +10,46 @@ from typing import Any
 
 __all__ = ["build_config", "register"]
 
-# Options that set one config key each: (option, key, type, help).
-_OPTION_KEYS = (
-    ("--devices", "run.devices", str, "devices per node (int or 'auto')"),
-    ("--strategy", "run.strategy", str, "Lightning strategy (auto, ddp, ...)"),
-    ("--num-nodes", "run.num_nodes", int, "number of nodes"),
-    ("--accelerator", "run.accelerator", str, "auto, cpu or gpu"),
-    ("--out", "run.out_dir", str, "output folder"),
-    (
+# Short spellings of a few config keys: {key: (option, help)}. Every key also has its `--section.key` option.
+_SHORT = {
+    "run.out_dir": ("--out", "output folder"),
+    "optim.max_steps": (
         "--max-steps",
-        "optim.max_steps",
-        int,
         "length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length (use "
         "--resume to continue a run)",
     ),
-)
+    "run.devices": ("--devices", "devices per node (int or 'auto')"),
+    "run.strategy": ("--strategy", "Lightning strategy (auto, ddp, ...)"),
+    "run.num_nodes": ("--num-nodes", "number of nodes"),
+    "run.accelerator": ("--accelerator", "auto, cpu or gpu"),
+}
+
+
+class _SetKey(argparse.Action):
+    """Record (option as given, config key, value text) in order; the config parser types the value."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        namespace.key_options = [
+            *getattr(namespace, "key_options", []),
+            (option_string, self.dest, values),
+        ]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `train` subcommand."""
     from neco.commands._backbone import add_backbone_options
+    from neco.training.config import config_keys
 
     parser = subparsers.add_parser(
         "train",
         help="post-train a ViT with NeCo",
+        usage="neco train [-h] --config PRESET|FILE [options] [section.key=value ...]",
         description=(
-            "Train NeCo from a config preset (configs/*.yaml). Any option can be overridden as "
-            "section.key=value, e.g. data.root=/data/coco loss.steepness_student=50. Each option sets one "
-            "config key (--out: run.out_dir, --backbone: model.backbone, ...); an option and an override "
-            "of the same key must agree."
+            "Train NeCo from a config preset (configs/*.yaml). Any config key can be overridden as "
+            "section.key=value or as its option (--loss.steepness_student 50), before or after the other options, e.g. data.root=/data/coco "
+            "loss.steepness_student=50; values are read as YAML (strings literally). The options that set "
+            "one config key each (--out: run.out_dir, --backbone: model.backbone, ...) and an override of "
+            "the same key must agree."
         ),
     )
     parser.add_argument(
@@ -61,8 +72,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         optional=True,
     )
-    for option, key, kind, text in _OPTION_KEYS:
-        parser.add_argument(option, type=kind, help=f"{text}; overrides {key}")
     parser.add_argument("--resume", metavar="PATH|auto", help="checkpoint to continue from, or 'auto'")
     parser.add_argument(
         "--overwrite",
@@ -75,7 +84,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="on --resume, accept changed model / crops / loss / data settings (recorded in the run)",
     )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
-    parser.set_defaults(func=run, overrides_dest="overrides")
+    keys = parser.add_argument_group("config keys", "each sets one key of the config (default: the preset's)")
+    for key, (default, text) in config_keys().items():
+        short, short_text = _SHORT.get(key, (None, text))
+        spellings = [f"--{key}", short] if short else [f"--{key}"]
+        keys.add_argument(
+            *spellings, action=_SetKey, dest=key, metavar="VALUE", default=argparse.SUPPRESS,
+            help=f"{short_text} (built-in default: {default})".replace("%", "%%"),
+        )  # fmt: skip
+    parser.set_defaults(func=run, overrides_dest="overrides", key_options=[])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -119,39 +136,27 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-_PATH_KEYS = ("run.out_dir", "model.weights")
-
-
 def build_config(args: argparse.Namespace) -> Any:
     """The run's `TrainConfig`: `--config`, its dotted overrides and the options (which set config keys).
 
-    An option and an override of the same key must agree; otherwise a ValueError names both.
+    Two settings of the same key (an option and an override, or two options) must agree; otherwise a
+    ValueError names both.
     """
     from neco.training.config import load_config
 
-    settings = _weight_settings(args) + [
-        (f"{option} {value}", key, value)
-        for option, key, _, _ in _OPTION_KEYS
-        if (value := getattr(args, option[2:].replace("-", "_"))) is not None
-    ]
-    texts = [(option, key, _as_yaml(key, value)) for option, key, value in settings]
-    for option, key, text in texts:
-        for override in args.overrides:
-            name, _, raw = override.partition("=")
-            if name.strip() == key and _parsed(raw) != _parsed(text):
-                raise ValueError(
-                    f"`{option}` and the override `{override}` both set `{key}` to different values: "
-                    "give one of them"
-                )
-    overrides = [*args.overrides, *(f"{key}={text}" for _, key, text in texts)]
-    return load_config(_config_file(args.config), overrides)
-
-
-def _as_yaml(key: str, value: Any) -> str:
-    """An option's value as override text; paths quoted so that `#`, `: ` or a leading `*` stay literal."""
-    import json
-
-    return json.dumps(str(value)) if key in _PATH_KEYS else str(value)
+    given = _weight_settings(args) + [(f"{o} {v}", key, v) for o, key, v in args.key_options]
+    for override in args.overrides:
+        key, _, raw = override.partition("=")
+        given.append((override, key.strip(), raw))
+    first: dict[str, tuple[str, Any]] = {}
+    for label, key, value in given:
+        if key in first and _parsed(first[key][1]) != _parsed(value):
+            raise ValueError(
+                f"`{first[key][0]}` and `{label}` both set `{key}` to different values: give one of them"
+            )
+        first.setdefault(key, (label, value))
+    options = [f"{key}={value}" for _, key, value in given[: len(given) - len(args.overrides)]]
+    return load_config(_config_file(args.config), [*options, *args.overrides])
 
 
 def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
@@ -164,18 +169,18 @@ def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
     settings = [
         (f"--backbone {args.backbone}", "model.backbone", None if args.backbone is None else name),
         (given, "model.weights", None if weights is None else str(weights)),
-        ("--random-init", "model.pretrained", False if args.random_init else None),
+        ("--random-init", "model.pretrained", "false" if args.random_init else None),
         (f"--which {args.which}", "model.weights_which", args.which),
     ]
     return [setting for setting in settings if setting[2] is not None]
 
 
-def _parsed(raw: str) -> Any:
-    """An override's value as the config reads it (YAML), or the text when it is not valid YAML."""
+def _parsed(raw: Any) -> Any:
+    """A setting's value as the config reads it (YAML), or the text when it is not valid YAML."""
     import yaml
 
     try:
-        return yaml.safe_load(raw) if raw.strip() else None
+        return yaml.safe_load(raw) if str(raw).strip() else None
     except yaml.YAMLError:
         return raw
 

@@ -21,6 +21,7 @@ import torch
 
 from neco.utils.io import ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
+from neco.utils.settings import option
 
 __all__ = ["DemoConfig", "PROTOCOLS", "evaluate_backbone", "run_demo", "train_config"]
 
@@ -29,32 +30,32 @@ log = get_logger("neco.demo")
 
 @dataclass(frozen=True)
 class DemoConfig:
-    """Settings of the demo; the defaults fit in about 10 minutes on 2 CPU cores."""
+    """Settings of the demo; the defaults fit in about 10 minutes on 2 CPU cores (the CLI ones are `neco demo`'s options)."""
 
-    out: str = "demo_out"
-    backbone: str = "vit_tiny_scenes"
-    weights: str | None = None
-    random_init: bool = False  # start from a random init of `backbone` (saved, so NeCo trains that same model)
-    which: str = "teacher"  # network of a checkpoint holding both (`weights`)
-    minutes: float = 5.0  # NeCo post-training budget (wall clock)
-    num_train: int = 200
-    num_val: int = 60
-    image_size: int = 96
-    eval_seeds: tuple[int, ...] = (0, 1, 2)
-    hummingbird_memory: int = 20_000
-    linear_epochs: int = 20
+    out: str = option("demo_out", "output folder", flag="--out")
+    backbone: str = option("vit_tiny_scenes", cli=False)  # `--backbone` etc.: the shared backbone options
+    weights: str | None = option(None, cli=False)
+    random_init: bool = option(False, cli=False)  # a random init of `backbone` (saved, so NeCo trains it)
+    which: str = option("teacher", cli=False)  # network of a checkpoint holding both (`weights`)
+    minutes: float = option(5.0, "NeCo post-training budget in minutes (wall clock)")
+    num_train: int = option(200, cli=False)
+    num_val: int = option(60, cli=False)
+    image_size: int = option(96, cli=False)
+    eval_seeds: tuple[int, ...] = option((0, 1, 2), cli=False)
+    hummingbird_memory: int = option(20_000, cli=False)
+    linear_epochs: int = option(20, cli=False)
     # lr 0.01 (the published probe's) left the tiny features' probe at background only (7.1 mIoU); 1.0 learns (13.9).
-    linear_lr: float = 1.0
-    overcluster_k: int = 100
-    train_steps: int | None = None  # default: estimated from `minutes`
-    batch_size: int = 16
+    linear_lr: float = option(1.0, cli=False)
+    overcluster_k: int = option(100, cli=False)
+    train_steps: int | None = option(None, "training steps (none: what fits in --minutes)", flag="--steps")
+    batch_size: int = option(16, cli=False)
     # Measured on the scenes (docs/benchmarks.md): the published 1e-5 barely moves the model in minutes;
     # 2e-4 collapses the features (teacher P flattens, patch cosine 0.3 -> 0.9); 5e-5 gains.
-    lr_backbone: float = 5e-5
-    ema_momentum: float = 0.99
+    lr_backbone: float = option(5e-5, "backbone learning rate of the post-training", flag="--lr")
+    ema_momentum: float = option(0.99, cli=False)
     # A sharper teacher than student (published: 100 / 100) keeps the targets from flattening on a weak start.
-    teacher_steepness: float = 300.0
-    progress: bool = True
+    teacher_steepness: float = option(300.0, "teacher sorting steepness (the student's: 100)")
+    progress: bool = option(True, "progress bars")
 
     def __post_init__(self) -> None:
         if not self.minutes > 0:
@@ -160,43 +161,36 @@ def evaluate_backbone(
 # --- training -------------------------------------------------------------------------------------
 
 
-def train_config(
-    cfg: DemoConfig,
-    scenes: Path,
-    run_dir: Path,
-    steps: int,
-    start_weights: str | None,
-    overrides: tuple[str, ...] = (),
-) -> Any:
-    """The tiny CPU preset, pointed at the generated scenes and the starting backbone (plus `overrides`)."""
-    from neco.training.config import load_config
+def train_config(cfg: DemoConfig, scenes: Path, run_dir: Path, steps: int, start_weights: str | None) -> Any:
+    """The tiny CPU preset, pointed at the generated scenes and the starting backbone."""
+    from neco.training.config import load_config, replace_keys
 
-    settings = [
-        f"model.backbone={cfg.backbone}",
-        f"model.pretrained={'false' if start_weights else 'true'}",
-        f"model.weights={start_weights if start_weights else 'null'}",
-        "model.drop_path_rate=0.1",
-        "data.kind=voc",
-        f"data.root={scenes}",
-        f"data.batch_size={cfg.batch_size}",
-        "data.num_workers=0",
-        f"data.crops.global_size={cfg.image_size * 2 // 3 // 8 * 8}",
-        f"data.crops.local_size={max(16, cfg.image_size // 3 // 8 * 8)}",
-        f"optim.lr_backbone={cfg.lr_backbone}",
-        f"loss.steepness_teacher={cfg.teacher_steepness}",
+    settings = {
+        "model.backbone": cfg.backbone,
+        "model.pretrained": not start_weights,
+        "model.weights": start_weights or None,
+        "model.drop_path_rate": 0.1,
+        "data.kind": "voc",
+        "data.root": str(scenes),
+        "data.batch_size": cfg.batch_size,
+        "data.num_workers": 0,
+        "data.crops.global_size": cfg.image_size * 2 // 3 // 8 * 8,
+        "data.crops.local_size": max(16, cfg.image_size // 3 // 8 * 8),
+        "optim.lr_backbone": cfg.lr_backbone,
+        "loss.steepness_teacher": cfg.teacher_steepness,
         # The published 0.9995 -> 1 EMA barely moves the teacher in a few hundred steps.
-        f"optim.momentum={cfg.ema_momentum}",
-        f"optim.max_steps={steps}",
-        "optim.epochs=1000",
-        f"run.out_dir={run_dir}",
-        "run.precision=fp32",
-        "run.accelerator=cpu",
-        "run.devices=1",
-        "run.log_every=1",
-        f"run.ckpt_every_steps={max(1, steps // 4)}",
-        f"run.progress={'true' if cfg.progress else 'false'}",
-    ]
-    return load_config(_tiny_preset(), [*settings, *overrides])
+        "optim.momentum": cfg.ema_momentum,
+        "optim.max_steps": steps,
+        "optim.epochs": 1000,
+        "run.out_dir": str(run_dir),
+        "run.precision": "fp32",
+        "run.accelerator": "cpu",
+        "run.devices": 1,
+        "run.log_every": 1,
+        "run.ckpt_every_steps": max(1, steps // 4),
+        "run.progress": cfg.progress,
+    }
+    return replace_keys(load_config(_tiny_preset()), settings)
 
 
 def _tiny_preset() -> Path:
@@ -212,7 +206,11 @@ def _file_identity(path: str | None) -> dict[str, Any] | None:
         return None
     file = Path(path).expanduser()
     stat = file.stat() if file.is_file() else None
-    return {"path": str(file.resolve()), "size": stat.st_size if stat else None, "mtime_ns": stat.st_mtime_ns if stat else None}
+    return {
+        "path": str(file.resolve()),
+        "size": stat.st_size if stat else None,
+        "mtime_ns": stat.st_mtime_ns if stat else None,
+    }
 
 
 _PER_STEP = ("teacher_perm_max", "student_perm_max")  # logged with the loss
@@ -253,7 +251,10 @@ def start_model(cfg: DemoConfig, out: Path) -> tuple[torch.nn.Module, str | None
 
     torch.manual_seed(0)  # a --random-init start is reproducible
     model = create(
-        cfg.backbone, pretrained=cfg.weights is None and not cfg.random_init, weights=cfg.weights, which=cfg.which
+        cfg.backbone,
+        pretrained=cfg.weights is None and not cfg.random_init,
+        weights=cfg.weights,
+        which=cfg.which,
     ).eval()
     if cfg.random_init or (cfg.weights is not None and cfg.which != "teacher"):
         # Training reads a checkpoint's teacher: save the very model evaluated "before" instead.
@@ -285,9 +286,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     out = ensure_writable_dir(cfg.out, "--out")
     config = get_config(cfg.backbone)  # ValueError listing the known names
     parts = Parts(out)
-    scene_settings = {"num_train": cfg.num_train, "num_val": cfg.num_val, "image_size": cfg.image_size, "seed": 0}
+    scene_settings = {
+        "num_train": cfg.num_train,
+        "num_val": cfg.num_val,
+        "image_size": cfg.image_size,
+        "seed": 0,
+    }
     parts.prepare("scenes", scene_settings, ("scenes",))
-    scenes = write_scenes(out / "scenes", cfg.num_train, cfg.num_val, cfg.image_size, seed=0, progress=cfg.progress)
+    scenes = write_scenes(
+        out / "scenes", cfg.num_train, cfg.num_val, cfg.image_size, seed=0, progress=cfg.progress
+    )
     parts.record("scenes", scene_settings)
     train_set = build_segmentation_dataset("scenes", scenes, "train")
     val_set = build_segmentation_dataset("scenes", scenes, "val")
@@ -305,7 +313,10 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "which": cfg.which,
         "steps": cfg.train_steps,
         "minutes": cfg.minutes if cfg.train_steps is None else None,
-        **{k: getattr(cfg, k) for k in ("batch_size", "lr_backbone", "ema_momentum", "teacher_steepness", "image_size")},
+        **{
+            k: getattr(cfg, k)
+            for k in ("batch_size", "lr_backbone", "ema_momentum", "teacher_steepness", "image_size")
+        },
         "preset": fingerprint({"text": _tiny_preset().read_text()}),
     }
     _, reuse_training = parts.prepare("training", training_settings, ("neco_run", "neco_probe"))
@@ -377,7 +388,9 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         "training": fingerprint(training_settings),
         "backbone": cfg.backbone,
         "weights": _file_identity(cfg.weights),
-        **{k: getattr(cfg, k) for k in ("eval_seeds", "hummingbird_memory", "linear_epochs", "overcluster_k")},
+        **{
+            k: getattr(cfg, k) for k in ("eval_seeds", "hummingbird_memory", "linear_epochs", "overcluster_k")
+        },
     }
     parts.status["evaluations"] = "run"  # evaluations are not cached: always computed
     parts.record("evaluations", evaluation_settings)

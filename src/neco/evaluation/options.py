@@ -1,7 +1,7 @@
-"""Typed settings dataclasses that also declare their command-line options.
+"""Typed settings dataclasses that also declare their `neco eval` options.
 
-A settings class is a dataclass whose fields are made with `option(default, help, ...)`. The same
-declaration gives the `neco eval` options (`add_options`), builds the settings from parsed
+A settings class is a dataclass whose fields are made with `option(default, help, ...)`
+(`neco.utils.settings`, shared with the training config). The same declaration gives the `neco eval` options (`add_options`), builds the settings from parsed
 arguments (`from_args`) and validates them (`validate`, which `from_args` calls: bounds and
 choices, with messages that name the option). Example:
 
@@ -18,58 +18,16 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import types
 import typing
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from neco.utils.settings import flag_of, option, parse_fraction, validate
 
 __all__ = ["option", "add_options", "from_args", "validate", "flag_of", "parse_fraction"]
 
 _MISSING = dataclasses.MISSING
-
-
-def option(
-    default: Any = _MISSING,
-    help: str = "",
-    *,
-    choices: tuple[Any, ...] | None = None,
-    minimum: float | None = None,
-    maximum: float | None = None,
-    exclusive_minimum: bool = False,
-    flag: str | None = None,
-    cli: bool = True,
-) -> Any:
-    """A dataclass field carrying its CLI help, bounds and choices (tuple/list defaults are copied)."""
-    metadata = {
-        "help": help,
-        "choices": choices,
-        "minimum": minimum,
-        "maximum": maximum,
-        "exclusive_minimum": exclusive_minimum,
-        "flag": flag,
-        "cli": cli,
-    }
-    if isinstance(default, list):
-        return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)  # MISSING: a required field
-
-
-def flag_of(field: dataclasses.Field) -> str:
-    """The command-line flag of a settings field: `--memory-size` for `memory_size`, or its own `flag`."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
-
-
-def parse_fraction(text: str | float) -> float:
-    """A fraction given as `1/128`, `0.5` or `1`; must lie in (0, 1]."""
-    try:
-        value = float(Fraction(str(text)))
-    except (ValueError, ZeroDivisionError) as err:
-        raise ValueError(f"a fraction must look like 1/128, 0.125 or 1 but is {text!r}") from err
-    if not 0.0 < value <= 1.0:
-        raise ValueError(f"a fraction must be in (0, 1] but is {text!r}")
-    return value
 
 
 def _base(annotation: Any) -> tuple[Any, bool]:
@@ -132,25 +90,3 @@ def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
     settings = cls(**{**values, **overrides})
     validate(settings)
     return settings
-
-
-def validate(settings: Any) -> None:
-    """Check every field's choices and bounds, then the class's own `check()`; ValueError names the option."""
-    for field in dataclasses.fields(settings):
-        meta, value, name = field.metadata, getattr(settings, field.name), flag_of(field)
-        if meta.get("choices") and value not in meta["choices"]:
-            raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but is {value!r}")
-        low, high, exclusive = meta.get("minimum"), meta.get("maximum"), meta.get("exclusive_minimum")
-        for item in value if isinstance(value, tuple | list) else (value,):
-            if isinstance(item, bool) or not isinstance(item, int | float):
-                continue  # bounds apply to numbers (None, text and flags have none)
-            # a list option names the offending item: "`--ks` must be >= 0 but holds -5", not "(-5,)"
-            shown = f"holds {item}" if isinstance(value, tuple | list) else f"is {value}"
-            if not math.isfinite(item):  # nan passes every bound check below
-                raise ValueError(f"`{name}` must be a finite number but {shown}")
-            if low is not None and (item <= low if exclusive else item < low):
-                raise ValueError(f"`{name}` must be {'>' if exclusive else '>='} {low} but {shown}")
-            if high is not None and item > high:
-                raise ValueError(f"`{name}` must be <= {high} but {shown}")
-    if hasattr(settings, "check"):
-        settings.check()

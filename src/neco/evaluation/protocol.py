@@ -46,7 +46,6 @@ class RunSettings:
     seed: int = option(0, "seed of augmentations, subsets, probes and k-means")
     batch_size: int = option(8, "images per backbone forward", minimum=1)
     num_workers: int = option(2, "data loader worker processes", minimum=0)
-    threads: int = option(0, "CPU threads for torch and faiss (0: library default)", minimum=0)
     precision: str = option("fp32", "backbone autocast", choices=("fp32", "bf16", "fp16"))
     device: str = option("auto", "auto (cuda when available), cpu, cuda, cuda:1, ...")
     num_figures: int = option(4, "validation images shown in the figures", minimum=0)

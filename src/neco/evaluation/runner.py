@@ -136,11 +136,6 @@ def evaluate(
         features.require_attention()
     input_size = run.input_size or protocol.default_input_size(features.patch_size)
     check_divisible(input_size, features.patch_size)
-    if run.threads > 0:
-        import faiss
-
-        torch.set_num_threads(run.threads)
-        faiss.omp_set_num_threads(run.threads)
     ctx = RunContext(run, input_size, features.device)
     ctx.out_dir = None if out_dir is None else Path(out_dir)
     if run.skip_bad_images:

@@ -1,54 +1,17 @@
 """Optional periodic attention-map validation during training: Jaccard of the teacher's CLS attention.
 
-Not wired into `TrainConfig`; attach it in Python, e.g.
-
-    from neco.training.attention_callback import AttentionValidation, AttentionValidationConfig
-    callback = AttentionValidation(AttentionValidationConfig(root="data/VOCdevkit/VOC2012", every_steps=500))
-    result = neco.training.run.train(config, callbacks=[callback])
+Set `run.attention_validation.enabled=true` and `run.attention_validation.root=DIR` (a VOC-format
+split; see `neco.training.config.AttentionValidationConfig`); `neco train` then attaches it.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import lightning as L
 
+from neco.training.config import AttentionValidationConfig
 from neco.training.validation import PeriodicValidation
 
 __all__ = ["AttentionValidationConfig", "AttentionValidation"]
-
-_DATASETS = {"voc": "Pascal VOC 2012 folder", "scenes": "a `neco make-scenes` folder"}
-
-
-@dataclass(frozen=True)
-class AttentionValidationConfig:
-    """Where and how often to score the teacher's attention masks (VOC-format split, background = 0)."""
-
-    root: str
-    dataset: str = "voc"
-    split: str = "val"
-    every_steps: int = 1000
-    max_images: int = 100
-    input_size: int = 448
-    mass: float = 0.6
-    sigma: float = 0.6
-    min_component: int = 0
-    batch_size: int = 16
-
-    def __post_init__(self) -> None:
-        if not self.root:
-            raise ValueError(f"`root` must be a VOC-format folder but is {self.root!r}")
-        if self.dataset not in _DATASETS:
-            raise ValueError(f"`dataset` must be one of {sorted(_DATASETS)} but is {self.dataset!r}")
-        for name in ("every_steps", "max_images", "input_size", "batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"`{name}` must be >= 1 but is {getattr(self, name)}")
-        if not 0.0 < self.mass <= 1.0:
-            raise ValueError(f"`mass` must be in (0, 1] but is {self.mass}")
-        if self.sigma < 0 or self.min_component < 0:
-            raise ValueError(
-                f"`sigma` and `min_component` must be >= 0 but are {self.sigma}, {self.min_component}"
-            )
 
 
 class AttentionValidation(PeriodicValidation):

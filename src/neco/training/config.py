@@ -1,26 +1,29 @@
 """Typed, validated training configuration: nested frozen dataclasses loaded from YAML + overrides.
 
 A config file is a YAML mapping with the sections `model`, `data` (with `data.crops`), `loss`,
-`optim` and `run` (with `run.validation`); every key is optional and falls back to the
-defaults below. Overrides are dotted `section.key=value` strings whose value is parsed as YAML
-(`loss.steepness_student=50`, `model.trainable_blocks=[10,11]`). Unknown keys, wrong types and
-out-of-range values raise a `ValueError` naming the option, the value, what was expected and the
-config file.
+`optim` and `run` (with `run.validation` and `run.attention_validation`); every key is optional and
+falls back to the defaults below. Each key is declared once, as an `option(default, help, bounds)`
+field (`neco.utils.settings`, as the `neco eval` settings): jsonargparse reads the types (unions such as
+`int | list[int] | None` included) from the annotations, `neco train` gets one
+option per key (dotted) with its help and default, and `validate` checks bounds and choices. Overrides are
+dotted `section.key=value` strings whose value is parsed as YAML (`loss.steepness_student=50`,
+`model.trainable_blocks=[10,11]`; strings are taken literally). Unknown keys, wrong types and
+out-of-range values raise a `ValueError` naming the key, the value, what was expected and the file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
-import typing
+import functools
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from neco.utils.settings import option, validate
 from neco.utils.yaml_files import load_yaml_file
 
 __all__ = [
@@ -30,94 +33,54 @@ __all__ = [
     "LossConfig",
     "OptimConfig",
     "ValidationConfig",
+    "AttentionValidationConfig",
     "RunConfig",
     "TrainConfig",
+    "config_parser",
+    "config_keys",
     "load_config",
     "config_from_dict",
     "config_to_dict",
-    "apply_overrides",
+    "replace_keys",
     "save_config",
 ]
 
-DATA_KINDS = {
-    "folder": "any folder of images (recursive)",
-    "coco": "COCO train2017 (images/train2017 or train2017)",
-    "imagenet": "ImageNet(-100) class folders",
-    "voc": "Pascal VOC JPEGImages",
-    "synthetic": "generated texture scenes (tests and demo)",
-}
-NETWORKS = {"bitonic": "bitonic network", "odd_even": "odd-even transposition network"}
-DISTRIBUTIONS = {
-    "cauchy": "atan(v)/pi + 1/2 (published)",
-    "logistic": "sigmoid(v)",
-    "logistic_phi": "sigmoid with |a-b| scaling",
-    "gaussian": "normal CDF",
-    "reciprocal": "v/(2+|v|)",
-    "optimal": "optimal monotonic relaxation",
-}
-SIMILARITIES = {"cosine": "cosine similarity (published)", "euclidean": "negative Euclidean distance"}
-REFERENCE_MODES = {"batch": "references from the batch", "queue": "references from a FIFO queue"}
-MASK_MODES = {
-    "none": "all query positions",
-    "fg": "foreground query positions",
-    "bg": "background query positions",
-}
-PRECISIONS = {"auto": "bf16 on CUDA, fp32 on CPU", "fp32": "32-bit float", "bf16": "bfloat16 autocast"}
-ACCELERATORS = {"auto": "GPU when available", "cpu": "CPU", "gpu": "CUDA GPU"}
-LOGGERS = {"tensorboard": "TensorBoard event files", "csv": "metrics.csv", "wandb": "Weights & Biases"}
 
-
-def _choice(option: str, value: str, choices: dict[str, str]) -> None:
-    if value not in choices:
-        raise ValueError(f"`{option}` must be one of {sorted(choices)} but is {value!r}")
-
-
-def _positive(option: str, value: float, *, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"`{option}` must be {bound} but is {value}")
-
-
-def _in_range(option: str, value: float, low: float, high: float) -> None:
-    if not low <= value <= high:
-        raise ValueError(f"`{option}` must be in [{low}, {high}] but is {value}")
-
-
-def _scale_pair(option: str, pair: tuple[float, float], high: float = 1.0) -> None:
+def _scale_pair(key: str, pair: tuple[float, float], high: float = 1.0) -> None:
     low_v, high_v = pair
     if not 0 < low_v <= high_v <= high:
-        raise ValueError(f"`{option}` must be (low, high) with 0 < low <= high <= {high} but is {list(pair)}")
-
-
-WEIGHTS_WHICH: dict[str, str] = {
-    "teacher": "the EMA teacher of a training checkpoint (the better model)",
-    "student": "the student of a training checkpoint",
-}
-TEACHER_HEAD_INITS: dict[str, str] = {
-    "copy": "the teacher head starts as a copy of the student head (neco)",
-    "independent": "the teacher head gets its own random initialisation (public NeCo code)",
-}
+        raise ValueError(f"`{key}` must be (low, high) with 0 < low <= high <= {high} but is {list(pair)}")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
     """Backbone and projection head."""
 
-    backbone: str = "dinov2_vits14_reg"
-    pretrained: bool = True
-    weights: str | None = None
-    # Which network of a training checkpoint in `weights` starts the run (student and teacher both).
-    weights_which: str = "teacher"
-    num_register_tokens: int | None = None
-    drop_path_rate: float = 0.1
-    trainable_blocks: int | list[int] | None = None
-    head_hidden_dim: int = 2048
-    head_out_dim: int = 256
-    teacher_head_init: str = "copy"
+    backbone: str = option("dinov2_vits14_reg", "registry name (`neco backbones` lists them)")
+    pretrained: bool = option(True, "start from the registry's pretrained weights")
+    weights: str | None = option(None, "weights file or neco checkpoint to start from (any supported format)")
+    weights_which: str = option(
+        "teacher",
+        "network of a training checkpoint in `weights` that starts the run",
+        choices=("student", "teacher"),
+    )
+    num_register_tokens: int | None = option(None, "register tokens (none: the backbone's)", minimum=0)
+    drop_path_rate: float = option(0.1, "stochastic depth of the student", minimum=0.0, maximum=1.0)
+    trainable_blocks: int | list[int] | None = option(
+        None, "none: all blocks; N: the last N; a list: those block indices", minimum=0
+    )
+    head_hidden_dim: int = option(2048, "projection head hidden width", minimum=0, exclusive_minimum=True)
+    head_out_dim: int = option(256, "projection head output width", minimum=0, exclusive_minimum=True)
+    teacher_head_init: str = option(
+        "copy", "copy: the teacher head copies the student's (neco); independent: its own random init (public "
+        "NeCo code)", choices=("copy", "independent"),
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
-        _choice("model.teacher_head_init", self.teacher_head_init, TEACHER_HEAD_INITS)
-        _choice("model.weights_which", self.weights_which, WEIGHTS_WHICH)
+        validate(self, "model.")
+
+    def check(self) -> None:
+        """Rules across keys (called by `validate`)."""
         if self.weights_which != "teacher" and self.weights is None:
             raise ValueError(
                 f"`model.weights_which` is {self.weights_which!r} but `model.weights` is null: it picks a "
@@ -125,43 +88,38 @@ class ModelConfig:
             )
         if not self.backbone:
             raise ValueError("`model.backbone` must be a registry name but is empty")
-        if self.num_register_tokens is not None:
-            _positive("model.num_register_tokens", self.num_register_tokens, allow_zero=True)
-        _in_range("model.drop_path_rate", self.drop_path_rate, 0.0, 1.0)
-        if isinstance(self.trainable_blocks, int):
-            _positive("model.trainable_blocks", self.trainable_blocks, allow_zero=True)
-        elif isinstance(self.trainable_blocks, list):
-            if not self.trainable_blocks or any(b < 0 for b in self.trainable_blocks):
-                raise ValueError(
-                    f"`model.trainable_blocks` must be null, an int >= 0 or a non-empty list of block "
-                    f"indices >= 0 but is {self.trainable_blocks}"
-                )
-        _positive("model.head_hidden_dim", self.head_hidden_dim)
-        _positive("model.head_out_dim", self.head_out_dim)
+        if isinstance(self.trainable_blocks, list) and not self.trainable_blocks:
+            raise ValueError(
+                "`model.trainable_blocks` must be null, an int >= 0 or a non-empty list of block indices >= 0 "
+                "but is []"
+            )
 
 
 @dataclass(frozen=True)
 class CropsConfig:
     """Multi-crop views (sizes in pixels) and their overlap constraints."""
 
-    global_size: int = 518
-    local_size: int = 98
-    num_global: int = 2
-    num_local: int = 4
-    global_scale: tuple[float, float] = (0.25, 1.0)
-    local_scale: tuple[float, float] = (0.05, 0.25)
-    ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    min_overlap: float = 0.01
-    min_overlap_second_global: float = 0.02
-    max_tries: int = 100
-    photometric: bool = True
+    global_size: int = option(518, "global crop size in pixels", minimum=0, exclusive_minimum=True)
+    local_size: int = option(98, "local crop size in pixels", minimum=0, exclusive_minimum=True)
+    num_global: int = option(2, "global crops per image", minimum=1)
+    num_local: int = option(4, "local crops per image", minimum=0)
+    global_scale: tuple[float, float] = option((0.25, 1.0), "area fraction range of the global crops")
+    local_scale: tuple[float, float] = option((0.05, 0.25), "area fraction range of the local crops")
+    ratio: tuple[float, float] = option((3 / 4, 4 / 3), "aspect ratio range of the crops")
+    min_overlap: float = option(0.01, "least overlap of a crop with a global crop", minimum=0.0, maximum=1.0)
+    min_overlap_second_global: float = option(
+        0.02, "least overlap of the two global crops", minimum=0.0, maximum=1.0
+    )
+    max_tries: int = option(
+        100, "crop draws before the overlap rule gives up", minimum=0, exclusive_minimum=True
+    )
+    photometric: bool = option(True, "colour jitter, grayscale, blur and solarize")
 
     def __post_init__(self) -> None:
-        _positive("data.crops.global_size", self.global_size)
-        _positive("data.crops.local_size", self.local_size)
-        if self.num_global < 1:
-            raise ValueError(f"`data.crops.num_global` must be >= 1 but is {self.num_global}")
-        _positive("data.crops.num_local", self.num_local, allow_zero=True)
+        validate(self, "data.crops.")
+
+    def check(self) -> None:
+        """Rules across keys (called by `validate`)."""
         if self.num_global + self.num_local < 2:
             raise ValueError(
                 "`data.crops.num_global` + `data.crops.num_local` must be >= 2 (a global crop needs another "
@@ -170,160 +128,181 @@ class CropsConfig:
         _scale_pair("data.crops.global_scale", self.global_scale)
         _scale_pair("data.crops.local_scale", self.local_scale)
         _scale_pair("data.crops.ratio", self.ratio, high=10.0)
-        _in_range("data.crops.min_overlap", self.min_overlap, 0.0, 1.0)
-        _in_range("data.crops.min_overlap_second_global", self.min_overlap_second_global, 0.0, 1.0)
-        _positive("data.crops.max_tries", self.max_tries)
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Training images and loading."""
 
-    kind: str = "coco"
-    root: str | None = None
+    kind: str = option(
+        "coco", "folder: any folder of images (recursive); coco: train2017; imagenet: class folders; voc: "
+        "JPEGImages; synthetic: generated texture scenes", choices=("coco", "folder", "imagenet", "synthetic", "voc"),
+    )  # fmt: skip
+    root: str | None = option(None, "dataset folder")
     crops: CropsConfig = field(default_factory=CropsConfig)
-    batch_size: int = 64
-    num_workers: int = 8
-    max_bad_images: float = 0.01
-    synthetic_images: int = 32
-    synthetic_size: int = 128
+    batch_size: int = option(64, "images per step and process", minimum=0, exclusive_minimum=True)
+    num_workers: int = option(8, "data loader worker processes", minimum=0)
+    max_bad_images: float = option(0.01, "fraction of unreadable images tolerated, in [0, 1)", minimum=0.0)
+    synthetic_images: int = option(
+        32, "scenes generated for data.kind=synthetic", minimum=0, exclusive_minimum=True
+    )
+    synthetic_size: int = option(128, "their size in pixels", minimum=0, exclusive_minimum=True)
 
     def __post_init__(self) -> None:
-        _choice("data.kind", self.kind, DATA_KINDS)
-        _positive("data.batch_size", self.batch_size)
-        _positive("data.num_workers", self.num_workers, allow_zero=True)
-        if not 0.0 <= self.max_bad_images < 1.0:
+        validate(self, "data.")
+
+    def check(self) -> None:
+        """Rules across keys (called by `validate`)."""
+        if not self.max_bad_images < 1.0:
             raise ValueError(f"`data.max_bad_images` must be in [0, 1) but is {self.max_bad_images}")
-        _positive("data.synthetic_images", self.synthetic_images)
-        _positive("data.synthetic_size", self.synthetic_size)
 
 
 @dataclass(frozen=True)
 class LossConfig:
     """NeCo loss: sorting network, similarity and references."""
 
-    steepness_student: float = 100.0
-    steepness_teacher: float = 100.0
-    network: str = "bitonic"
-    distribution: str = "cauchy"
-    similarity: str = "cosine"
-    reference_mode: str = "queue"
-    queue_size: int = 8192
-    queue_gather: bool = False
-    roi_size: int = 7
-    masks: str = "none"
+    steepness_student: float = option(100.0, "student sorting steepness", minimum=0, exclusive_minimum=True)
+    steepness_teacher: float = option(100.0, "teacher sorting steepness", minimum=0, exclusive_minimum=True)
+    network: str = option("bitonic", "sorting network", choices=("bitonic", "odd_even"))
+    distribution: str = option(
+        "cauchy", "relaxation of the swaps (cauchy: the published one)",
+        choices=("cauchy", "gaussian", "logistic", "logistic_phi", "optimal", "reciprocal"),
+    )  # fmt: skip
+    similarity: str = option(
+        "cosine", "patch similarity (cosine: published)", choices=("cosine", "euclidean")
+    )
+    reference_mode: str = option(
+        "queue", "references from the batch or a FIFO queue", choices=("batch", "queue")
+    )
+    queue_size: int = option(8192, "reference queue length", minimum=0, exclusive_minimum=True)
+    queue_gather: bool = option(False, "fill the queue from every process")
+    roi_size: int = option(7, "ROI-aligned token grid side", minimum=2, maximum=32)
+    masks: str = option(
+        "none", "query positions: all, foreground or background", choices=("bg", "fg", "none")
+    )
     # 0 is a control run: every update but the loss's gradient (weight decay, EMA, schedules) still acts.
-    weight: float = 1.0
+    weight: float = option(1.0, "loss weight (0: a control run)", minimum=0)
 
     def __post_init__(self) -> None:
-        _positive("loss.steepness_student", self.steepness_student)
-        _positive("loss.weight", self.weight, allow_zero=True)
-        _positive("loss.steepness_teacher", self.steepness_teacher)
-        _choice("loss.network", self.network, NETWORKS)
-        _choice("loss.distribution", self.distribution, DISTRIBUTIONS)
-        _choice("loss.similarity", self.similarity, SIMILARITIES)
-        _choice("loss.reference_mode", self.reference_mode, REFERENCE_MODES)
-        _positive("loss.queue_size", self.queue_size)
-        if not 2 <= self.roi_size <= 32:
-            raise ValueError(f"`loss.roi_size` must be in [2, 32] but is {self.roi_size}")
-        _choice("loss.masks", self.masks, MASK_MODES)
+        validate(self, "loss.")
 
 
 @dataclass(frozen=True)
 class OptimConfig:
     """AdamW with cosine LR / weight-decay schedules and the EMA momentum schedule (per step)."""
 
-    lr_backbone: float = 1e-5
-    lr_head: float = 1e-4
-    lr_end: float = 0.0
-    weight_decay: float = 0.04
-    weight_decay_end: float = 0.5
-    momentum: float = 0.9995
-    momentum_end: float = 1.0
-    epochs: int = 25
-    max_steps: int | None = None
-    grad_clip: float | None = None
-    decay_tokens: bool = False
+    lr_backbone: float = option(1e-5, "backbone learning rate", minimum=0)
+    lr_head: float = option(1e-4, "head learning rate", minimum=0)
+    lr_end: float = option(0.0, "learning rate at the end of the cosine schedule", minimum=0)
+    weight_decay: float = option(0.04, "weight decay at the start", minimum=0)
+    weight_decay_end: float = option(0.5, "weight decay at the end", minimum=0)
+    momentum: float = option(0.9995, "EMA momentum at the start", minimum=0.0, maximum=1.0)
+    momentum_end: float = option(1.0, "EMA momentum at the end", minimum=0.0, maximum=1.0)
+    epochs: int = option(
+        25, "epochs (the schedules' length unless max_steps)", minimum=0, exclusive_minimum=True
+    )
+    max_steps: int | None = option(
+        None, "optimizer steps (the schedules' length)", minimum=0, exclusive_minimum=True
+    )
+    grad_clip: float | None = option(
+        None, "gradient norm clip (none: off)", minimum=0, exclusive_minimum=True
+    )
+    decay_tokens: bool = option(False, "decay token and position parameters too (the public rule)")
 
     def __post_init__(self) -> None:
-        _positive("optim.lr_backbone", self.lr_backbone, allow_zero=True)
-        _positive("optim.lr_head", self.lr_head, allow_zero=True)
-        _positive("optim.lr_end", self.lr_end, allow_zero=True)
-        _positive("optim.weight_decay", self.weight_decay, allow_zero=True)
-        _positive("optim.weight_decay_end", self.weight_decay_end, allow_zero=True)
-        _in_range("optim.momentum", self.momentum, 0.0, 1.0)
-        _in_range("optim.momentum_end", self.momentum_end, 0.0, 1.0)
-        _positive("optim.epochs", self.epochs)
-        if self.max_steps is not None:
-            _positive("optim.max_steps", self.max_steps)
-        if self.grad_clip is not None:
-            _positive("optim.grad_clip", self.grad_clip)
+        validate(self, "optim.")
 
 
 @dataclass(frozen=True)
 class ValidationConfig:
     """Optional periodic k-means mIoU on a small VOC-format split."""
 
-    enabled: bool = False
-    root: str | None = None
-    split: str = "val"
-    every_steps: int = 1000
-    max_images: int = 100
-    input_size: int = 448
-    num_clusters: int = 21
+    enabled: bool = option(False, "run the k-means validation")
+    root: str | None = option(None, "VOC-format folder")
+    split: str = option("val", "split read")
+    every_steps: int = option(1000, "optimizer steps between validations", minimum=0, exclusive_minimum=True)
+    max_images: int = option(100, "images scored", minimum=0, exclusive_minimum=True)
+    input_size: int = option(448, "input size in pixels", minimum=0, exclusive_minimum=True)
+    num_clusters: int = option(21, "k-means clusters", minimum=2)
 
     def __post_init__(self) -> None:
+        validate(self, "run.validation.")
+
+    def check(self) -> None:
+        """Rules across keys (called by `validate`)."""
         if self.enabled and not self.root:
             raise ValueError(
                 "`run.validation.root` must be a VOC-format folder when validation is enabled but is null"
             )
-        _positive("run.validation.every_steps", self.every_steps)
-        _positive("run.validation.max_images", self.max_images)
-        _positive("run.validation.input_size", self.input_size)
-        if self.num_clusters < 2:
-            raise ValueError(f"`run.validation.num_clusters` must be >= 2 but is {self.num_clusters}")
+
+
+@dataclass(frozen=True)
+class AttentionValidationConfig:
+    """Optional periodic Jaccard of the teacher's CLS-attention masks (VOC-format split, background = 0)."""
+
+    enabled: bool = option(False, "run the attention validation")
+    root: str | None = option(None, "VOC-format folder, or a `neco make-scenes` folder with dataset=scenes")
+    dataset: str = option("voc", "layout of root", choices=("scenes", "voc"))
+    split: str = option("val", "split read")
+    every_steps: int = option(1000, "optimizer steps between validations", minimum=1)
+    max_images: int = option(100, "images scored", minimum=1)
+    input_size: int = option(448, "input size in pixels (rounded down to whole patches)", minimum=1)
+    mass: float = option(0.6, "attention mass kept in a mask", minimum=0, exclusive_minimum=True, maximum=1.0)
+    sigma: float = option(0.6, "Gaussian smoothing of the attention", minimum=0)
+    min_component: int = option(0, "smallest connected component kept (patches)", minimum=0)
+    batch_size: int = option(16, "images per forward", minimum=1)
+
+    def __post_init__(self) -> None:
+        validate(self, "run.attention_validation.")
+
+    def check(self) -> None:
+        """Rules across keys (called by `validate`)."""
+        if self.enabled and not self.root:
+            raise ValueError(
+                "`run.attention_validation.root` must be a VOC-format folder when it is enabled but is null"
+            )
 
 
 @dataclass(frozen=True)
 class RunConfig:
     """Where and how the run executes: output, devices, precision, logging, checkpoints."""
 
-    out_dir: str = "runs/neco"
-    seed: int = 0
-    precision: str = "auto"
-    compile: bool = False
-    accelerator: str = "auto"
-    devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    log_every: int = 10
-    diagnostics_every: int = 100
-    ckpt_every_steps: int = 1000
-    keep_checkpoints: int = 3
-    stop_at_step: int | None = None
-    loggers: list[str] = field(default_factory=lambda: ["tensorboard", "csv"])
-    progress: bool = True
+    out_dir: str = option("runs/neco", "output folder")
+    seed: int = option(0, "seed", minimum=0)
+    precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32"))
+    compile: bool = option(False, "torch.compile the student")
+    accelerator: str = option("auto", "auto: GPU when available", choices=("auto", "cpu", "gpu"))
+    devices: int | str = option("auto", "devices per node (int or 'auto')", minimum=0, exclusive_minimum=True)
+    strategy: str = option("auto", "Lightning strategy (auto, ddp, ...)")
+    num_nodes: int = option(1, "number of nodes", minimum=0, exclusive_minimum=True)
+    log_every: int = option(10, "steps between logged metrics", minimum=0, exclusive_minimum=True)
+    diagnostics_every: int = option(
+        100, "steps between collapse diagnostics", minimum=0, exclusive_minimum=True
+    )
+    ckpt_every_steps: int = option(1000, "steps between checkpoints", minimum=0, exclusive_minimum=True)
+    keep_checkpoints: int = option(3, "step checkpoints kept", minimum=0, exclusive_minimum=True)
+    stop_at_step: int | None = option(
+        None, "stop (resumably) at this step", minimum=0, exclusive_minimum=True
+    )
+    loggers: list[str] = option(["tensorboard", "csv"], "of csv, tensorboard, wandb")
+    progress: bool = option(True, "progress bar")
     validation: ValidationConfig = field(default_factory=ValidationConfig)
+    attention_validation: AttentionValidationConfig = field(default_factory=AttentionValidationConfig)
 
     def __post_init__(self) -> None:
+        validate(self, "run.")
+
+    def check(self) -> None:
+        """Rules across keys (called by `validate`)."""
         if not self.out_dir:
             raise ValueError("`run.out_dir` must be a directory path but is empty")
-        _positive("run.seed", self.seed, allow_zero=True)
-        _choice("run.precision", self.precision, PRECISIONS)
-        _choice("run.accelerator", self.accelerator, ACCELERATORS)
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError(f"`run.devices` must be a positive int or 'auto' but is {self.devices!r}")
-        if isinstance(self.devices, int):
-            _positive("run.devices", self.devices)
-        _positive("run.num_nodes", self.num_nodes)
-        _positive("run.log_every", self.log_every)
-        _positive("run.diagnostics_every", self.diagnostics_every)
-        _positive("run.ckpt_every_steps", self.ckpt_every_steps)
-        _positive("run.keep_checkpoints", self.keep_checkpoints)
-        if self.stop_at_step is not None:
-            _positive("run.stop_at_step", self.stop_at_step)
         for name in self.loggers:
-            _choice("run.loggers[]", name, LOGGERS)
+            if name not in ("csv", "tensorboard", "wandb"):
+                raise ValueError(
+                    f"`run.loggers[]` must be one of ['csv', 'tensorboard', 'wandb'] but is {name!r}"
+                )
 
 
 @dataclass(frozen=True)
@@ -338,102 +317,122 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# dict <-> dataclass with type checking
+# YAML file + overrides -> TrainConfig, through jsonargparse (types, unions, nested sections)
 
 
-def _type_name(tp: Any) -> str:
-    if typing.get_origin(tp) in (types.UnionType, typing.Union):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if tp is type(None):
-        return "null"
-    origin = typing.get_origin(tp)
-    if origin in (list, tuple):
-        args = typing.get_args(tp)
-        return f"a list of {_type_name(args[0]).split()[-1]}s" + (
-            f" (length {len(args)})" if origin is tuple else ""
-        )
-    return {int: "an int", float: "a number", bool: "true/false", str: "a string"}.get(tp, str(tp))
+@functools.cache
+def config_parser() -> Any:
+    """The jsonargparse parser of `TrainConfig`: a `--config FILE`, then one option per dotted key."""
+    from jsonargparse import ActionConfigFile, ArgumentParser
+
+    parser = ArgumentParser(prog="neco train", exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile)
+    parser.add_class_arguments(TrainConfig, None, fail_untyped=True)
+    return parser
 
 
-def _coerce(value: Any, tp: Any, option: str) -> Any:
-    """Check `value` against the annotation `tp`; ints are accepted for floats, lists for tuples."""
-    origin = typing.get_origin(tp)
-    if origin in (types.UnionType, typing.Union):
-        args = typing.get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _coerce(value, arg, option)
-            except ValueError:
-                continue
-        raise ValueError(f"`{option}` must be {_type_name(tp)} but is {value!r}")
-    if origin is tuple:
-        args = typing.get_args(tp)
-        if not isinstance(value, list | tuple) or len(value) != len(args):
-            raise ValueError(f"`{option}` must be {_type_name(tp)} but is {value!r}")
-        return tuple(_coerce(v, a, f"{option}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-    if origin is list:
-        (arg,) = typing.get_args(tp)
-        if not isinstance(value, list | tuple):
-            raise ValueError(f"`{option}` must be {_type_name(tp)} but is {value!r}")
-        return [_coerce(v, arg, f"{option}[{i}]") for i, v in enumerate(value)]
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is float:
-        number: float | None = None
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            number = float(value)
-        elif isinstance(value, str):
-            # PyYAML (YAML 1.1) reads `3e-4` (no dot) as a string; accept what float() accepts.
-            try:
-                number = float(value)
-            except ValueError:
-                pass
-        if number is not None:
-            # Every float setting is a rate, a scale or a bound: inf / nan would pass `>= 0` checks and
-            # ruin the run's weights (an infinite learning rate) instead of failing here.
-            if not math.isfinite(number):
-                raise ValueError(f"`{option}` must be a finite number but is {value!r}")
-            return number
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    raise ValueError(f"`{option}` must be {_type_name(tp)} but is {value!r}")
-
-
-def _build(cls: type, values: dict[str, Any] | None, prefix: str) -> Any:
-    """Build dataclass `cls` from a mapping, rejecting unknown keys with a suggestion."""
-    values = {} if values is None else values
-    where = prefix.rstrip(".")
-    if not isinstance(values, dict):
-        raise ValueError(f"{f'`{where}`' if where else 'the config'} must be a mapping but is {values!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    kwargs: dict[str, Any] = {}
-    for key, value in values.items():
-        if key not in names:
-            close = difflib.get_close_matches(str(key), names, n=1)
-            hint = f"; did you mean `{prefix}{close[0]}`?" if close else ""
-            scope = f"valid keys of `{where}`" if where else "valid top-level keys"
-            raise ValueError(f"unknown config key `{prefix}{key}`: {scope} are {names}{hint}")
-        tp = hints[key]
-        if dataclasses.is_dataclass(tp):
-            kwargs[key] = _build(tp, value, f"{prefix}{key}.")
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str]]:
+    """Every dotted key of `TrainConfig` with its default and help, e.g. `{"loss.weight": (1.0, "..."), ...}`."""
+    flat: dict[str, tuple[Any, str]] = {}
+    for item, value in zip(dataclasses.fields(cls), config_to_dict(cls()).values(), strict=True):
+        if dataclasses.is_dataclass(item.default_factory):
+            flat.update(config_keys(item.default_factory, f"{prefix}{item.name}."))
         else:
-            kwargs[key] = _coerce(value, tp, f"{prefix}{key}")
-    return cls(**kwargs)
+            flat[prefix + item.name] = (value, item.metadata.get("help", ""))
+    return flat
+
+
+def _translate(text: str) -> str:
+    """jsonargparse's message in neco's words: the dotted key, what was expected, a did-you-mean."""
+    unknown = re.search(
+        r"Group '([\w.]+)' does not accept option '(\w+)'|unrecognized arguments: --([\w.]+)", text
+    )
+    if unknown:
+        key, keys = ".".join(part for part in unknown.groups() if part), config_keys()
+        section = key.rpartition(".")[0]
+        while section and not any(k.startswith(section + ".") for k in keys):
+            key, section = section, section.rpartition(".")[0]
+        inside = section + "." if section else ""
+        names = sorted({k.removeprefix(inside).split(".")[0] for k in keys if k.startswith(inside)})
+        close = difflib.get_close_matches(key.removeprefix(inside), names, n=1)
+        scope = f"valid keys of `{section}`" if section else "valid top-level keys"
+        hint = f"; did you mean `{inside}{close[0]}`?" if close else ""
+        return f"unknown config key `{key}`: {scope} are {names}{hint}"
+    typed = re.search(
+        r'Parser key "([\w.]+)":\s*(?:Expected a (.+?)\. )?.*?(?:Got|Given) value: ([^\n]*)', text, re.S
+    )
+    if typed:
+        key, expected, value = typed.groups()
+        words = {
+            "<class 'int'>": "an int",
+            "<class 'float'>": "a finite number",
+            "<class 'bool'>": "true/false",
+        }
+        expected = words.get(expected, "of the type " + str(keys_type(key)))
+        return f"`{key}` must be {expected} but is {_shown(value)}"
+    return text.strip()
+
+
+def keys_type(key: str) -> Any:
+    """The annotation of dotted `key`, as written (`int | list[int] | None`)."""
+    cls: Any = TrainConfig
+    for part in key.split("."):
+        item = {f.name: f for f in dataclasses.fields(cls)}[part]
+        cls = item.default_factory if dataclasses.is_dataclass(item.default_factory) else item.type
+    return cls
+
+
+def _shown(raw: str) -> str:
+    """A value as the user wrote it: numbers bare, text quoted."""
+    try:
+        return repr(yaml.safe_load(raw.strip()))
+    except yaml.YAMLError:
+        return repr(raw.strip())
+
+
+def _override_args(overrides: list[str]) -> list[str]:
+    """`section.key=value` strings as options of `config_parser()` (values parsed as YAML)."""
+    args = []
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        key = key.strip().removeprefix("--")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ValueError(f"override {item!r} must have the form `section.key=value`")
+        args.append(f"--{key}={raw if raw.strip() else 'null'}")
+    return args
+
+
+def _parse(args: list[str], source: str) -> TrainConfig:
+    """Parse parser options into a validated `TrainConfig`; errors name the key and `source`."""
+    from jsonargparse import ArgumentError
+
+    parser = config_parser()
+    try:
+        sections = parser.instantiate(parser.parse_args(args))
+        return TrainConfig(**{f.name: sections[f.name] for f in dataclasses.fields(TrainConfig)})
+    except (ArgumentError, ValueError, TypeError) as err:
+        raise ValueError(f"{_translate(str(err))} (config: {source})") from err
 
 
 def config_from_dict(values: dict[str, Any] | None) -> TrainConfig:
     """Build and validate a `TrainConfig` from a nested mapping (missing keys take defaults)."""
-    return _build(TrainConfig, values, "")
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"the config must be a mapping but is {values!r}")
+    return _parse(["--config", yaml.safe_dump(values or {})], "a mapping")
+
+
+def replace_keys(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
+    """`config` with dotted keys set to typed values (`{"optim.max_steps": 4}`), validated like a file."""
+    nested = config_to_dict(config)
+    for key, value in values.items():
+        *sections, name = key.split(".")
+        node = nested
+        for section in sections:
+            node = node.get(section) if isinstance(node.get(section), dict) else {}
+        if name not in node:
+            raise ValueError(_translate(f"unrecognized arguments: --{key}") + " (config: replace_keys)")
+        node[name] = list(value) if isinstance(value, tuple) else value
+    return config_from_dict(nested)
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
@@ -449,58 +448,29 @@ def config_to_dict(config: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(config))
 
 
-def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `values` with dotted `a.b.c=value` overrides applied (values parsed as YAML)."""
-    import copy
-
-    result = copy.deepcopy(values)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r} must have the form `section.key=value`")
-        key, raw = item.split("=", 1)
-        key = key.strip()
-        if not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} must have the form `section.key=value`")
-        try:
-            value = yaml.safe_load(raw) if raw.strip() else None
-        except yaml.YAMLError as err:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({err})") from err
-        node = result
-        parts = key.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if child is None:
-                child = node[part] = {}
-            if not isinstance(child, dict):
-                raise ValueError(f"override {item!r}: `{part}` is not a section")
-            node = child
-        node[parts[-1]] = value
-    return result
-
-
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from defaults when `path` is None), apply overrides, validate."""
-    values: dict[str, Any] = {}
-    source = "defaults"
+    args, source = [], "defaults"
     if path is not None:
-        path = Path(path)
-        source = str(path)
+        path, source = Path(path), str(path)
         if not path.is_file():
             raise FileNotFoundError(f"--config {path}: no such config file")
         try:
-            loaded = load_yaml_file(path)
+            loaded = load_yaml_file(path)  # refuses a key given twice
         except yaml.YAMLError as err:
             raise ValueError(f"--config {path}: not valid YAML ({err})") from err
         if loaded is not None and not isinstance(loaded, dict):
             raise ValueError(
                 f"--config {path}: expected a mapping of sections but found {type(loaded).__name__}"
             )
-        values = loaded or {}
+        args = ["--config", str(path)] if loaded else []
+    if overrides:
+        source += ", with overrides"
     try:
-        values = apply_overrides(values, list(overrides or []))
-        return config_from_dict(values)
+        args += _override_args(list(overrides or []))
     except ValueError as err:
-        raise ValueError(f"{err} (config: {source}{', with overrides' if overrides else ''})") from err
+        raise ValueError(f"{err} (config: {source})") from err
+    return _parse(args, source)
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

@@ -90,10 +90,6 @@ class NeCoModule(L.LightningModule):
         mc = config.model
         self.student = student if student is not None else build_backbone(mc)
         self.student_head = ProjectionHead(self.student.embed_dim, mc.head_hidden_dim, mc.head_out_dim)
-        # NeCo never masks input tokens; a trainable but unused mask token would break DDP's reducer.
-        mask_token = getattr(self.student, "mask_token", None)
-        if isinstance(mask_token, nn.Parameter):
-            mask_token.requires_grad_(False)
         apply_trainable_blocks(self.student, mc.trainable_blocks)
         self.teacher = copy.deepcopy(self.student)
         self.teacher_head = copy.deepcopy(self.student_head)
@@ -185,8 +181,9 @@ class NeCoModule(L.LightningModule):
             decay_tokens=oc.decay_tokens,
         )
         groups = [g for g in groups if len(list(g["params"])) > 0]
-        for group in groups:
-            group["base_lr"] = group["lr"]
+        # Kept beside the optimizer: a resume restores the saved groups (their old `base_lr` included)
+        # after this runs, and the current config's rates must win (a resume may change them).
+        self._base_lrs = [group["lr"] for group in groups]
         return torch.optim.AdamW(groups, lr=oc.lr_backbone, weight_decay=oc.weight_decay)
 
     # ------------------------------------------------------------------------------------------
@@ -204,9 +201,8 @@ class NeCoModule(L.LightningModule):
         self._schedule_step = step
         wd = float(self._schedule("wd", oc.weight_decay, oc.weight_decay_end)(step))
         for optimizer in self.trainer.optimizers:
-            for group in optimizer.param_groups:
-                # From the config, not the restored optimizer state: a resume may change the learning rate.
-                group["base_lr"] = oc.lr_head if group.get("name", "").startswith("head") else oc.lr_backbone
+            for group, base_lr in zip(optimizer.param_groups, self._base_lrs, strict=True):
+                group["base_lr"] = base_lr
                 group["lr"] = float(
                     self._schedule(f"lr-{group['base_lr']}", group["base_lr"], oc.lr_end)(step)
                 )

@@ -40,6 +40,7 @@ RESUMABLE = (
     "run.progress",
     "run.compile",
     "run.validation.",
+    "run.attention_validation.",
     "data.num_workers",
 )
 # Exceptions under a resumable prefix: they change which parameters share an optimizer group, and the

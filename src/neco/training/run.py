@@ -165,7 +165,7 @@ def train(
     that may change (see `neco.training.resume`) are applied from the resume step and recorded; others,
     and a changed set of training images, are refused unless `allow_config_change`. A run that fails
     before its first step removes the folders it created. `callbacks` are extra Lightning callbacks
-    (e.g. `neco.training.attention_callback.AttentionValidation`).
+    (the k-means and attention validations of `run.validation` / `run.attention_validation` are added here).
     """
     import shutil
 
@@ -270,6 +270,10 @@ def _train_in(
         from neco.training.validation import KMeansValidation
 
         all_callbacks.append(KMeansValidation(config.run.validation))
+    if config.run.attention_validation.enabled:
+        from neco.training.attention_callback import AttentionValidation
+
+        all_callbacks.append(AttentionValidation(config.run.attention_validation))
     trainer = build_trainer(config, out_dir, all_callbacks)
     # Our sampler resumes mid-epoch from the position stored in the checkpoint, so Lightning's
     # "dataloader is not resumable" warning does not apply.
