@@ -9,10 +9,14 @@ __all__ = ["register"]
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `convert` subcommand (the flow of `neco export`, for any weights file)."""
-    from neco.commands.export import add_output_options, write_backbone
+    from neco.commands.export import ConvertSettings, write_backbone
+    from neco.evaluation.options import add_command
 
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "convert",
+        ConvertSettings,
+        write_backbone,
         help="convert a backbone state dict between official DINOv2, timm and Hugging Face names",
         description=(
             "Read a backbone checkpoint of any supported format (the format is detected; training "
@@ -22,14 +26,3 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "a neco checkpoint records, or --backbone NAME."
         ),
     )
-    parser.add_argument("input", help="checkpoint or state dict file (.pth/.pt/.ckpt/.safetensors)")
-    parser.add_argument(
-        "--format",
-        "--to",
-        dest="format",
-        required=True,
-        choices=["official", "timm", "hf"],
-        help="target key format (the same option as `neco export --format`; --to is the old spelling)",
-    )
-    add_output_options(parser)
-    parser.set_defaults(func=lambda args: write_backbone(args, args.input))

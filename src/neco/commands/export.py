@@ -8,16 +8,67 @@ key names (DINOv3 only).
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_output_options", "register", "save_state_dict", "write_backbone"]
+from neco.evaluation.options import add_command, option
+
+__all__ = ["ConvertSettings", "ExportSettings", "register", "save_state_dict", "write_backbone"]
+
+FORMATS = ("official", "timm", "hf")
+
+
+@dataclass(kw_only=True)
+class _OutputSettings:
+    """`--which`, `--backbone`, `-o` and `--force` of `neco export` and `neco convert`."""
+
+    which: str = option(
+        "teacher",
+        "network of a training checkpoint (default: teacher, the better model)",
+        choices=("teacher", "student"),
+    )
+    backbone: str | None = option(
+        None,
+        "registry name of the weights' architecture, checked by a strict load; needed by --format hf "
+        "for config.json when the input records none (default: the name a neco checkpoint records)",
+        metavar="NAME",
+    )
+    out: str = option(
+        help="output file (.safetensors for safetensors, else torch.save); for --format hf a path without "
+        "suffix is a model folder (OUT/model.safetensors + OUT/config.json)",
+        flag=("-o", "--out"),
+    )
+    force: bool = option(False, "overwrite the output file if it exists")
+
+
+@dataclass(kw_only=True)
+class ExportSettings(_OutputSettings):
+    """The options of `neco export`."""
+
+    source: str = option(help="checkpoint file", flag="checkpoint")
+    format: str = option("official", "key names of the output", choices=FORMATS)
+
+
+@dataclass(kw_only=True)
+class ConvertSettings(_OutputSettings):
+    """The options of `neco convert`."""
+
+    source: str = option(help="checkpoint or state dict file (.pth/.pt/.ckpt/.safetensors)", flag="input")
+    format: str = option(
+        help="target key format (the same option as `neco export --format`; --to is the old spelling)",
+        choices=FORMATS,
+        flag=("--format", "--to"),
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `export` subcommand."""
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "export",
+        ExportSettings,
+        write_backbone,
         help="export a backbone from a training checkpoint (teacher by default)",
         description=(
             "Export the backbone of any checkpoint neco reads (neco, NeCo Lightning, DINO, official, timm, "
@@ -27,36 +78,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "export as timm (their own timm state dict) or, for DINOv3, official."
         ),
     )
-    parser.add_argument("checkpoint", help="checkpoint file")
-    parser.add_argument(
-        "--format", default="official", choices=["official", "timm", "hf"], help="key names of the output"
-    )
-    add_output_options(parser)
-    parser.set_defaults(func=lambda args: write_backbone(args, args.checkpoint))
-
-
-def add_output_options(parser: argparse.ArgumentParser) -> None:
-    """`--which`, `--backbone`, `-o` and `--force` of `neco export` and `neco convert`."""
-    parser.add_argument(
-        "--which",
-        default="teacher",
-        choices=["teacher", "student"],
-        help="network of a training checkpoint (default: teacher, the better model)",
-    )
-    parser.add_argument(
-        "--backbone",
-        metavar="NAME",
-        help="registry name of the weights' architecture, checked by a strict load; needed by --format hf "
-        "for config.json when the input records none (default: the name a neco checkpoint records)",
-    )
-    parser.add_argument(
-        "-o",
-        "--out",
-        required=True,
-        help="output file (.safetensors for safetensors, else torch.save); for --format hf a path without "
-        "suffix is a model folder (OUT/model.safetensors + OUT/config.json)",
-    )
-    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
 
 
 def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
@@ -74,9 +95,7 @@ def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
     return atomic_torch_save({k: v.detach().clone() for k, v in state.items()}, path)
 
 
-def _timm_built_state(
-    args: argparse.Namespace, config: Any, checkpoint: Any
-) -> tuple[dict[str, Any], Any, str]:
+def _timm_built_state(args: _OutputSettings, config: Any, checkpoint: Any) -> tuple[dict[str, Any], Any, str]:
     """(state dict, read info, key names) of a DINOv3 / `timm:` backbone: timm's own keys, or Meta's for DINOv3."""
     from neco.backbones import create
     from neco.backbones.formats import meta_state_dict
@@ -94,7 +113,7 @@ def _timm_built_state(
     return meta_state_dict(model.model), info, "Meta DINOv3 keys"
 
 
-def write_backbone(args: argparse.Namespace, source: str) -> int:
+def write_backbone(args: ExportSettings | ConvertSettings) -> int:
     """Handler of `neco export` and `neco convert`: read the backbone of `source`, verify it, write it as `--format`."""
     from neco.backbones import create, get_config
     from neco.backbones.checkpoint import check_tensors_finite, extract_state_dict
@@ -102,7 +121,7 @@ def write_backbone(args: argparse.Namespace, source: str) -> int:
     from neco.backbones.loading import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
     from neco.utils.io import check_new_file
 
-    out = Path(args.out)
+    source, out = args.source, Path(args.out)
     if args.format == "hf" and (out.suffix == "" or out.is_dir()):
         out /= "model.safetensors"  # a path without suffix is a model folder
     check_new_file(out, args.force)  # before any work: a rerun must not silently overwrite

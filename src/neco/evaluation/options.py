@@ -23,9 +23,9 @@ import typing
 from pathlib import Path
 from typing import Any
 
-from neco.utils.settings import flag_of, option, parse_fraction, validate
+from neco.utils.settings import flag_of, flags_of, option, parse_fraction, validate
 
-__all__ = ["option", "add_options", "from_args", "validate", "flag_of", "parse_fraction"]
+__all__ = ["option", "add_options", "add_command", "from_args", "validate", "flag_of", "parse_fraction"]
 
 _MISSING = dataclasses.MISSING
 
@@ -48,13 +48,17 @@ def _shown(default: Any) -> str:
 def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     base, optional = _base(annotation)
     meta = field.metadata
-    default = field.default if field.default is not _MISSING else field.default_factory()  # type: ignore[misc]
-    kwargs: dict[str, Any] = {
-        "dest": field.name,
-        "default": default,
-        "help": f"{meta.get('help', '')} (default: {_shown(default)})".strip(),
-    }
-    if meta.get("choices"):
+    required = field.default is _MISSING and field.default_factory is _MISSING
+    default = (
+        None if required else field.default if field.default is not _MISSING else field.default_factory()
+    )  # type: ignore[misc]
+    text = meta.get("help", "")
+    if not required and "default" not in text.lower():  # a help that words its default keeps its words
+        text = f"{text} (default: {_shown(default)})".strip()
+    kwargs: dict[str, Any] = {"help": text, **({"required": True} if required else {"default": default})}
+    if meta.get("metavar"):
+        kwargs["metavar"] = meta["metavar"]
+    elif meta.get("choices"):
         # shown in the usage, validated by `validate` so that the message names the option like the others
         kwargs["metavar"] = "{" + ",".join(map(str, meta["choices"])) + "}"
     if base is bool:
@@ -65,7 +69,7 @@ def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any
         if variadic:
             name = field.name.upper()
             kwargs.setdefault("metavar", name[:-3] + "Y" if name.endswith("IES") else name.removesuffix("S"))
-        return {**kwargs, "type": args[0], "nargs": "+" if variadic else len(args)}
+        return {**kwargs, "type": args[0], "nargs": meta.get("nargs") or ("+" if variadic else len(args))}
     kind = base if base in (int, float, str, Path) else str
     if optional and base in (int, float):
         return {**kwargs, "type": lambda text: None if text.lower() in ("none", "null") else kind(text)}
@@ -73,11 +77,29 @@ def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any
 
 
 def add_options(group: Any, cls: type) -> None:
-    """Add one option per CLI field of the settings dataclass `cls` to an argparse parser or group."""
+    """Add one option per CLI field of the settings dataclass `cls` to an argparse parser or group.
+
+    A field whose `flag` has no leading dash is a positional argument (`nargs` from its list type).
+    """
     hints = typing.get_type_hints(cls)
     for field in dataclasses.fields(cls):
-        if field.metadata.get("cli", True):
-            group.add_argument(flag_of(field), **_argparse_kwargs(field, hints[field.name]))
+        if not field.metadata.get("cli", True):
+            continue
+        kwargs, spellings = _argparse_kwargs(field, hints[field.name]), flags_of(field)
+        if spellings[0].startswith("-"):
+            group.add_argument(*spellings, dest=field.name, **kwargs)
+        else:  # argparse takes a positional's name as its dest; the flag names it in --help
+            kwargs.pop("required", None)
+            kwargs.setdefault("metavar", None if spellings[0] == field.name else spellings[0])
+            group.add_argument(field.name, **kwargs)
+
+
+def add_command(subparsers: Any, name: str, cls: type, handler: Any, **parser_kwargs: Any) -> Any:
+    """Add the subcommand `name` whose options are the fields of `cls`; it calls `handler(settings)`."""
+    parser = subparsers.add_parser(name, **parser_kwargs)
+    add_options(parser, cls)
+    parser.set_defaults(func=lambda args: handler(from_args(cls, args)))
+    return parser
 
 
 def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:

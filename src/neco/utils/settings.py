@@ -15,7 +15,7 @@ import math
 from fractions import Fraction
 from typing import Any
 
-__all__ = ["option", "validate", "flag_of", "parse_fraction"]
+__all__ = ["option", "validate", "flag_of", "flags_of", "parse_fraction"]
 
 _MISSING = dataclasses.MISSING
 
@@ -28,10 +28,15 @@ def option(
     minimum: float | None = None,
     maximum: float | None = None,
     exclusive_minimum: bool = False,
-    flag: str | None = None,
+    flag: str | tuple[str, ...] | None = None,
+    metavar: str | None = None,
+    nargs: str | None = None,
     cli: bool = True,
 ) -> Any:
-    """A dataclass field carrying its CLI help, bounds and choices (tuple/list defaults are copied)."""
+    """A dataclass field carrying its CLI help, bounds and choices (tuple/list defaults are copied).
+
+    `flag`: its spellings (`("-o", "--out")`), or a name without dashes for a positional argument.
+    """
     metadata = {
         "help": help,
         "choices": choices,
@@ -39,6 +44,8 @@ def option(
         "maximum": maximum,
         "exclusive_minimum": exclusive_minimum,
         "flag": flag,
+        "metavar": metavar,
+        "nargs": nargs,
         "cli": cli,
     }
     if isinstance(default, list):
@@ -48,7 +55,14 @@ def option(
 
 def flag_of(field: dataclasses.Field) -> str:
     """The command-line flag of a settings field: `--memory-size` for `memory_size`, or its own `flag`."""
-    return field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+    spellings = flags_of(field)
+    return next((s for s in spellings if s.startswith("--")), spellings[0])  # `--out` of `-o/--out`
+
+
+def flags_of(field: dataclasses.Field) -> list[str]:
+    """Every spelling of a field's flag, in the order given (a name without dashes: a positional)."""
+    flag = field.metadata.get("flag") or "--" + field.name.replace("_", "-")
+    return [flag] if isinstance(flag, str) else list(flag)
 
 
 def parse_fraction(text: str | float) -> float:
