@@ -3,9 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["add_backbone_options", "load_backbone_of"]
+from neco.evaluation.options import option
+
+__all__ = ["BackboneSettings", "add_backbone_options", "load_backbone_of"]
+
+
+@dataclass(kw_only=True)
+class BackboneSettings:
+    """`--backbone`, `--weights`, `--which` and `--random-init` of a command's settings dataclass."""
+
+    backbone: str = option(
+        help="registry name (`neco backbones` lists them) or a neco checkpoint file",
+        metavar="NAME|CHECKPOINT",
+    )
+    weights: str | None = option(
+        None, "weights file of any supported format for --backbone NAME", metavar="FILE"
+    )
+    which: str = option(
+        "teacher",
+        "network of a checkpoint holding student and teacher (default: teacher, the better model)",
+        choices=("teacher", "student"),
+    )
+    random_init: bool = option(False, "no pretrained weights (tests, baselines)")
 
 
 def add_backbone_options(group: Any, *, default: str | None = None, optional: bool = False) -> None:
@@ -32,7 +54,7 @@ def add_backbone_options(group: Any, *, default: str | None = None, optional: bo
     group.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
 
 
-def load_backbone_of(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
+def load_backbone_of(args: argparse.Namespace | BackboneSettings) -> tuple[Any, dict[str, Any]]:
     """The backbone the parsed options name, in eval mode, and its identity for result files."""
     from neco.backbones.loading import load_backbone
 

@@ -3,17 +3,37 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["register", "collect_images"]
+from neco.commands._backbone import BackboneSettings
+from neco.evaluation.options import add_command, option
+
+__all__ = ["FeaturesSettings", "register", "collect_images"]
+
+
+@dataclass(kw_only=True)
+class FeaturesSettings(BackboneSettings):
+    """The options of `neco features`."""
+
+    inputs: list[str] = option(help="image files and/or folders (searched recursively)", flag="inputs")
+    input_size: int = option(448, "square input size in pixels", minimum=1)
+    batch_size: int = option(16, "images per forward pass", minimum=1)
+    device: str = option("auto", "auto (cuda when available), cpu, cuda, ...")
+    out: str = option(help="output .pt file", flag=("-o", "--out"))
+    skip_bad_images: bool = option(
+        False, "leave out images that cannot be read (listed in the output and counted) instead of failing"
+    )
+    force: bool = option(False, "overwrite the output file if it exists")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `features` subcommand."""
-    from neco.commands._backbone import add_backbone_options
-
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "features",
+        FeaturesSettings,
+        _run,
         help="extract patch-feature grids (N, D, h, w) of images",
         description=(
             "Resize each image to INPUT_SIZE x INPUT_SIZE (a multiple of the patch size), normalise with the backbone's "
@@ -21,19 +41,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "together with the image file names."
         ),
     )
-    parser.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
-    add_backbone_options(parser)
-    parser.add_argument("--input-size", type=int, default=448, help="square input size in pixels")
-    parser.add_argument("--batch-size", type=int, default=16, help="images per forward pass")
-    parser.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
-    parser.add_argument("-o", "--out", required=True, help="output .pt file")
-    parser.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out images that cannot be read (listed in the output and counted) instead of failing",
-    )
-    parser.add_argument("--force", action="store_true", help="overwrite the output file if it exists")
-    parser.set_defaults(func=_run)
 
 
 def collect_images(inputs: list[str]) -> list[Path]:
@@ -55,7 +62,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     return files
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: FeaturesSettings) -> int:
     import torch
     from torchvision.transforms import functional as TF
 
@@ -65,8 +72,6 @@ def _run(args: argparse.Namespace) -> int:
     from neco.evaluation.runner import check_divisible, resolve_device
     from neco.utils.io import atomic_torch_save, check_new_file
 
-    if args.batch_size < 1:
-        raise ValueError(f"--batch-size must be >= 1 but is {args.batch_size}")
     check_new_file(args.out, args.force)
     device = resolve_device(args.device)
     model, identity = load_backbone_of(args)

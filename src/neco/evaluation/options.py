@@ -90,7 +90,7 @@ def add_options(group: Any, cls: type) -> None:
             group.add_argument(*spellings, dest=field.name, **kwargs)
         else:  # argparse takes a positional's name as its dest; the flag names it in --help
             kwargs.pop("required", None)
-            kwargs.setdefault("metavar", None if spellings[0] == field.name else spellings[0])
+            kwargs["metavar"] = field.metadata.get("metavar") or spellings[0]
             group.add_argument(field.name, **kwargs)
 
 
