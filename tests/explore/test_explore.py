@@ -151,7 +151,7 @@ def test_cli_writes_a_compare_page_from_a_folder(tmp_path, capsys):
         ([], "give IMAGES"),
         (["--dataset", "scenes"], "--dataset scenes needs --data-root"),
         (["IMG", "--input-size", "30"], "`--input-size` must be a multiple of the patch size 8"),
-        (["IMG", "--k", "0"], "--k must be >= 1"),
+        (["IMG", "--k", "0"], "`--k` must be >= 1 but is 0"),
         (["IMG", "--out", "page.png"], "--out must name an .html file"),
     ],
 )

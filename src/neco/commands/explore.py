@@ -4,17 +4,63 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["register"]
+from neco.commands._backbone import BackboneSettings
+from neco.evaluation.options import add_command, option
+
+__all__ = ["ExploreSettings", "register"]
+
+
+@dataclass(kw_only=True)
+class ExploreSettings(BackboneSettings):
+    """The options of `neco explore`."""
+
+    inputs: list[str] = option(
+        [], "image files and/or folders (recursive)", flag="inputs", metavar="IMAGES", nargs="*"
+    )
+    dataset: str | None = option(None, "segmentation dataset name (voc, ade20k, scenes, ...)")
+    data_root: Path | None = option(None, "dataset root folder")
+    split: str = option("val", "dataset split")
+    compare: str | None = option(None, "a second backbone shown side by side (name or file)")
+    compare_weights: str | None = option(
+        None, "weights file for --compare (default: the registered weights of --compare)"
+    )
+    input_size: int | None = option(None, "square input size (default: 448, a patch multiple)", minimum=1)
+    k: int = option(10, "nearest patches marked (the page can change it)", minimum=1)
+    dims: int = option(64, "PCA dimensions stored per patch", minimum=1)
+    max_images: int = option(64, "at most this many images", minimum=1)
+    title: str | None = option(None, "page title (default: neco explore: the images shown)")
+    batch_size: int = option(16, "images per backbone forward", minimum=1)
+    device: str = option("auto", "auto (cuda when available), cpu, cuda, ...")
+    seed: int = option(0, "seed of --random-init weights")
+    out: Path = option(Path("explore.html"), "output HTML file")
+    skip_bad_images: bool = option(
+        False, "leave out unreadable images (named on the console) instead of stopping at the first"
+    )
+
+    def check(self) -> None:
+        """IMAGES or a dataset split, and an .html output."""
+        if self.dataset is None and not self.inputs:
+            raise ValueError("give IMAGES (files or folders) or --dataset NAME --data-root ROOT")
+        if self.dataset is not None and self.inputs:
+            raise ValueError(
+                f"give IMAGES or --dataset, not both (got {len(self.inputs)} IMAGES and --dataset)"
+            )
+        if self.dataset is not None and self.data_root is None:
+            raise ValueError(f"--dataset {self.dataset} needs --data-root ROOT")
+        if Path(self.out).suffix.lower() not in {".html", ".htm"}:
+            raise ValueError(f"--out must name an .html file but is {self.out}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `explore` subcommand."""
-    from neco.commands._backbone import add_backbone_options
-
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "explore",
+        ExploreSettings,
+        _run,
         help="write an interactive page: click a patch, see its nearest patches (one or two backbones)",
         description=(
             "Compute patch features of images once and write ONE self-contained HTML file (no server, no "
@@ -25,58 +71,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "--dims dimensions as int8, and the page computes cosines on those."
         ),
     )
-    parser.add_argument("inputs", nargs="*", metavar="IMAGES", help="image files and/or folders (recursive)")
-    data = parser.add_argument_group("dataset split (instead of IMAGES)")
-    data.add_argument("--dataset", help="segmentation dataset name (voc, ade20k, scenes, ...)")
-    data.add_argument("--data-root", type=Path, help="dataset root folder")
-    data.add_argument("--split", default="val", help="dataset split (default: val)")
-    model = parser.add_argument_group("backbones")
-    add_backbone_options(model)
-    model.add_argument("--compare", help="a second backbone shown side by side (name or file)")
-    model.add_argument(
-        "--compare-weights", help="weights file for --compare (default: the registered weights of --compare)"
-    )
-    run = parser.add_argument_group("page")
-    run.add_argument("--input-size", type=int, help="square input size (default: 448, a patch multiple)")
-    run.add_argument("--k", type=int, default=10, help="nearest patches marked (the page can change it)")
-    run.add_argument("--dims", type=int, default=64, help="PCA dimensions stored per patch")
-    run.add_argument("--max-images", type=int, default=64, help="at most this many images")
-    run.add_argument("--title", help="page title (default: neco explore: the images shown)")
-    run.add_argument("--batch-size", type=int, default=16, help="images per backbone forward")
-    run.add_argument("--device", default="auto", help="auto (cuda when available), cpu, cuda, ...")
-    run.add_argument("--seed", type=int, default=0, help="seed of --random-init weights")
-    run.add_argument("--out", type=Path, default=Path("explore.html"), help="output HTML file")
-    run.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="leave out unreadable images (named on the console) instead of stopping at the first",
-    )
-    parser.set_defaults(func=_run)
 
 
-def _check(args: argparse.Namespace) -> None:
-    if args.dataset is None and not args.inputs:
-        raise ValueError("give IMAGES (files or folders) or --dataset NAME --data-root ROOT")
-    if args.dataset is not None and args.inputs:
-        raise ValueError(f"give IMAGES or --dataset, not both (got {len(args.inputs)} IMAGES and --dataset)")
-    if args.dataset is not None and args.data_root is None:
-        raise ValueError(f"--dataset {args.dataset} needs --data-root ROOT")
-    for option in ("k", "dims", "max_images", "batch_size", "input_size"):
-        value = getattr(args, option)
-        if value is not None and value < 1:  # --input-size None: the default size
-            raise ValueError(f"--{option.replace('_', '-')} must be >= 1 but is {value}")
-    if args.out.suffix.lower() not in {".html", ".htm"}:
-        raise ValueError(f"--out must name an .html file but is {args.out}")
-
-
-def _run(args: argparse.Namespace) -> int:
+def _run(args: ExploreSettings) -> int:
     import torch
 
     from neco.commands.features import collect_images
     from neco.evaluation.runner import check_divisible, resolve_device
     from neco.explore import dataset_images, load_image_files, load_named_backbone, write_explore
 
-    _check(args)
     started = time.perf_counter()
     device = resolve_device(args.device)
     # The inputs are found before any backbone is loaded: a wrong path fails in a second, not a minute.

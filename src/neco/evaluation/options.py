@@ -40,7 +40,7 @@ def _base(annotation: Any) -> tuple[Any, bool]:
 
 
 def _shown(default: Any) -> str:
-    if default is None:
+    if default is None or (isinstance(default, tuple | list) and not default):
         return "none"
     return " ".join(map(str, default)) if isinstance(default, tuple | list) else str(default)
 
