@@ -12,6 +12,8 @@ from neco.evaluation.options import add_command, option
 
 __all__ = ["ExploreSettings", "register"]
 
+_DATA = "dataset split (instead of IMAGES)"
+
 
 @dataclass(kw_only=True)
 class ExploreSettings(BackboneSettings):
@@ -20,9 +22,9 @@ class ExploreSettings(BackboneSettings):
     inputs: list[str] = option(
         [], "image files and/or folders (recursive)", flag="inputs", metavar="IMAGES", nargs="*"
     )
-    dataset: str | None = option(None, "segmentation dataset name (voc, ade20k, scenes, ...)")
-    data_root: Path | None = option(None, "dataset root folder")
-    split: str = option("val", "dataset split")
+    dataset: str | None = option(None, "segmentation dataset name (voc, ade20k, scenes, ...)", group=_DATA)
+    data_root: Path | None = option(None, "dataset root folder", group=_DATA)
+    split: str = option("val", "dataset split", group=_DATA)
     compare: str | None = option(None, "a second backbone shown side by side (name or file)")
     compare_weights: str | None = option(
         None, "weights file for --compare (default: the registered weights of --compare)"

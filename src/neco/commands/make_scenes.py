@@ -3,14 +3,43 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 
-__all__ = ["register"]
+from neco.evaluation.options import add_command, option
+
+__all__ = ["ScenesSettings", "register"]
+
+
+@dataclass(kw_only=True)
+class ScenesSettings:
+    """The options of `neco make-scenes`."""
+
+    out: str = option(help="output folder", flag="OUT")
+    num_train: int = option(64, "training images (default 64)")
+    num_val: int = option(16, "validation images (default 16)")
+    size: int = option(
+        112,
+        "image side in pixels (default 112; --size is a deprecated spelling)",
+        flag=("--input-size", "--size"),
+    )
+    seed: int = option(0, "generator seed (default 0)")
+    image_format: str = option("jpg", "image files: jpg or png (default jpg)", flag="--format")
+    family: str = option(
+        "developer",
+        "generator family: developer (the demo's) or heldout (other textures and shapes, tuned on nothing)",
+        choices=("developer", "heldout"),
+    )
+    overwrite: bool = option(False, "replace an output made with other settings")
+    progress: bool = option(True, "progress bar")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `make-scenes` subcommand."""
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "make-scenes",
+        ScenesSettings,
+        _run,
         help="write synthetic texture scenes with labels in the Pascal VOC layout",
         description=(
             "Write a deterministic synthetic segmentation dataset: texture-defined classes over a "
@@ -19,33 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "dataset name 'scenes'. An existing output with the same settings is reused."
         ),
     )
-    parser.add_argument("out", metavar="OUT", help="output folder")
-    parser.add_argument("--num-train", type=int, default=64, help="training images (default 64)")
-    parser.add_argument("--num-val", type=int, default=16, help="validation images (default 16)")
-    parser.add_argument(
-        "--input-size",
-        "--size",
-        dest="size",
-        type=int,
-        default=112,
-        help="image side in pixels (default 112; --size is a deprecated spelling)",
-    )
-    parser.add_argument("--seed", type=int, default=0, help="generator seed (default 0)")
-    parser.add_argument(
-        "--format", dest="image_format", default="jpg", help="image files: jpg or png (default jpg)"
-    )
-    parser.add_argument(
-        "--family",
-        default="developer",
-        choices=("developer", "heldout"),
-        help="generator family: developer (the demo's) or heldout (other textures and shapes, tuned on nothing)",
-    )
-    parser.add_argument("--overwrite", action="store_true", help="replace an output made with other settings")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: ScenesSettings) -> int:
     from pathlib import Path
 
     from neco.data.synthetic import write_scenes
@@ -60,7 +65,7 @@ def _run(args: argparse.Namespace) -> int:
         seed=args.seed,
         image_format=args.image_format,
         overwrite=args.overwrite,
-        progress=not args.no_progress,
+        progress=args.progress,
         family=args.family,
     )
     # write_scenes reuses a complete output of the same settings without touching its manifest

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from neco.evaluation.options import add_command, option
+
+_METHOD = "(default: the method's setting)"
+
+
+@dataclass(kw_only=True)
+class PretrainTinySettings:
+    """The options of `neco pretrain-tiny`."""
+
+    method: str = option(
+        "multilabel",
+        "image-level objective: supervised multi-label classification or label-free self-distillation "
+        "(default: multilabel)",
+        choices=("multilabel", "dino"),
+    )
+    out: str = option(help="output file (.pth)", flag=("-o", "--out"))
+    steps: int | None = option(None, f"optimisation steps {_METHOD}")
+    batch_size: int | None = option(None, f"scenes per step {_METHOD}")
+    num_scenes: int | None = option(None, f"generated training scenes {_METHOD}")
+    seed: int | None = option(None, f"random seed {_METHOD}")
+    pool: str | None = option(
+        None, "token(s) the classifier reads (multilabel only; default: cls)", choices=("mean", "cls")
+    )
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `pretrain-tiny` subcommand."""
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "pretrain-tiny",
+        PretrainTinySettings,
+        _run,
         help="pretrain the tiny demo ViT at image level on synthetic scenes",
         description=(
             "Pretrain vit_tiny at image level on synthetic scenes (no pixel labels). --method multilabel: "
@@ -17,30 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "self-distillation without any label (multi-crop, EMA teacher, centering and sharpening)."
         ),
     )
-    parser.add_argument(
-        "--method",
-        choices=["multilabel", "dino"],
-        default="multilabel",
-        help="image-level objective: supervised multi-label classification or label-free self-distillation "
-        "(default: multilabel)",
-    )
-    parser.add_argument("-o", "--out", required=True, help="output file (.pth)")
-    for option, text in (
-        ("--steps", "optimisation steps"),
-        ("--batch-size", "scenes per step"),
-        ("--num-scenes", "generated training scenes"),
-        ("--seed", "random seed"),
-    ):
-        parser.add_argument(option, type=int, help=f"{text} (default: the method's setting)")
-    parser.add_argument(
-        "--pool",
-        choices=["mean", "cls"],
-        help="token(s) the classifier reads (multilabel only; default: cls)",
-    )
-    parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: PretrainTinySettings) -> int:
     import math
 
     from neco.demo.dino import TinyDinoConfig, pretrain_tiny_dino

@@ -81,13 +81,17 @@ def add_options(group: Any, cls: type) -> None:
 
     A field whose `flag` has no leading dash is a positional argument (`nargs` from its list type).
     """
-    hints = typing.get_type_hints(cls)
+    hints, sections = typing.get_type_hints(cls), {}
     for field in dataclasses.fields(cls):
         if not field.metadata.get("cli", True):
             continue
         kwargs, spellings = _argparse_kwargs(field, hints[field.name]), flags_of(field)
+        section = field.metadata.get("group")
+        if section is not None and section not in sections:
+            sections[section] = group.add_argument_group(section)
+        container = group if section is None else sections[section]
         if spellings[0].startswith("-"):
-            group.add_argument(*spellings, dest=field.name, **kwargs)
+            container.add_argument(*spellings, dest=field.name, **kwargs)
         else:  # argparse takes a positional's name as its dest; the flag names it in --help
             kwargs.pop("required", None)
             kwargs["metavar"] = field.metadata.get("metavar") or spellings[0]

@@ -31,11 +31,13 @@ def option(
     flag: str | tuple[str, ...] | None = None,
     metavar: str | None = None,
     nargs: str | None = None,
+    group: str | None = None,
     cli: bool = True,
 ) -> Any:
     """A dataclass field carrying its CLI help, bounds and choices (tuple/list defaults are copied).
 
-    `flag`: its spellings (`("-o", "--out")`), or a name without dashes for a positional argument.
+    `flag`: its spellings (`("-o", "--out")`), or a name without dashes for a positional argument;
+    `group`: the `--help` section it is listed in.
     """
     metadata = {
         "help": help,
@@ -46,6 +48,7 @@ def option(
         "flag": flag,
         "metavar": metavar,
         "nargs": nargs,
+        "group": group,
         "cli": cli,
     }
     if isinstance(default, list):
@@ -84,7 +87,7 @@ def validate(settings: Any, prefix: str | None = None) -> None:
     for field in dataclasses.fields(settings):
         meta, value = field.metadata, getattr(settings, field.name)
         name = flag_of(field) if prefix is None else prefix + field.name
-        if meta.get("choices") and value not in meta["choices"]:
+        if meta.get("choices") and value is not None and value not in meta["choices"]:
             raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but is {value!r}")
         low, high, exclusive = meta.get("minimum"), meta.get("maximum"), meta.get("exclusive_minimum")
         for item in value if isinstance(value, tuple | list) else (value,):
