@@ -3,22 +3,31 @@
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
+
+from neco.evaluation.options import add_command, option
 
 __all__ = ["register"]
 
 
+@dataclass
+class _Settings:
+    urls: bool = option(False, "also print the weight URLs and cache paths")
+
+
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `backbones` subcommand."""
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "backbones",
+        _Settings,
+        _run,
         help="list the registered backbones",
         description="List every backbone name accepted by --backbone, with its size, registers and weight source.",
     )
-    parser.add_argument("--urls", action="store_true", help="also print the weight URLs and cache paths")
-    parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: _Settings) -> int:
     from neco.backbones.download import cached_path
     from neco.backbones.registry import get_config, list_backbones
 
