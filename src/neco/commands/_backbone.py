@@ -8,7 +8,10 @@ from typing import Any
 
 from neco.evaluation.options import option
 
-__all__ = ["BackboneSettings", "add_backbone_options", "load_backbone_of"]
+__all__ = ["BACKBONE_HELP", "BackboneSettings", "add_backbone_options", "load_backbone_of"]
+
+
+BACKBONE_HELP = "registry name (`neco backbones` lists them) or a neco checkpoint file"
 
 
 @dataclass(kw_only=True)
@@ -16,7 +19,7 @@ class BackboneSettings:
     """`--backbone`, `--weights`, `--which` and `--random-init` of a command's settings dataclass."""
 
     backbone: str = option(
-        help="registry name (`neco backbones` lists them) or a neco checkpoint file",
+        help=BACKBONE_HELP,
         metavar="NAME|CHECKPOINT",
     )
     weights: str | None = option(
@@ -40,7 +43,7 @@ def add_backbone_options(group: Any, *, default: str | None = None, optional: bo
         default=default,
         required=default is None and not optional,
         metavar="NAME|CHECKPOINT",
-        help="registry name (`neco backbones` lists them) or a neco checkpoint file",
+        help=BACKBONE_HELP,
     )
     group.add_argument(
         "--weights", metavar="FILE", help="weights file of any supported format for --backbone NAME"

@@ -3,18 +3,84 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
-from neco.commands._backbone import add_backbone_options
+from neco.commands._backbone import BACKBONE_HELP, BackboneSettings
+from neco.evaluation.options import add_command, option
 
-__all__ = ["register"]
+__all__ = ["TextAlignSettings", "register"]
+
+_DATA, _TEXT, _OPTIM, _RUN = "data", "text encoder (open_clip)", "optimisation", "run"
+
+
+@dataclass(kw_only=True)
+class TextAlignSettings(BackboneSettings):
+    """The options of `neco text-align` (`TextAlignConfig` keys, plus the run's resume and overwrite)."""
+
+    backbone: str = option("dinov2_vitb14_reg", BACKBONE_HELP, metavar="NAME|CHECKPOINT")
+    data_root: Path = option(help="caption dataset root", group=_DATA)
+    layout: str = option("coco", "caption dataset layout", choices=("coco", "folder"), group=_DATA)
+    split: str = option("train2017", "COCO Captions split (annotations/captions_SPLIT.json)", group=_DATA)
+    input_size: int = option(448, "square image side in pixels", group=_DATA)
+    cache_features: bool = option(
+        True,
+        "cache each image's pooled features once (--no-cache-features: run the backbone at every step)",
+        group=_DATA,
+    )
+    text_model: str = option("ViT-B-16", "open_clip model name", group=_TEXT)
+    text_pretrained: str = option("openai", "open_clip weights tag", group=_TEXT)
+    text_weights: str | None = option(
+        None, "weights file instead of the tag's cached weights", metavar="FILE", group=_TEXT
+    )
+    text_config: Path | None = option(
+        None, "an open_clip CLIP config file: a randomly initialised tower", metavar="JSON", group=_TEXT
+    )
+    text_init: str | None = option(
+        None,
+        "with --text-config: bag-of-words init of the random tower (tests)",
+        choices=("words",),
+        group=_TEXT,
+    )
+    text_download: bool = option(
+        True, "download missing weights (--no-text-download: use the cache or fail)", group=_TEXT
+    )
+    batch_size: int = option(128, "pairs per step and device", group=_OPTIM)
+    lr: float = option(1e-4, "AdamW learning rate (constant)", group=_OPTIM)
+    weight_decay: float = option(0.0, "AdamW weight decay", group=_OPTIM)
+    epochs: int = option(1, "epochs over the captions (unless --max-steps)", group=_OPTIM)
+    max_steps: int | None = option(None, "optimizer steps (overrides --epochs)", group=_OPTIM)
+    hidden_dim: int | None = option(
+        None, "width of the mapping's tanh layer (default: backbone dim)", group=_OPTIM
+    )
+    out: Path = option(help="run folder", group=_RUN)
+    accelerator: str = option("auto", "auto: gpu when available", choices=("auto", "cpu", "gpu"), group=_RUN)
+    devices: str = option("auto", "devices per node (auto: every GPU)", group=_RUN)
+    strategy: str = option("auto", "ddp for several devices", choices=("auto", "ddp"), group=_RUN)
+    num_nodes: int = option(1, "nodes (SLURM / torchrun)", group=_RUN)
+    precision: str = option("auto", "auto: bf16 on GPU", choices=("auto", "fp32", "bf16"), group=_RUN)
+    num_workers: int = option(4, "data loader workers", group=_RUN)
+    seed: int = option(0, "seed of the data order and the mapping's init", group=_RUN)
+    ckpt_every_steps: int = option(500, "save a checkpoint every N steps", group=_RUN)
+    keep_checkpoints: int = option(3, "newest step checkpoints kept", group=_RUN)
+    log_every: int = option(10, "log the loss every N steps (csv logger)", group=_RUN)
+    stop_at_step: int | None = option(None, "stop (resumably) at this step", group=_RUN)
+    resume: str | None = option(
+        None, "continue a run: auto (the --out run's last.ckpt) or a file", metavar="auto|CKPT", group=_RUN
+    )
+    overwrite: bool = option(False, "delete the --out run's checkpoints and start again", group=_RUN)
+    progress: bool = option(True, "progress bar", group=_RUN)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the `text-align` subcommand."""
-    parser = subparsers.add_parser(
+    add_command(
+        subparsers,
         "text-align",
+        TextAlignSettings,
+        _run,
         help="train a text-to-patch mapping (Talk2DINO) for open-vocabulary segmentation",
         description=(
             "Train the mapping from a frozen CLIP text encoder (open_clip) into a frozen backbone's patch "
@@ -22,74 +88,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "and last.ckpt (use with `neco eval openvocab --mapping`), text_align.json and logs to --out."
         ),
     )
-    data = parser.add_argument_group("data")
-    data.add_argument("--data-root", required=True, type=Path, help="caption dataset root")
-    data.add_argument("--layout", default="coco", choices=("coco", "folder"), help="caption dataset layout")
-    data.add_argument(
-        "--split", default="train2017", help="COCO Captions split (annotations/captions_SPLIT.json)"
-    )
-    data.add_argument("--input-size", type=int, default=448, help="square image side in pixels")
-    data.add_argument(
-        "--no-cache-features",
-        action="store_true",
-        help="run the backbone at every step instead of caching each image's pooled features once",
-    )
-    add_backbone_options(parser.add_argument_group("backbone"), default="dinov2_vitb14_reg")
-    text = parser.add_argument_group("text encoder (open_clip)")
-    text.add_argument("--text-model", default="ViT-B-16", help="open_clip model name")
-    text.add_argument("--text-pretrained", default="openai", help="open_clip weights tag")
-    text.add_argument(
-        "--text-weights", metavar="FILE", help="weights file instead of the tag's cached weights"
-    )
-    text.add_argument(
-        "--text-config",
-        metavar="JSON",
-        type=Path,
-        help="an open_clip CLIP config file: a randomly initialised tower",
-    )
-    text.add_argument(
-        "--text-init",
-        choices=("words",),
-        help="with --text-config: bag-of-words init of the random tower (tests)",
-    )
-    text.add_argument("--no-text-download", action="store_true", help="never download: use the cache or fail")
-    optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--batch-size", type=int, default=128, help="pairs per step and device")
-    optim.add_argument("--lr", type=float, default=1e-4, help="AdamW learning rate (constant)")
-    optim.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay")
-    optim.add_argument("--epochs", type=int, default=1, help="epochs over the captions (unless --max-steps)")
-    optim.add_argument("--max-steps", type=int, help="optimizer steps (overrides --epochs)")
-    optim.add_argument(
-        "--hidden-dim", type=int, help="width of the mapping's tanh layer (default: backbone dim)"
-    )
-    run = parser.add_argument_group("run")
-    run.add_argument("--out", required=True, type=Path, help="run folder")
-    run.add_argument(
-        "--accelerator", default="auto", choices=("auto", "cpu", "gpu"), help="auto: gpu when available"
-    )
-    run.add_argument("--devices", default="auto", help="devices per node (auto: every GPU)")
-    run.add_argument("--strategy", default="auto", choices=("auto", "ddp"), help="ddp for several devices")
-    run.add_argument("--num-nodes", type=int, default=1, help="nodes (SLURM / torchrun)")
-    run.add_argument(
-        "--precision", default="auto", choices=("auto", "fp32", "bf16"), help="auto: bf16 on GPU"
-    )
-    run.add_argument("--num-workers", type=int, default=4, help="data loader workers")
-    run.add_argument("--seed", type=int, default=0, help="seed of the data order and the mapping's init")
-    run.add_argument("--ckpt-every-steps", type=int, default=500, help="save a checkpoint every N steps")
-    run.add_argument("--keep-checkpoints", type=int, default=3, help="newest step checkpoints kept")
-    run.add_argument("--log-every", type=int, default=10, help="log the loss every N steps (csv logger)")
-    run.add_argument("--stop-at-step", type=int, help="stop (resumably) at this step")
-    run.add_argument(
-        "--resume", metavar="auto|CKPT", help="continue a run: auto (the --out run's last.ckpt) or a file"
-    )
-    run.add_argument(
-        "--overwrite", action="store_true", help="delete the --out run's checkpoints and start again"
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.set_defaults(func=_run)
 
 
-def _run(args: argparse.Namespace) -> int:
+def _run(args: TextAlignSettings) -> int:
     from neco.training.text_align import TextAlignConfig, train_text_align
 
     if args.random_init:
@@ -104,41 +105,15 @@ def _run(args: argparse.Namespace) -> int:
             text_config = json.loads(args.text_config.read_text())
         except json.JSONDecodeError as err:
             raise ValueError(f"--text-config {args.text_config}: not valid JSON ({err})") from err
-    devices = args.devices if args.devices == "auto" else int(args.devices)
+    keys = {f.name for f in dataclasses.fields(TextAlignConfig)}
     config = TextAlignConfig(
-        data_root=str(args.data_root),
-        out_dir=str(args.out),
-        layout=args.layout,
-        split=args.split,
-        backbone=args.backbone,
-        weights=args.weights,
-        text_model=args.text_model,
-        text_pretrained=args.text_pretrained,
-        text_weights=args.text_weights,
-        text_config=text_config,
-        text_init=args.text_init,
-        text_download=not args.no_text_download,
-        input_size=args.input_size,
-        cache_features=not args.no_cache_features,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        epochs=args.epochs,
-        max_steps=args.max_steps,
-        hidden_dim=args.hidden_dim,
-        accelerator=args.accelerator,
-        devices=devices,
-        strategy=args.strategy,
-        num_nodes=args.num_nodes,
-        precision=args.precision,
-        num_workers=args.num_workers,
-        seed=args.seed,
-        ckpt_every_steps=args.ckpt_every_steps,
-        keep_checkpoints=args.keep_checkpoints,
-        log_every=args.log_every,
-        stop_at_step=args.stop_at_step,
-        progress=not args.no_progress,
-        which=args.which,
+        **{
+            **{k: v for k, v in dataclasses.asdict(args).items() if k in keys},
+            "data_root": str(args.data_root),
+            "out_dir": str(args.out),
+            "text_config": text_config,
+            "devices": args.devices if args.devices == "auto" else int(args.devices),
+        }
     )
     result = train_text_align(config, resume=args.resume, overwrite=args.overwrite)
     state = "stopped" if result.interrupted else "finished"
