@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from neco.evaluation.options import option
+from neco.evaluation.options import add_options, option
 
 __all__ = ["BACKBONE_HELP", "BackboneSettings", "add_backbone_options", "load_backbone_of"]
 
@@ -34,27 +35,17 @@ class BackboneSettings:
 
 
 def add_backbone_options(group: Any, *, default: str | None = None, optional: bool = False) -> None:
-    """Add `--backbone` (required unless `default` or `optional`), `--weights`, `--which` and `--random-init`.
+    """Add the `BackboneSettings` options; `--backbone` is required unless `default` or `optional`.
 
     `optional` (`neco train`): an option not given stays None, so the config's value holds.
     """
-    group.add_argument(
-        "--backbone",
-        default=default,
-        required=default is None and not optional,
-        metavar="NAME|CHECKPOINT",
-        help=BACKBONE_HELP,
-    )
-    group.add_argument(
-        "--weights", metavar="FILE", help="weights file of any supported format for --backbone NAME"
-    )
-    group.add_argument(
-        "--which",
-        default=None if optional else "teacher",
-        choices=["teacher", "student"],
-        help="network of a checkpoint holding student and teacher (default: teacher, the better model)",
-    )
-    group.add_argument("--random-init", action="store_true", help="no pretrained weights (tests, baselines)")
+    add_options(group, BackboneSettings)
+    for action in group._actions[-len(dataclasses.fields(BackboneSettings)) :]:  # the ones just added
+        if action.dest == "backbone":
+            action.required, action.default = default is None and not optional, default
+            action.help = BACKBONE_HELP + ("" if default is None else " (default: %(default)s)")
+        elif action.dest == "which" and optional:
+            action.default = None
 
 
 def load_backbone_of(args: argparse.Namespace | BackboneSettings) -> tuple[Any, dict[str, Any]]:
