@@ -27,7 +27,13 @@ from torch.utils.data import Dataset
 from neco.evaluation.blocks.transforms import IMAGENET_MEAN, IMAGENET_STD
 from neco.utils.precision import autocast
 
-__all__ = ["SegmenterTrainTransform", "StepDataset", "predict_probabilities", "short_side_resize"]
+__all__ = [
+    "SegmenterTrainTransform",
+    "StepDataset",
+    "predict_probabilities",
+    "short_side_resize",
+    "slide_scores",
+]
 
 
 def _uniform(generator: torch.Generator, low: float, high: float) -> float:
@@ -176,8 +182,12 @@ def _window_starts(size: int, window: int, stride: int) -> list[int]:
 
 
 @torch.no_grad()
-def _slide(model: Any, image: torch.Tensor, window: int, stride: int, patch: int) -> torch.Tensor:
-    """Logits (C, H, W) of one normalised image (3, H, W) averaged over sliding windows."""
+def slide_scores(model: Any, image: torch.Tensor, window: int, stride: int, patch: int) -> torch.Tensor:
+    """Scores (C, H, W) of one normalised image (3, H, W) averaged over `window` windows `stride` apart.
+
+    `model` maps a (1, 3, h, w) crop padded to whole `patch`es to (1, C, h, w) scores: the fine-tuned
+    model's logits here, open-vocabulary cosines in `protocols/openvocab.py`.
+    """
     _, height, width = image.shape
     total = count = None
     for top in _window_starts(height, window, stride):
@@ -217,7 +227,7 @@ def predict_probabilities(
         pixels = TF.normalize(TF.to_tensor(resized), IMAGENET_MEAN, IMAGENET_STD).to(device)
         for flipped in (False, True) if flip else (False,):
             with autocast(device, precision):
-                logits = _slide(model, pixels.flip(-1) if flipped else pixels, window, stride, patch)
+                logits = slide_scores(model, pixels.flip(-1) if flipped else pixels, window, stride, patch)
             logits = logits.flip(-1) if flipped else logits
             logits = F.interpolate(logits[None].float(), size=out_size, mode="bilinear", align_corners=False)[
                 0
@@ -226,12 +236,3 @@ def predict_probabilities(
             total = probabilities if total is None else total + probabilities
             runs += 1
     return total / runs
-
-
-def slide_scores(model: Any, image: torch.Tensor, window: int, stride: int, patch: int) -> torch.Tensor:
-    """Per-pixel scores (C, H, W) of one normalised image (3, H, W) averaged over `window` windows `stride` apart.
-
-    `model` maps a (1, 3, h, w) crop padded to whole `patch`es to (1, C, h, w) scores (e.g. open-vocabulary
-    cosines); the same windows as the fine-tuning inference.
-    """
-    return _slide(model, image, window, stride, patch)
