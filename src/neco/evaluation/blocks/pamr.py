@@ -19,7 +19,7 @@ Shapes: B batch, C colour channels (3), K classes, H x W pixels, N neighbours (8
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -30,17 +30,21 @@ DEFAULT_DILATIONS = (1, 2, 4, 8, 12, 24)
 _RING = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
 
 
-def _neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
-    """x (B, C, H, W) -> its 8 ring neighbours at every dilation, (B, C, N, H, W), borders replicated."""
+def _shifted(x: torch.Tensor, dilations: Sequence[int]) -> Iterator[torch.Tensor]:
+    """x (..., H, W) moved to each of its 8 ring neighbours at every dilation in turn, borders replicated."""
     reach = max(dilations)
     height, width = x.shape[-2:]
     padded = F.pad(x, (reach, reach, reach, reach), mode="replicate")
-    shifted = [
-        padded[..., reach + dy * d : reach + dy * d + height, reach + dx * d : reach + dx * d + width]
-        for d in dilations
-        for dy, dx in _RING
-    ]
-    return torch.stack(shifted, dim=2)
+    for d in dilations:
+        for dy, dx in _RING:
+            yield padded[
+                ..., reach + dy * d : reach + dy * d + height, reach + dx * d : reach + dx * d + width
+            ]
+
+
+def _neighbours(x: torch.Tensor, dilations: Sequence[int]) -> torch.Tensor:
+    """x (B, C, H, W) -> its 8 ring neighbours at every dilation, (B, C, N, H, W), borders replicated."""
+    return torch.stack(list(_shifted(x, dilations)), dim=2)
 
 
 def _check_dilations(dilations: Sequence[int]) -> tuple[int, ...]:
@@ -88,16 +92,7 @@ def pamr(
     for _ in range(int(iterations)):
         # one neighbour at a time: (B, K, N, H, W) at once is too large for many classes at full size
         total = torch.zeros_like(refined)
-        reach = max(dilations)
-        height, width = refined.shape[-2:]
-        padded = F.pad(refined, (reach, reach, reach, reach), mode="replicate")
-        index = 0
-        for d in dilations:
-            for dy, dx in _RING:
-                window = padded[
-                    ..., reach + dy * d : reach + dy * d + height, reach + dx * d : reach + dx * d + width
-                ]
-                total += weights[:, index : index + 1] * window
-                index += 1
+        for index, window in enumerate(_shifted(refined, dilations)):
+            total += weights[:, index : index + 1] * window
         refined = total
     return refined.to(scores.dtype)
