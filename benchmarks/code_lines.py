@@ -20,6 +20,20 @@ import tokenize
 from pathlib import Path
 
 FOLDERS = ("src/neco/evaluation", "src/neco/commands")
+# Issue 24 measures `src/neco` "before the features of the other open issues": the modules those issues
+# added whole (end-to-end segmentation, vision-language transfer, the trust round). Their growth of older
+# modules (e.g. the Probe3D SPair scoring) is not subtracted, so the figure errs on the high side.
+OTHER_ISSUES_MODULES = tuple(
+    f"src/neco/{name}.py"
+    for name in (
+        "training/finetune", "evaluation/protocols/finetune", "evaluation/blocks/seg_recipe",
+        "evaluation/blocks/segmenter", "data/pascal_context",  # end-to-end segmentation
+        "training/text_align", "method/text_align", "method/text_encoder", "method/text_checkpoint",
+        "data/captions", "evaluation/protocols/openvocab", "evaluation/blocks/pamr",
+        "commands/text_align",  # vision-language transfer
+        "training/lock", "utils/checksum", "utils/yaml_files",  # the trust round
+    )
+)  # fmt: skip
 _NOT_CODE = {
     tokenize.COMMENT,
     tokenize.NL,
@@ -81,6 +95,9 @@ def main() -> None:
             "folders": per_folder,
             "files": files,
         }
+        result[revision]["src/neco without other issues' modules"] = sum(
+            n for p, n in files.items() if p.startswith("src/neco/") and p not in OTHER_ISSUES_MODULES
+        )
         shown = ", ".join(f"{f}: {n}" for f, n in per_folder.items())
         print(f"{revision:>12} ({commit}): {sum(files.values())} code lines in {len(files)} files ({shown})")
     if args.out is not None:

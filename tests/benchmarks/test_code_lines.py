@@ -43,3 +43,10 @@ def test_count_reads_a_revision_of_the_repository():
     assert "src/neco/evaluation/runner.py" in files
     assert all(path.endswith(".py") for path in files)
     assert files["src/neco/evaluation/runner.py"] > 50
+
+
+def test_the_modules_of_other_issues_exist():
+    # a renamed module would silently drop out of the issue-24 "before the other features" figure
+    files = _script().count("HEAD", ("src/neco",))
+    missing = [p for p in _script().OTHER_ISSUES_MODULES if p not in files]
+    assert not missing
