@@ -53,7 +53,8 @@ def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any
         None if required else field.default if field.default is not _MISSING else field.default_factory()
     )  # type: ignore[misc]
     text = meta.get("help", "")
-    if not required and "default" not in text.lower():  # a help that words its default keeps its words
+    # the one place "(default: X)" joins a help; a help that words its default keeps its words
+    if not required and "default" not in text.lower():
         text = f"{text} (default: {_shown(default)})".strip()
     kwargs: dict[str, Any] = {"help": text, **({"required": True} if required else {"default": default})}
     if meta.get("metavar"):

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -76,9 +77,6 @@ class ModelConfig:
         "NeCo code)", choices=("copy", "independent"),
     )  # fmt: skip
 
-    def __post_init__(self) -> None:
-        validate(self, "model.")
-
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
         if self.weights_which != "teacher" and self.weights is None:
@@ -115,9 +113,6 @@ class CropsConfig:
     )
     photometric: bool = option(True, "colour jitter, grayscale, blur and solarize")
 
-    def __post_init__(self) -> None:
-        validate(self, "data.crops.")
-
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
         if self.num_global + self.num_local < 2:
@@ -147,9 +142,6 @@ class DataConfig:
         32, "scenes generated for data.kind=synthetic", minimum=0, exclusive_minimum=True
     )
     synthetic_size: int = option(128, "their size in pixels", minimum=0, exclusive_minimum=True)
-
-    def __post_init__(self) -> None:
-        validate(self, "data.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -183,9 +175,6 @@ class LossConfig:
     # 0 is a control run: every update but the loss's gradient (weight decay, EMA, schedules) still acts.
     weight: float = option(1.0, "loss weight (0: a control run)", minimum=0)
 
-    def __post_init__(self) -> None:
-        validate(self, "loss.")
-
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -202,15 +191,13 @@ class OptimConfig:
         25, "epochs (the schedules' length unless max_steps)", minimum=0, exclusive_minimum=True
     )
     max_steps: int | None = option(
-        None, "optimizer steps (the schedules' length)", minimum=0, exclusive_minimum=True
-    )
+        None, "length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length (use "
+        "--resume to continue a run)", minimum=0, exclusive_minimum=True,
+    )  # fmt: skip
     grad_clip: float | None = option(
         None, "gradient norm clip (none: off)", minimum=0, exclusive_minimum=True
     )
     decay_tokens: bool = option(False, "decay token and position parameters too (the public rule)")
-
-    def __post_init__(self) -> None:
-        validate(self, "optim.")
 
 
 @dataclass(frozen=True)
@@ -224,9 +211,6 @@ class ValidationConfig:
     max_images: int = option(100, "images scored", minimum=0, exclusive_minimum=True)
     input_size: int = option(448, "input size in pixels", minimum=0, exclusive_minimum=True)
     num_clusters: int = option(21, "k-means clusters", minimum=2)
-
-    def __post_init__(self) -> None:
-        validate(self, "run.validation.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -252,9 +236,6 @@ class AttentionValidationConfig:
     min_component: int = option(0, "smallest connected component kept (patches)", minimum=0)
     batch_size: int = option(16, "images per forward", minimum=1)
 
-    def __post_init__(self) -> None:
-        validate(self, "run.attention_validation.")
-
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
         if self.enabled and not self.root:
@@ -271,7 +252,7 @@ class RunConfig:
     seed: int = option(0, "seed", minimum=0)
     precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32"))
     compile: bool = option(False, "torch.compile the student")
-    accelerator: str = option("auto", "auto: GPU when available", choices=("auto", "cpu", "gpu"))
+    accelerator: str = option("auto", "auto (GPU when available), cpu or gpu", choices=("auto", "cpu", "gpu"))
     devices: int | str = option("auto", "devices per node (int or 'auto')", minimum=0, exclusive_minimum=True)
     strategy: str = option("auto", "Lightning strategy (auto, ddp, ...)")
     num_nodes: int = option(1, "number of nodes", minimum=0, exclusive_minimum=True)
@@ -288,9 +269,6 @@ class RunConfig:
     progress: bool = option(True, "progress bar")
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     attention_validation: AttentionValidationConfig = field(default_factory=AttentionValidationConfig)
-
-    def __post_init__(self) -> None:
-        validate(self, "run.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -315,6 +293,9 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
+    def __post_init__(self) -> None:
+        validate(self, "")  # every section, its messages naming the dotted keys
+
 
 # ---------------------------------------------------------------------------------------------
 # YAML file + overrides -> TrainConfig, through jsonargparse (types, unions, nested sections)
@@ -331,14 +312,14 @@ def config_parser() -> Any:
     return parser
 
 
-def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str]]:
-    """Every dotted key of `TrainConfig` with its default and help, e.g. `{"loss.weight": (1.0, "..."), ...}`."""
-    flat: dict[str, tuple[Any, str]] = {}
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str, str]]:
+    """Every dotted key of `TrainConfig` with its default, help and type as written (`int | list[int] | None`)."""
+    flat: dict[str, tuple[Any, str, str]] = {}
     for item, value in zip(dataclasses.fields(cls), config_to_dict(cls()).values(), strict=True):
         if dataclasses.is_dataclass(item.default_factory):
             flat.update(config_keys(item.default_factory, f"{prefix}{item.name}."))
         else:
-            flat[prefix + item.name] = (value, item.metadata.get("help", ""))
+            flat[prefix + item.name] = (value, item.metadata.get("help", ""), item.type)
     return flat
 
 
@@ -368,18 +349,9 @@ def _translate(text: str) -> str:
             "<class 'float'>": "a finite number",
             "<class 'bool'>": "true/false",
         }
-        expected = words.get(expected, "of the type " + str(keys_type(key)))
+        expected = words.get(expected, f"of the type {config_keys()[key][2]}")
         return f"`{key}` must be {expected} but is {_shown(value)}"
     return text.strip()
-
-
-def keys_type(key: str) -> Any:
-    """The annotation of dotted `key`, as written (`int | list[int] | None`)."""
-    cls: Any = TrainConfig
-    for part in key.split("."):
-        item = {f.name: f for f in dataclasses.fields(cls)}[part]
-        cls = item.default_factory if dataclasses.is_dataclass(item.default_factory) else item.type
-    return cls
 
 
 def _shown(raw: str) -> str:
@@ -423,16 +395,11 @@ def config_from_dict(values: dict[str, Any] | None) -> TrainConfig:
 
 def replace_keys(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """`config` with dotted keys set to typed values (`{"optim.max_steps": 4}`), validated like a file."""
-    nested = config_to_dict(config)
-    for key, value in values.items():
-        *sections, name = key.split(".")
-        node = nested
-        for section in sections:
-            node = node.get(section) if isinstance(node.get(section), dict) else {}
-        if name not in node:
-            raise ValueError(_translate(f"unrecognized arguments: --{key}") + " (config: replace_keys)")
-        node[name] = list(value) if isinstance(value, tuple) else value
-    return config_from_dict(nested)
+    # the parser reads a string option's text as it is, any other value as YAML (JSON is YAML)
+    args = [
+        f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+    ]
+    return _parse(["--config", yaml.safe_dump(config_to_dict(config)), *args], "replace_keys")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:

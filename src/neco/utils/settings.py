@@ -82,11 +82,15 @@ def parse_fraction(text: str | float) -> float:
 def validate(settings: Any, prefix: str | None = None) -> None:
     """Check every field's choices and bounds, then the class's own `check()`; ValueError names the option.
 
-    The option is named by its flag (`--memory-size`), or by its dotted config key under `prefix` (`loss.`).
+    The option is named by its flag (`--memory-size`), or by its dotted config key under `prefix` (`loss.`);
+    a field holding a dataclass (a config section) is checked in turn.
     """
     for field in dataclasses.fields(settings):
         meta, value = field.metadata, getattr(settings, field.name)
         name = flag_of(field) if prefix is None else prefix + field.name
+        if dataclasses.is_dataclass(value):  # a section of the training config
+            validate(value, name + ".")
+            continue
         if meta.get("choices") and value is not None and value not in meta["choices"]:
             raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but is {value!r}")
         low, high, exclusive = meta.get("minimum"), meta.get("maximum"), meta.get("exclusive_minimum")
