@@ -362,22 +362,22 @@ def _shown(raw: str) -> str:
         return repr(raw.strip())
 
 
-def _override_args(overrides: list[str]) -> list[str]:
-    """`section.key=value` strings as options of `config_parser()` (values parsed as YAML)."""
-    args = []
+def _parse(values: Any, overrides: list[str], source: str) -> TrainConfig:
+    """A validated `TrainConfig` of a nested mapping and `section.key=value` overrides (values read as YAML).
+
+    Errors name the key and `source`."""
+    from jsonargparse import ArgumentError
+
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a mapping of sections but found {type(values).__name__}")
+    args = ["--config", yaml.safe_dump(values or {})]
+    source += ", with overrides" if overrides else ""
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip().removeprefix("--")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} must have the form `section.key=value`")
+            raise ValueError(f"override {item!r} must have the form `section.key=value` (config: {source})")
         args.append(f"--{key}={raw if raw.strip() else 'null'}")
-    return args
-
-
-def _parse(args: list[str], source: str) -> TrainConfig:
-    """Parse parser options into a validated `TrainConfig`; errors name the key and `source`."""
-    from jsonargparse import ArgumentError
-
     parser = config_parser()
     try:
         sections = parser.instantiate(parser.parse_args(args))
@@ -388,56 +388,34 @@ def _parse(args: list[str], source: str) -> TrainConfig:
 
 def config_from_dict(values: dict[str, Any] | None) -> TrainConfig:
     """Build and validate a `TrainConfig` from a nested mapping (missing keys take defaults)."""
-    if values is not None and not isinstance(values, dict):
-        raise ValueError(f"the config must be a mapping but is {values!r}")
-    return _parse(["--config", yaml.safe_dump(values or {})], "a mapping")
+    return _parse(values, [], "a mapping")
 
 
 def replace_keys(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """`config` with dotted keys set to typed values (`{"optim.max_steps": 4}`), validated like a file."""
-    # the parser reads a string option's text as it is, any other value as YAML (JSON is YAML)
-    args = [
-        f"--{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+    # an override's text is read as YAML (JSON is YAML), a string option's text as it is
+    overrides = [
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
     ]
-    return _parse(["--config", yaml.safe_dump(config_to_dict(config)), *args], "replace_keys")
+    return _parse(config_to_dict(config), overrides, "replace_keys")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (lists instead of tuples) of a config, suitable for YAML and checkpoints."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # JSON has no tuples: they come back as lists
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from defaults when `path` is None), apply overrides, validate."""
-    args, source = [], "defaults"
-    if path is not None:
-        path, source = Path(path), str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path}: no such config file")
-        try:
-            loaded = load_yaml_file(path)  # refuses a key given twice
-        except yaml.YAMLError as err:
-            raise ValueError(f"--config {path}: not valid YAML ({err})") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(
-                f"--config {path}: expected a mapping of sections but found {type(loaded).__name__}"
-            )
-        args = ["--config", str(path)] if loaded else []
-    if overrides:
-        source += ", with overrides"
+    if path is None:
+        return _parse({}, list(overrides or []), "defaults")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such config file")
     try:
-        args += _override_args(list(overrides or []))
-    except ValueError as err:
-        raise ValueError(f"{err} (config: {source})") from err
-    return _parse(args, source)
+        loaded = load_yaml_file(path)  # refuses a key given twice
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path}: not valid YAML ({err})") from err
+    return _parse(loaded, list(overrides or []), str(path))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

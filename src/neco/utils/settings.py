@@ -39,18 +39,7 @@ def option(
     `flag`: its spellings (`("-o", "--out")`), or a name without dashes for a positional argument;
     `group`: the `--help` section it is listed in.
     """
-    metadata = {
-        "help": help,
-        "choices": choices,
-        "minimum": minimum,
-        "maximum": maximum,
-        "exclusive_minimum": exclusive_minimum,
-        "flag": flag,
-        "metavar": metavar,
-        "nargs": nargs,
-        "group": group,
-        "cli": cli,
-    }
+    metadata = {name: value for name, value in locals().items() if name != "default"}  # the keywords above
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)  # MISSING: a required field
