@@ -30,25 +30,18 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         module = importlib.import_module(f"neco.commands.{info.name}")
         module.register(subparsers)
-    for name, command in subparsers.choices.items():
-        if name in COMPUTING:
-            _add_threads(command)
+    for name in COMPUTING:  # the one `--threads`, on the command or on each of its subcommands (eval's)
+        command = subparsers.choices[name]
+        for sub in (
+            command._subparsers._group_actions[0].choices.values() if command._subparsers else [command]
+        ):
+            sub.add_argument(
+                "--threads",
+                type=int,
+                default=0,
+                help="CPU threads for torch and faiss (default: 0, the library default)",
+            )
     return parser
-
-
-def _add_threads(parser: argparse.ArgumentParser) -> None:
-    """The one `--threads` option, on `parser` or on each of its subcommands (neco eval's protocols)."""
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            for sub in action.choices.values():
-                _add_threads(sub)
-            return
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch and faiss (default: 0, the library default)",
-    )
 
 
 def _set_threads(threads: int) -> None:
