@@ -265,7 +265,9 @@ class RunConfig:
     stop_at_step: int | None = option(
         None, "stop (resumably) at this step", minimum=0, exclusive_minimum=True
     )
-    loggers: list[str] = option(["tensorboard", "csv"], "of csv, tensorboard, wandb")
+    loggers: list[str] = option(
+        ["tensorboard", "csv"], "of csv, tensorboard, wandb", choices=("csv", "tensorboard", "wandb")
+    )
     progress: bool = option(True, "progress bar")
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     attention_validation: AttentionValidationConfig = field(default_factory=AttentionValidationConfig)
@@ -276,11 +278,6 @@ class RunConfig:
             raise ValueError("`run.out_dir` must be a directory path but is empty")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError(f"`run.devices` must be a positive int or 'auto' but is {self.devices!r}")
-        for name in self.loggers:
-            if name not in ("csv", "tensorboard", "wandb"):
-                raise ValueError(
-                    f"`run.loggers[]` must be one of ['csv', 'tensorboard', 'wandb'] but is {name!r}"
-                )
 
 
 @dataclass(frozen=True)

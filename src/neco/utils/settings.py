@@ -69,7 +69,7 @@ def parse_fraction(text: str | float) -> float:
 
 
 def validate(settings: Any, prefix: str | None = None) -> None:
-    """Check every field's choices and bounds, then the class's own `check()`; ValueError names the option.
+    """Check every field's (or list item's) choices and bounds, then the class's `check()`; ValueError names the option.
 
     The option is named by its flag (`--memory-size`), or by its dotted config key under `prefix` (`loss.`);
     a field holding a dataclass (a config section) is checked in turn.
@@ -80,14 +80,14 @@ def validate(settings: Any, prefix: str | None = None) -> None:
         if dataclasses.is_dataclass(value):  # a section of the training config
             validate(value, name + ".")
             continue
-        if meta.get("choices") and value is not None and value not in meta["choices"]:
-            raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but is {value!r}")
         low, high, exclusive = meta.get("minimum"), meta.get("maximum"), meta.get("exclusive_minimum")
         for item in value if isinstance(value, tuple | list) else (value,):
+            # a list option names the offending item: "`--ks` must be >= 0 but holds -5", not "(-5,)"
+            shown = f"holds {item!r}" if isinstance(value, tuple | list) else f"is {value!r}"
+            if meta.get("choices") and item is not None and item not in meta["choices"]:
+                raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but {shown}")
             if isinstance(item, bool) or not isinstance(item, int | float):
                 continue  # bounds apply to numbers (None, text and flags have none)
-            # a list option names the offending item: "`--ks` must be >= 0 but holds -5", not "(-5,)"
-            shown = f"holds {item}" if isinstance(value, tuple | list) else f"is {value}"
             if not math.isfinite(item):  # nan passes every bound check below
                 raise ValueError(f"`{name}` must be a finite number but {shown}")
             if low is not None and high is not None and not exclusive and not low <= item <= high:
