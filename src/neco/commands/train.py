@@ -133,7 +133,7 @@ def build_config(args: argparse.Namespace) -> Any:
     Two settings of the same key (an option and an override, or two options) must agree; otherwise a
     ValueError names both.
     """
-    from neco.training.config import load_config
+    from neco.training.config import load_config, yaml_value
 
     given = _weight_settings(args) + args.key_options
     given += [
@@ -142,7 +142,7 @@ def build_config(args: argparse.Namespace) -> Any:
     ]
     first: dict[str, tuple[str, Any]] = {}
     for label, key, value in given:
-        if _parsed(first.setdefault(key, (label, value))[1]) != _parsed(value):
+        if yaml_value(first.setdefault(key, (label, value))[1]) != yaml_value(value):
             raise ValueError(
                 f"`{first[key][0]}` and `{label}` both set `{key}` to different values: give one of them"
             )
@@ -164,16 +164,6 @@ def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
         (f"--which {args.which}", "model.weights_which", args.which),
     ]
     return [setting for setting in settings if setting[2] is not None]
-
-
-def _parsed(raw: Any) -> Any:
-    """A setting's value as the config reads it (YAML), or the text when it is not valid YAML."""
-    import yaml
-
-    try:
-        return yaml.safe_load(raw) if str(raw).strip() else None
-    except yaml.YAMLError:
-        return raw
 
 
 def _newest(out_dir: str) -> str | None:

@@ -44,6 +44,7 @@ __all__ = [
     "config_to_dict",
     "replace_keys",
     "save_config",
+    "yaml_value",
 ]
 
 
@@ -347,16 +348,16 @@ def _translate(text: str) -> str:
             "<class 'bool'>": "true/false",
         }
         expected = words.get(expected, f"of the type {config_keys()[key][2]}")
-        return f"`{key}` must be {expected} but is {_shown(value)}"
+        return f"`{key}` must be {expected} but is {yaml_value(value.strip())!r}"
     return text.strip()
 
 
-def _shown(raw: str) -> str:
-    """A value as the user wrote it: numbers bare, text quoted."""
+def yaml_value(raw: Any) -> Any:
+    """A setting's text as the config reads it (YAML, empty: null), or the text itself where it is not YAML."""
     try:
-        return repr(yaml.safe_load(raw.strip()))
+        return yaml.safe_load(raw) if str(raw).strip() else None
     except yaml.YAMLError:
-        return repr(raw.strip())
+        return raw
 
 
 def _parse(values: Any, overrides: list[str], source: str) -> TrainConfig:
