@@ -142,10 +142,11 @@ def build_config(args: argparse.Namespace) -> Any:
     ]
     first: dict[str, tuple[str, Any]] = {}
     for label, key, value in given:
-        if yaml_value(first.setdefault(key, (label, value))[1]) != yaml_value(value):
+        if key in first and yaml_value(first[key][1]) != yaml_value(value):
             raise ValueError(
                 f"`{first[key][0]}` and `{label}` both set `{key}` to different values: give one of them"
             )
+        first.setdefault(key, (label, value))
     options = [f"{key}={value}" for _, key, value in given[: len(given) - len(args.overrides)]]
     return load_config(_config_file(args.config), [*options, *args.overrides])
 
