@@ -48,13 +48,10 @@ def _set_threads(threads: int) -> None:
     """Use `threads` CPU threads in torch and faiss (0: leave the library default)."""
     if threads <= 0:
         return
+    import faiss  # a dependency of neco, like torch
     import torch
 
     torch.set_num_threads(threads)
-    try:
-        import faiss
-    except ImportError:
-        return
     faiss.omp_set_num_threads(threads)
 
 
