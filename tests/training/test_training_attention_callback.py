@@ -73,12 +73,19 @@ def test_attention_callback_logs_on_schedule(tmp_path):
 
 
 def test_attention_callback_config_rejects_bad_values():
+    from neco.training.config import RunConfig, TrainConfig, config_from_dict
+
+    def config(**values):  # the section as the training config validates it (file, overrides, code)
+        return config_from_dict({"run": {"attention_validation": values}})
+
     with pytest.raises(ValueError, match="`run.attention_validation.dataset` must be one of"):
-        AttentionValidationConfig(root="x", dataset="ade20k")
+        config(root="x", dataset="ade20k")
     with pytest.raises(ValueError, match=r"`run.attention_validation.every_steps` must be >= 1"):
-        AttentionValidationConfig(root="x", every_steps=0)
+        config(root="x", every_steps=0)
     with pytest.raises(ValueError, match=r"`run.attention_validation.root` must be a VOC-format folder"):
-        AttentionValidationConfig(enabled=True)
+        config(enabled=True)
+    with pytest.raises(ValueError, match=r"`run.attention_validation.root` must be a VOC-format folder"):
+        TrainConfig(run=RunConfig(attention_validation=AttentionValidationConfig(enabled=True)))
 
 
 def test_neco_train_runs_the_attention_validation_of_its_config(tmp_path, capsys):

@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from neco.training.config import TrainConfig, config_from_dict, config_to_dict, load_config, save_config
+from neco.training.config import (
+    TrainConfig,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    replace_keys,
+    save_config,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 PRESETS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -82,7 +89,7 @@ def test_overrides_and_roundtrip(tmp_path: Path) -> None:
         (["data.batch_size=2.5"], r"`data.batch_size` must be an int but is 2.5"),
         (["optim.momentum=1.5"], r"`optim.momentum` must be in \[0.0, 1.0\] but is 1.5"),
         (["data.crops.global_scale=[0.5, 0.2]"], r"`data.crops.global_scale` must be \(low, high\)"),
-        (["run.loggers=[tensorboard, neptune]"], r"`run.loggers\[\]` must be one of"),
+        (["run.loggers=[tensorboard, neptune]"], r"`run.loggers` must be one of .* but holds 'neptune'"),
         (["run.validation.enabled=true"], r"`run.validation.root` must be a VOC-format folder"),
         (["loss"], r"must have the form `section.key=value`"),
     ],
@@ -102,6 +109,34 @@ def test_missing_and_malformed_files(tmp_path: Path) -> None:
     bad.write_text("- a\n- b\n")
     with pytest.raises(ValueError, match="list.yaml: expected a mapping"):
         load_config(bad)
+
+
+def test_replace_keys_sets_typed_values_and_names_unknown_keys(tmp_path: Path) -> None:
+    """`replace_keys` (the demo's way in) takes typed values, strings literally, and checks them like a file."""
+    base = load_config(ROOT / "configs/tiny_cpu.yaml")
+    odd = str(tmp_path / "runs #1: *x")
+    values = {
+        "data.root": odd,
+        "model.weights": None,
+        "run.devices": 1,
+        "data.crops.global_scale": (0.3, 1.0),
+    }
+    config = replace_keys(base, {**values, "run.progress": False, "optim.lr_backbone": 5e-5})
+    assert (config.data.root, config.model.weights, config.run.devices) == (odd, None, 1)
+    assert (config.data.crops.global_scale, config.run.progress, config.optim.lr_backbone) == (
+        (0.3, 1.0),
+        False,
+        5e-5,
+    )
+    assert config.loss == base.loss  # keys not named keep the given config's values
+    with pytest.raises(
+        ValueError, match=r"unknown config key `optim.lr_bakbone`.*did you mean `optim.lr_backbone`"
+    ):
+        replace_keys(base, {"optim.lr_bakbone": 1.0})
+    with pytest.raises(
+        ValueError, match=r"`optim.momentum` must be in \[0.0, 1.0\] but is 2.0 \(config: replace_keys"
+    ):
+        replace_keys(base, {"optim.momentum": 2.0})
 
 
 def test_cli_reports_config_errors_without_traceback(

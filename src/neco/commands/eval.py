@@ -8,8 +8,6 @@ runs the protocol through `neco.evaluation.evaluate` and writes `<protocol>.json
 from __future__ import annotations
 
 import argparse
-import json
-import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -22,7 +20,7 @@ from neco.commands._backbone import add_backbone_options, load_backbone_of
 from neco.data import SEGMENTATION_DATASETS
 from neco.evaluation import Features, RunSettings, evaluate, get_protocol, protocol_names
 from neco.evaluation.options import add_options, from_args
-from neco.evaluation.runner import resolve_device
+from neco.evaluation.runner import default_out_dir, resolve_device
 from neco.utils.logging import get_logger
 
 __all__ = ["register"]
@@ -73,35 +71,6 @@ def register(subparsers: Any) -> None:
         sub.set_defaults(func=_run)
 
 
-def _default_out(args: argparse.Namespace, identity: dict[str, Any]) -> Path:
-    """eval_out/<label>/<protocol>: a registry name, or the run and step of a checkpoint, never a generic
-    file name (two runs' `last.ckpt`); suffixed `_2`, `_3`, ... where another backbone's result is."""
-    from neco.evaluation.runner import same_backbone
-
-    weights = args.weights or (args.backbone if Path(args.backbone).suffix else None)
-    if weights is None:
-        label = args.backbone
-    else:
-        # `last.ckpt` is a link: its target names the step; a run's checkpoints sit in <run>/checkpoints/
-        file = Path(weights).expanduser().resolve()
-        label = f"{file.parent.parent.name}_{file.stem}" if file.parent.name == "checkpoints" else file.stem
-        if args.weights:
-            label = f"{args.backbone}_{label}"
-    base = Path("eval_out") / re.sub(r"[^A-Za-z0-9_.+-]", "_", label)
-    for index in range(1, 1000):
-        out = (base if index == 1 else base.with_name(f"{base.name}_{index}")) / args.protocol
-        existing = out / f"{args.protocol}.json"
-        if not existing.is_file():
-            return out
-        try:
-            previous = json.loads(existing.read_text()).get("backbone") or {}
-        except (OSError, ValueError, AttributeError):
-            continue
-        if same_backbone(previous, identity):
-            return out
-    raise FileExistsError(f"{base}: 999 result folders of other backbones; pass --out")
-
-
 def _run(args: argparse.Namespace) -> int:
     log = get_logger("neco.eval")
     protocol = get_protocol(args.protocol)
@@ -118,7 +87,7 @@ def _run(args: argparse.Namespace) -> int:
     torch.manual_seed(run.seed)  # a --random-init backbone is then reproducible (same checksum)
     model, identity = load_backbone_of(args)
     features = Features.of_model(model, device, run.precision)
-    out = args.out or _default_out(args, identity)
+    out = args.out or default_out_dir(args.protocol, args.backbone, args.weights, identity)
     # "val (4)" where the role is the split's name, "train: trainaug (1464)" where it is not
     splits = ", ".join(
         f"{'' if role == v['split'] else role + ': '}{v['split']} ({v['num_images']})"

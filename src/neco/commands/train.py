@@ -10,29 +10,22 @@ from typing import Any
 
 __all__ = ["build_config", "register"]
 
-# Short spellings of a few config keys: {key: (option, help)}. Every key also has its `--section.key` option.
+# Short spellings of a few config keys; every key also has its `--section.key` option.
 _SHORT = {
-    "run.out_dir": ("--out", "output folder"),
-    "optim.max_steps": (
-        "--max-steps",
-        "length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length (use "
-        "--resume to continue a run)",
-    ),
-    "run.devices": ("--devices", "devices per node (int or 'auto')"),
-    "run.strategy": ("--strategy", "Lightning strategy (auto, ddp, ...)"),
-    "run.num_nodes": ("--num-nodes", "number of nodes"),
-    "run.accelerator": ("--accelerator", "auto, cpu or gpu"),
+    "run.out_dir": "--out",
+    "optim.max_steps": "--max-steps",
+    "run.devices": "--devices",
+    "run.strategy": "--strategy",
+    "run.num_nodes": "--num-nodes",
+    "run.accelerator": "--accelerator",
 }
 
 
 class _SetKey(argparse.Action):
-    """Record (option as given, config key, value text) in order; the config parser types the value."""
+    """Record (option and value as given, config key, value text) in order; the config parser types the value."""
 
     def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
-        namespace.key_options = [
-            *getattr(namespace, "key_options", []),
-            (option_string, self.dest, values),
-        ]
+        namespace.key_options = [*namespace.key_options, (f"{option_string} {values}", self.dest, values)]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -85,14 +78,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-progress", action="store_true", help="disable the progress bar")
     keys = parser.add_argument_group("config keys", "each sets one key of the config (default: the preset's)")
-    for key, (default, text) in config_keys().items():
-        short, short_text = _SHORT.get(key, (None, text))
-        spellings = [f"--{key}", short] if short else [f"--{key}"]
+    for key, (default, text, _) in config_keys().items():
         keys.add_argument(
-            *spellings, action=_SetKey, dest=key, metavar="VALUE", default=argparse.SUPPRESS,
-            help=f"{short_text} (built-in default: {default})".replace("%", "%%"),
+            *[f"--{key}", *([_SHORT[key]] if key in _SHORT else [])], action=_SetKey, dest=key, metavar="VALUE",
+            default=argparse.SUPPRESS, help=f"{text} (built-in default: {default})".replace("%", "%%"),
         )  # fmt: skip
-    parser.set_defaults(func=run, overrides_dest="overrides", key_options=[])
+    parser.set_defaults(func=run, key_options=[])
 
 
 def run(args: argparse.Namespace) -> int:
@@ -142,15 +133,16 @@ def build_config(args: argparse.Namespace) -> Any:
     Two settings of the same key (an option and an override, or two options) must agree; otherwise a
     ValueError names both.
     """
-    from neco.training.config import load_config
+    from neco.training.config import load_config, yaml_value
 
-    given = _weight_settings(args) + [(f"{o} {v}", key, v) for o, key, v in args.key_options]
-    for override in args.overrides:
-        key, _, raw = override.partition("=")
-        given.append((override, key.strip(), raw))
+    given = _weight_settings(args) + args.key_options
+    given += [
+        (override, override.partition("=")[0].strip(), override.partition("=")[2])
+        for override in args.overrides
+    ]
     first: dict[str, tuple[str, Any]] = {}
     for label, key, value in given:
-        if key in first and _parsed(first[key][1]) != _parsed(value):
+        if key in first and yaml_value(first[key][1]) != yaml_value(value):
             raise ValueError(
                 f"`{first[key][0]}` and `{label}` both set `{key}` to different values: give one of them"
             )
@@ -173,16 +165,6 @@ def _weight_settings(args: argparse.Namespace) -> list[tuple[str, str, Any]]:
         (f"--which {args.which}", "model.weights_which", args.which),
     ]
     return [setting for setting in settings if setting[2] is not None]
-
-
-def _parsed(raw: Any) -> Any:
-    """A setting's value as the config reads it (YAML), or the text when it is not valid YAML."""
-    import yaml
-
-    try:
-        return yaml.safe_load(raw) if str(raw).strip() else None
-    except yaml.YAMLError:
-        return raw
 
 
 def _newest(out_dir: str) -> str | None:

@@ -48,12 +48,11 @@ def _shown(default: Any) -> str:
 def _argparse_kwargs(field: dataclasses.Field, annotation: Any) -> dict[str, Any]:
     base, optional = _base(annotation)
     meta = field.metadata
-    required = field.default is _MISSING and field.default_factory is _MISSING
-    default = (
-        None if required else field.default if field.default is not _MISSING else field.default_factory()
-    )  # type: ignore[misc]
+    default = field.default if field.default_factory is _MISSING else field.default_factory()
+    required = default is _MISSING
     text = meta.get("help", "")
-    if not required and "default" not in text.lower():  # a help that words its default keeps its words
+    # the one place "(default: X)" joins a help; a help that words its default keeps its words
+    if not required and "default" not in text.lower():
         text = f"{text} (default: {_shown(default)})".strip()
     kwargs: dict[str, Any] = {"help": text, **({"required": True} if required else {"default": default})}
     if meta.get("metavar"):

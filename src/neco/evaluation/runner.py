@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "check_divisible",
     "check_result_folder",
     "same_backbone",
+    "default_out_dir",
 ]
 
 
@@ -196,3 +198,30 @@ def _raise_unwrapped(err: ValueError) -> None:
     last = [line for line in text.strip().splitlines() if line.startswith("ValueError: ")]
     if "DataLoader worker" in text and "Traceback" in text and last:
         raise ValueError(last[-1].removeprefix("ValueError: ")) from err
+
+
+def default_out_dir(protocol: str, backbone: str, weights: str | None, identity: dict[str, Any]) -> Path:
+    """eval_out/<label>/<protocol>: a registry name, or the run and step of a checkpoint, never a generic
+    file name (two runs' `last.ckpt`); suffixed `_2`, `_3`, ... where another backbone's result is."""
+    file = weights or (backbone if Path(backbone).suffix else None)
+    if file is None:
+        label = backbone
+    else:
+        # `last.ckpt` is a link: its target names the step; a run's checkpoints sit in <run>/checkpoints/
+        path = Path(file).expanduser().resolve()
+        label = f"{path.parent.parent.name}_{path.stem}" if path.parent.name == "checkpoints" else path.stem
+        if weights:
+            label = f"{backbone}_{label}"
+    base = Path("eval_out") / re.sub(r"[^A-Za-z0-9_.+-]", "_", label)
+    for index in range(1, 1000):
+        out = (base if index == 1 else base.with_name(f"{base.name}_{index}")) / protocol
+        existing = out / f"{protocol}.json"
+        if not existing.is_file():
+            return out
+        try:
+            previous = json.loads(existing.read_text()).get("backbone") or {}
+        except (OSError, ValueError, AttributeError):
+            continue
+        if same_backbone(previous, identity):
+            return out
+    raise FileExistsError(f"{base}: 999 result folders of other backbones; pass --out")

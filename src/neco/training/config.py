@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +44,7 @@ __all__ = [
     "config_to_dict",
     "replace_keys",
     "save_config",
+    "yaml_value",
 ]
 
 
@@ -75,9 +77,6 @@ class ModelConfig:
         "copy", "copy: the teacher head copies the student's (neco); independent: its own random init (public "
         "NeCo code)", choices=("copy", "independent"),
     )  # fmt: skip
-
-    def __post_init__(self) -> None:
-        validate(self, "model.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -115,9 +114,6 @@ class CropsConfig:
     )
     photometric: bool = option(True, "colour jitter, grayscale, blur and solarize")
 
-    def __post_init__(self) -> None:
-        validate(self, "data.crops.")
-
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
         if self.num_global + self.num_local < 2:
@@ -147,9 +143,6 @@ class DataConfig:
         32, "scenes generated for data.kind=synthetic", minimum=0, exclusive_minimum=True
     )
     synthetic_size: int = option(128, "their size in pixels", minimum=0, exclusive_minimum=True)
-
-    def __post_init__(self) -> None:
-        validate(self, "data.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -183,9 +176,6 @@ class LossConfig:
     # 0 is a control run: every update but the loss's gradient (weight decay, EMA, schedules) still acts.
     weight: float = option(1.0, "loss weight (0: a control run)", minimum=0)
 
-    def __post_init__(self) -> None:
-        validate(self, "loss.")
-
 
 @dataclass(frozen=True)
 class OptimConfig:
@@ -202,15 +192,13 @@ class OptimConfig:
         25, "epochs (the schedules' length unless max_steps)", minimum=0, exclusive_minimum=True
     )
     max_steps: int | None = option(
-        None, "optimizer steps (the schedules' length)", minimum=0, exclusive_minimum=True
-    )
+        None, "length of the run in optimizer steps: sets the LR / weight-decay / EMA schedule length (use "
+        "--resume to continue a run)", minimum=0, exclusive_minimum=True,
+    )  # fmt: skip
     grad_clip: float | None = option(
         None, "gradient norm clip (none: off)", minimum=0, exclusive_minimum=True
     )
     decay_tokens: bool = option(False, "decay token and position parameters too (the public rule)")
-
-    def __post_init__(self) -> None:
-        validate(self, "optim.")
 
 
 @dataclass(frozen=True)
@@ -224,9 +212,6 @@ class ValidationConfig:
     max_images: int = option(100, "images scored", minimum=0, exclusive_minimum=True)
     input_size: int = option(448, "input size in pixels", minimum=0, exclusive_minimum=True)
     num_clusters: int = option(21, "k-means clusters", minimum=2)
-
-    def __post_init__(self) -> None:
-        validate(self, "run.validation.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -252,9 +237,6 @@ class AttentionValidationConfig:
     min_component: int = option(0, "smallest connected component kept (patches)", minimum=0)
     batch_size: int = option(16, "images per forward", minimum=1)
 
-    def __post_init__(self) -> None:
-        validate(self, "run.attention_validation.")
-
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
         if self.enabled and not self.root:
@@ -271,7 +253,7 @@ class RunConfig:
     seed: int = option(0, "seed", minimum=0)
     precision: str = option("auto", "auto: bf16 on CUDA, fp32 on CPU", choices=("auto", "bf16", "fp32"))
     compile: bool = option(False, "torch.compile the student")
-    accelerator: str = option("auto", "auto: GPU when available", choices=("auto", "cpu", "gpu"))
+    accelerator: str = option("auto", "auto (GPU when available), cpu or gpu", choices=("auto", "cpu", "gpu"))
     devices: int | str = option("auto", "devices per node (int or 'auto')", minimum=0, exclusive_minimum=True)
     strategy: str = option("auto", "Lightning strategy (auto, ddp, ...)")
     num_nodes: int = option(1, "number of nodes", minimum=0, exclusive_minimum=True)
@@ -284,13 +266,12 @@ class RunConfig:
     stop_at_step: int | None = option(
         None, "stop (resumably) at this step", minimum=0, exclusive_minimum=True
     )
-    loggers: list[str] = option(["tensorboard", "csv"], "of csv, tensorboard, wandb")
+    loggers: list[str] = option(
+        ["tensorboard", "csv"], "of csv, tensorboard, wandb", choices=("csv", "tensorboard", "wandb")
+    )
     progress: bool = option(True, "progress bar")
     validation: ValidationConfig = field(default_factory=ValidationConfig)
     attention_validation: AttentionValidationConfig = field(default_factory=AttentionValidationConfig)
-
-    def __post_init__(self) -> None:
-        validate(self, "run.")
 
     def check(self) -> None:
         """Rules across keys (called by `validate`)."""
@@ -298,11 +279,6 @@ class RunConfig:
             raise ValueError("`run.out_dir` must be a directory path but is empty")
         if isinstance(self.devices, str) and self.devices != "auto":
             raise ValueError(f"`run.devices` must be a positive int or 'auto' but is {self.devices!r}")
-        for name in self.loggers:
-            if name not in ("csv", "tensorboard", "wandb"):
-                raise ValueError(
-                    f"`run.loggers[]` must be one of ['csv', 'tensorboard', 'wandb'] but is {name!r}"
-                )
 
 
 @dataclass(frozen=True)
@@ -314,6 +290,9 @@ class TrainConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+
+    def __post_init__(self) -> None:
+        validate(self, "")  # every section, its messages naming the dotted keys
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,14 +310,14 @@ def config_parser() -> Any:
     return parser
 
 
-def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str]]:
-    """Every dotted key of `TrainConfig` with its default and help, e.g. `{"loss.weight": (1.0, "..."), ...}`."""
-    flat: dict[str, tuple[Any, str]] = {}
+def config_keys(cls: type = TrainConfig, prefix: str = "") -> dict[str, tuple[Any, str, str]]:
+    """Every dotted key of `TrainConfig` with its default, help and type as written (`int | list[int] | None`)."""
+    flat: dict[str, tuple[Any, str, str]] = {}
     for item, value in zip(dataclasses.fields(cls), config_to_dict(cls()).values(), strict=True):
         if dataclasses.is_dataclass(item.default_factory):
             flat.update(config_keys(item.default_factory, f"{prefix}{item.name}."))
         else:
-            flat[prefix + item.name] = (value, item.metadata.get("help", ""))
+            flat[prefix + item.name] = (value, item.metadata.get("help", ""), item.type)
     return flat
 
 
@@ -368,44 +347,35 @@ def _translate(text: str) -> str:
             "<class 'float'>": "a finite number",
             "<class 'bool'>": "true/false",
         }
-        expected = words.get(expected, "of the type " + str(keys_type(key)))
-        return f"`{key}` must be {expected} but is {_shown(value)}"
+        expected = words.get(expected, f"of the type {config_keys()[key][2]}")
+        return f"`{key}` must be {expected} but is {yaml_value(value.strip())!r}"
     return text.strip()
 
 
-def keys_type(key: str) -> Any:
-    """The annotation of dotted `key`, as written (`int | list[int] | None`)."""
-    cls: Any = TrainConfig
-    for part in key.split("."):
-        item = {f.name: f for f in dataclasses.fields(cls)}[part]
-        cls = item.default_factory if dataclasses.is_dataclass(item.default_factory) else item.type
-    return cls
-
-
-def _shown(raw: str) -> str:
-    """A value as the user wrote it: numbers bare, text quoted."""
+def yaml_value(raw: Any) -> Any:
+    """A setting's text as the config reads it (YAML, empty: null), or the text itself where it is not YAML."""
     try:
-        return repr(yaml.safe_load(raw.strip()))
+        return yaml.safe_load(raw) if str(raw).strip() else None
     except yaml.YAMLError:
-        return repr(raw.strip())
+        return raw
 
 
-def _override_args(overrides: list[str]) -> list[str]:
-    """`section.key=value` strings as options of `config_parser()` (values parsed as YAML)."""
-    args = []
+def _parse(values: Any, overrides: list[str], source: str) -> TrainConfig:
+    """A validated `TrainConfig` of a nested mapping and `section.key=value` overrides (values read as YAML).
+
+    Errors name the key and `source`."""
+    from jsonargparse import ArgumentError
+
+    if values is not None and not isinstance(values, dict):
+        raise ValueError(f"{source}: expected a mapping of sections but found {type(values).__name__}")
+    args = ["--config", yaml.safe_dump(values or {})]
+    source += ", with overrides" if overrides else ""
     for item in overrides:
         key, sep, raw = item.partition("=")
         key = key.strip().removeprefix("--")
         if not sep or not key or any(not part for part in key.split(".")):
-            raise ValueError(f"override {item!r} must have the form `section.key=value`")
+            raise ValueError(f"override {item!r} must have the form `section.key=value` (config: {source})")
         args.append(f"--{key}={raw if raw.strip() else 'null'}")
-    return args
-
-
-def _parse(args: list[str], source: str) -> TrainConfig:
-    """Parse parser options into a validated `TrainConfig`; errors name the key and `source`."""
-    from jsonargparse import ArgumentError
-
     parser = config_parser()
     try:
         sections = parser.instantiate(parser.parse_args(args))
@@ -416,61 +386,34 @@ def _parse(args: list[str], source: str) -> TrainConfig:
 
 def config_from_dict(values: dict[str, Any] | None) -> TrainConfig:
     """Build and validate a `TrainConfig` from a nested mapping (missing keys take defaults)."""
-    if values is not None and not isinstance(values, dict):
-        raise ValueError(f"the config must be a mapping but is {values!r}")
-    return _parse(["--config", yaml.safe_dump(values or {})], "a mapping")
+    return _parse(values, [], "a mapping")
 
 
 def replace_keys(config: TrainConfig, values: dict[str, Any]) -> TrainConfig:
     """`config` with dotted keys set to typed values (`{"optim.max_steps": 4}`), validated like a file."""
-    nested = config_to_dict(config)
-    for key, value in values.items():
-        *sections, name = key.split(".")
-        node = nested
-        for section in sections:
-            node = node.get(section) if isinstance(node.get(section), dict) else {}
-        if name not in node:
-            raise ValueError(_translate(f"unrecognized arguments: --{key}") + " (config: replace_keys)")
-        node[name] = list(value) if isinstance(value, tuple) else value
-    return config_from_dict(nested)
+    # an override's text is read as YAML (JSON is YAML), a string option's text as it is
+    overrides = [
+        f"{key}={value if isinstance(value, str) else json.dumps(value)}" for key, value in values.items()
+    ]
+    return _parse(config_to_dict(config), overrides, "replace_keys")
 
 
 def config_to_dict(config: Any) -> dict[str, Any]:
     """Plain nested dict (lists instead of tuples) of a config, suitable for YAML and checkpoints."""
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, tuple | list):
-            return [plain(v) for v in value]
-        if isinstance(value, dict):
-            return {k: plain(v) for k, v in value.items()}
-        return value
-
-    return plain(dataclasses.asdict(config))
+    return json.loads(json.dumps(dataclasses.asdict(config)))  # JSON has no tuples: they come back as lists
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (or start from defaults when `path` is None), apply overrides, validate."""
-    args, source = [], "defaults"
-    if path is not None:
-        path, source = Path(path), str(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"--config {path}: no such config file")
-        try:
-            loaded = load_yaml_file(path)  # refuses a key given twice
-        except yaml.YAMLError as err:
-            raise ValueError(f"--config {path}: not valid YAML ({err})") from err
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ValueError(
-                f"--config {path}: expected a mapping of sections but found {type(loaded).__name__}"
-            )
-        args = ["--config", str(path)] if loaded else []
-    if overrides:
-        source += ", with overrides"
+    if path is None:
+        return _parse({}, list(overrides or []), "defaults")
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--config {path}: no such config file")
     try:
-        args += _override_args(list(overrides or []))
-    except ValueError as err:
-        raise ValueError(f"{err} (config: {source})") from err
-    return _parse(args, source)
+        loaded = load_yaml_file(path)  # refuses a key given twice
+    except yaml.YAMLError as err:
+        raise ValueError(f"--config {path}: not valid YAML ({err})") from err
+    return _parse(loaded, list(overrides or []), str(path))
 
 
 def save_config(config: TrainConfig, path: str | Path) -> Path:

@@ -39,18 +39,7 @@ def option(
     `flag`: its spellings (`("-o", "--out")`), or a name without dashes for a positional argument;
     `group`: the `--help` section it is listed in.
     """
-    metadata = {
-        "help": help,
-        "choices": choices,
-        "minimum": minimum,
-        "maximum": maximum,
-        "exclusive_minimum": exclusive_minimum,
-        "flag": flag,
-        "metavar": metavar,
-        "nargs": nargs,
-        "group": group,
-        "cli": cli,
-    }
+    metadata = {name: value for name, value in locals().items() if name != "default"}  # the keywords above
     if isinstance(default, list):
         return dataclasses.field(default_factory=lambda: list(default), metadata=metadata)
     return dataclasses.field(default=default, metadata=metadata)  # MISSING: a required field
@@ -80,21 +69,25 @@ def parse_fraction(text: str | float) -> float:
 
 
 def validate(settings: Any, prefix: str | None = None) -> None:
-    """Check every field's choices and bounds, then the class's own `check()`; ValueError names the option.
+    """Check every field's (or list item's) choices and bounds, then the class's `check()`; ValueError names the option.
 
-    The option is named by its flag (`--memory-size`), or by its dotted config key under `prefix` (`loss.`).
+    The option is named by its flag (`--memory-size`), or by its dotted config key under `prefix` (`loss.`);
+    a field holding a dataclass (a config section) is checked in turn.
     """
     for field in dataclasses.fields(settings):
         meta, value = field.metadata, getattr(settings, field.name)
         name = flag_of(field) if prefix is None else prefix + field.name
-        if meta.get("choices") and value is not None and value not in meta["choices"]:
-            raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but is {value!r}")
+        if dataclasses.is_dataclass(value):  # a section of the training config
+            validate(value, name + ".")
+            continue
         low, high, exclusive = meta.get("minimum"), meta.get("maximum"), meta.get("exclusive_minimum")
         for item in value if isinstance(value, tuple | list) else (value,):
+            # a list option names the offending item: "`--ks` must be >= 0 but holds -5", not "(-5,)"
+            shown = f"holds {item!r}" if isinstance(value, tuple | list) else f"is {value!r}"
+            if meta.get("choices") and item is not None and item not in meta["choices"]:
+                raise ValueError(f"`{name}` must be one of {list(meta['choices'])} but {shown}")
             if isinstance(item, bool) or not isinstance(item, int | float):
                 continue  # bounds apply to numbers (None, text and flags have none)
-            # a list option names the offending item: "`--ks` must be >= 0 but holds -5", not "(-5,)"
-            shown = f"holds {item}" if isinstance(value, tuple | list) else f"is {value}"
             if not math.isfinite(item):  # nan passes every bound check below
                 raise ValueError(f"`{name}` must be a finite number but {shown}")
             if low is not None and high is not None and not exclusive and not low <= item <= high:
