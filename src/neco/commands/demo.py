@@ -41,8 +41,6 @@ def _run(args: argparse.Namespace) -> int:
     # a neco checkpoint names both; --random-init with a weights file is refused there
     backbone, weights = resolve_backbone(args.backbone, args.weights, random_init=args.random_init)
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(DemoConfig) if hasattr(args, f.name)}
-    given.update(
-        backbone=backbone, weights=None if weights is None else str(weights), random_init=args.random_init
-    )
+    given.update(backbone=backbone, weights=None if weights is None else str(weights))
     run_demo((DemoConfig.quick if args.quick else DemoConfig)(**given))
     return 0

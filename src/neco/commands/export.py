@@ -1,4 +1,7 @@
-"""`neco export CKPT --format official|timm|hf -o OUT`: export a trained backbone (the teacher by default).
+"""`neco export CKPT` / `neco convert FILE` `--format official|timm|hf -o OUT`: write a backbone's weights.
+
+`neco export` takes the teacher of a training checkpoint by default; `neco convert` is the same flow
+for any weights file.
 
 For timm-built backbones (DINOv3, `timm:<name>`) `timm` writes the timm model's own state dict
 (loads strictly into `timm.create_model(name, num_classes=0)`), and `official` writes Meta's DINOv3
@@ -63,7 +66,7 @@ class ConvertSettings(_OutputSettings):
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add the `export` subcommand."""
+    """Add the `export` subcommand and `convert`, the same flow for any weights file."""
     add_command(
         subparsers,
         "export",
@@ -78,16 +81,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "export as timm (their own timm state dict) or, for DINOv3, official."
         ),
     )
+    add_command(
+        subparsers,
+        "convert",
+        ConvertSettings,
+        write_backbone,
+        help="convert a backbone state dict between official DINOv2, timm and Hugging Face names",
+        description=(
+            "Read a backbone checkpoint of any supported format (the format is detected; training "
+            "checkpoints give their teacher unless --which student) and write it with other key names. "
+            "--format hf writes a Hugging Face model folder (model.safetensors + config.json) that "
+            "transformers.AutoModel.from_pretrained loads; config.json needs the architecture: the backbone "
+            "a neco checkpoint records, or --backbone NAME."
+        ),
+    )
 
 
 def save_state_dict(state: dict[str, Any], path: str | Path) -> Path:
     """Write a state dict atomically: safetensors for a `.safetensors` path, `torch.save` otherwise."""
     from neco.utils.io import atomic_torch_save, atomic_write
 
-    path = Path(path)
-    if path.exists() and path.is_dir():
-        raise ValueError(f"--out {path} is a directory; give a file name")
-    if path.suffix == ".safetensors":
+    if Path(path).suffix == ".safetensors":
         from safetensors.torch import save
 
         tensors = {k: v.detach().contiguous() for k, v in state.items()}
@@ -118,7 +132,7 @@ def write_backbone(args: ExportSettings | ConvertSettings) -> int:
     from neco.backbones import create, get_config
     from neco.backbones.checkpoint import check_tensors_finite, extract_state_dict
     from neco.backbones.formats import convert
-    from neco.backbones.loading import load_weights, read_backbone_tensors, read_checkpoint, read_state_dict
+    from neco.backbones.loading import load_weights, read_checkpoint, read_state_dict
     from neco.utils.io import check_new_file
 
     source, out = args.source, Path(args.out)
@@ -128,9 +142,9 @@ def write_backbone(args: ExportSettings | ConvertSettings) -> int:
     if args.format == "hf":
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
     checkpoint = read_checkpoint(source)
-    check_tensors_finite(extract_state_dict(checkpoint, args.which)[0], source, "weights file")
-    _, raw_info = read_backbone_tensors(checkpoint, which=args.which)
-    name = args.backbone or raw_info.backbone
+    tensors, meta = extract_state_dict(checkpoint, args.which)
+    check_tensors_finite(tensors, source, "weights file")  # named here: the loaders below see a dict
+    name = args.backbone or meta.get("backbone")
     if args.format == "hf" and name is None:
         raise ValueError(
             f"--format hf writes config.json, which needs the architecture (head count, registers), but "

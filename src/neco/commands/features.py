@@ -63,13 +63,11 @@ def collect_images(inputs: list[str]) -> list[Path]:
 
 
 def _run(args: FeaturesSettings) -> int:
-    import torch
-    from torchvision.transforms import functional as TF
-
     from neco.commands._backbone import load_backbone_of
-    from neco.data.base import BadImageError, load_rgb
+    from neco.data.base import BadImageError
     from neco.evaluation.features import extract_features
     from neco.evaluation.runner import check_divisible, resolve_device
+    from neco.explore import load_image_files
     from neco.utils.io import atomic_torch_save, check_new_file
 
     check_new_file(args.out, args.force)
@@ -77,44 +75,18 @@ def _run(args: FeaturesSettings) -> int:
     model, identity = load_backbone_of(args)
     check_divisible(args.input_size, int(model.patch_size))
     files = collect_images(args.inputs)
-
-    kept: list[Path] = []
-    skipped: list[str] = []
-
-    class _Batches:  # sized, so the progress bar knows its length
-        def __len__(self) -> int:
-            return (len(files) + args.batch_size - 1) // args.batch_size
-
-        def __iter__(self):
-            for start in range(0, len(files), args.batch_size):
-                images = []
-                for path in files[start : start + args.batch_size]:
-                    try:
-                        image = load_rgb(path)
-                    except BadImageError as err:
-                        if not args.skip_bad_images:
-                            raise ValueError(
-                                f"{err}; pass --skip-bad-images to leave unreadable images out"
-                            ) from None
-                        skipped.append(str(path))
-                        continue
-                    kept.append(path)
-                    image = TF.to_tensor(TF.resize(image, [args.input_size] * 2, antialias=True))
-                    # every neco backbone names its own mean / std
-                    images.append(TF.normalize(image, model.config.mean, model.config.std))
-                if images:
-                    yield torch.stack(images)  # (B, 3, input size, input size)
-
-    try:
-        features = extract_features(model, _Batches(), device=device, progress=True)
-    except ValueError:
-        if not kept and skipped:  # every input was skipped (other errors, e.g. an unreadable image, pass on)
-            raise ValueError(f"no readable image among the {len(files)} inputs, e.g. {skipped[0]}") from None
-        raise
+    skipped: list[str] | None = [] if args.skip_bad_images else None
+    try:  # resized like `neco explore` (bilinear), normalised with the backbone's own mean / std
+        views = load_image_files(files, args.input_size, skipped)
+    except BadImageError as err:
+        raise ValueError(f"{err}; pass --skip-bad-images to leave unreadable images out") from None
+    features = extract_features(model, views.images, batch_size=args.batch_size, device=device)
+    skipped = skipped or []
+    kept = [str(f) for f in files if str(f) not in skipped]
     out = atomic_torch_save(
         {
             "features": features,
-            "files": [str(f) for f in kept],
+            "files": kept,
             "skipped_images": skipped,
             "backbone": identity,
             "input_size": args.input_size,

@@ -12,9 +12,9 @@ __all__ = ["ScenesSettings", "register"]
 
 @dataclass(kw_only=True)
 class ScenesSettings:
-    """The options of `neco make-scenes`."""
+    """The options of `neco make-scenes`: the arguments of `neco.data.synthetic.write_scenes`."""
 
-    out: str = option(help="output folder", flag="OUT")
+    out_dir: str = option(help="output folder", flag="OUT")
     num_train: int = option(64, "training images (default 64)")
     num_val: int = option(16, "validation images (default 16)")
     size: int = option(
@@ -51,23 +51,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: ScenesSettings) -> int:
+    import dataclasses
     from pathlib import Path
 
     from neco.data.synthetic import write_scenes
 
-    manifest = Path(args.out).expanduser() / "scenes.json"
+    manifest = Path(args.out_dir).expanduser() / "scenes.json"
     before = manifest.stat().st_mtime_ns if manifest.is_file() else None
-    out = write_scenes(
-        args.out,
-        num_train=args.num_train,
-        num_val=args.num_val,
-        size=args.size,
-        seed=args.seed,
-        image_format=args.image_format,
-        overwrite=args.overwrite,
-        progress=args.progress,
-        family=args.family,
-    )
+    out = write_scenes(**dataclasses.asdict(args))
     # write_scenes reuses a complete output of the same settings without touching its manifest
     reused = before is not None and manifest.stat().st_mtime_ns == before
     what = "reused the existing" if reused else "wrote"

@@ -130,7 +130,7 @@ def _batches(images: Any, batch_size: int, model: nn.Module) -> tuple[Iterable[t
         config = getattr(model, "config", None)
         mean = torch.tensor(getattr(config, "mean", IMAGENET_MEAN)).view(1, 3, 1, 1)
         std = torch.tensor(getattr(config, "std", IMAGENET_STD)).view(1, 3, 1, 1)
-        batches = ((batch.float() / 255 - mean) / std for batch in pixels.split(batch_size))
+        batches = ((batch.contiguous().float() / 255 - mean) / std for batch in pixels.split(batch_size))
         return batches, -(-len(pixels) // batch_size)
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
