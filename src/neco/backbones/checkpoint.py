@@ -66,14 +66,9 @@ def read_checkpoint(
     with path.open("rb") as handle:
         head = handle.read(64)
     safetensors = _is_safetensors(head, size)
-    kind = (
-        None
-        if (head.startswith(_ZIP_MAGIC) or head[0] == 0x80 or safetensors)
-        else "torch checkpoint or safetensors"
-    )
-    if path.suffix == ".safetensors" and not safetensors:
-        kind = "safetensors"
-    if kind:
+    named = path.suffix == ".safetensors"
+    if not safetensors and (named or not (head.startswith(_ZIP_MAGIC) or head[0] == 0x80)):
+        kind = "safetensors" if named else "torch checkpoint or safetensors"
         raise ValueError(
             f"{what} {path} is not a {kind} file: it looks like {_looks_like(head)} (starts with {head[:16]!r})"
         )

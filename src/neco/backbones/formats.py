@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import _convert_dinov2
 from torch import nn
 
 from neco.backbones.registry import BackboneConfig
@@ -135,22 +136,9 @@ def convert(
             raise ValueError(f"`{option}` must be one of {sorted(FORMATS)} but is {name!r}")
     # Without registers timm keys equal official ones except SwiGLU naming: one path reads both.
     official = _hf_to_official(state) if source == "hf" else _timm_to_official(state)
-    return {"official": dict, "timm": _official_to_timm, "hf": _official_to_hf}[to](official)
-
-
-def _official_to_timm(state: StateDict) -> StateDict:
-    out: StateDict = {}
-    registers = "register_tokens" in state
-    for key, value in state.items():
-        if key == "register_tokens":
-            out["reg_token"] = value
-        elif key == "cls_token" and registers:  # timm's register models give CLS no position row: fold it in
-            out["cls_token"] = value + state["pos_embed"][:, :1]
-        elif key == "pos_embed" and registers:
-            out["pos_embed"] = value[:, 1:]
-        elif key != "mask_token":  # timm has no mask token (used by iBOT masking in training only)
-            out[key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = value
-    return out
+    if to == "timm":  # timm's own official -> timm rename (it pops `mask_token`: given a copy)
+        return _convert_dinov2(dict(official), None)
+    return _official_to_hf(official) if to == "hf" else official
 
 
 def _timm_to_official(state: StateDict) -> StateDict:

@@ -60,11 +60,8 @@ def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if getattr(getattr(model, "config", None), "built_by_timm", False):
         return tensors  # a timm-built backbone has one layout: timm's own
-    try:
-        stripped = strip_prefixes(tensors)
-        if any(is_head_key(k) for k in stripped):
-            return tensors
-        official = convert(stripped, to="official")
+    try:  # `convert` refuses head keys and non-ViT dicts: those are hashed as they are
+        official = convert(tensors, to="official")
     except ValueError:
         return tensors
     official.pop("mask_token", None)
@@ -151,12 +148,7 @@ def load_backbone(
     A neco checkpoint gives its teacher unless `which="student"`.
     """
     name, weights = resolve_backbone(spec, weights, random_init=not pretrained)
-    try:
-        model = create(name, pretrained=pretrained and weights is None, weights=weights, which=which).eval()
-    except ValueError as err:
-        if "has no pretrained weights" not in str(err):
-            raise
-        raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
+    model = create(name, pretrained=pretrained and weights is None, weights=weights, which=which).eval()
     return model, {**backbone_identity(model, name, weights), "which": which}
 
 
@@ -175,15 +167,9 @@ class WeightsInfo:
 
     def describe(self) -> str:
         """One line for logs: "<source>: <container>, teacher, official keys, 12 head keys dropped"."""
-        heads = [f"{len(self.dropped_head_keys)} head keys dropped"] if self.dropped_head_keys else []
-        parts = [
-            self.container,
-            *([self.which] if self.which else []),
-            f"{self.format} keys",
-            *heads,
-            *self.notes,
-        ]
-        return f"{self.source}: " + ", ".join(parts)
+        heads = f"{len(self.dropped_head_keys)} head keys dropped" if self.dropped_head_keys else ""
+        parts = [self.container, self.which, f"{self.format} keys", heads, *self.notes]
+        return f"{self.source}: " + ", ".join(p for p in parts if p)
 
 
 def read_backbone_tensors(
@@ -230,14 +216,15 @@ def load_weights(
         ValueError: when keys are missing, unexpected (other than head keys) or of the wrong shape;
             the message names them and the guessed format.
     """
-    backbone, info = read_backbone_tensors(source, which=which)
     name = model.config.name
-    if info.backbone is not None and info.backbone != name:
-        info.notes.append(f"checkpoint trained as {info.backbone!r}")
     if model.config.built_by_timm:
+        backbone, info = read_backbone_tensors(source, which=which)
         state, info.format = to_timm_state(backbone, model.model, name)
     else:
-        state = _official_vit_state(backbone, model, info)
+        official, info = read_state_dict(source, which=which)
+        state = _official_vit_state(official, model, info)
+    if info.backbone is not None and info.backbone != name:
+        info.notes.insert(0, f"checkpoint trained as {info.backbone!r}")
     if problems := key_problems(model.model.state_dict(), state):
         raise ValueError(
             f"cannot load {info.source} (guessed: {info.container}, {info.format} keys) into {name}: {problems}. "
@@ -249,10 +236,8 @@ def load_weights(
     return info
 
 
-def _official_vit_state(backbone: StateDict, model: Backbone, info: WeightsInfo) -> StateDict:
-    """Official / timm / HF DINOv2-family tensors in the names of `model.model`, converted by timm's filter."""
-    info.format = detect_format(backbone)
-    official = convert(backbone, to="official", source=info.format)
+def _official_vit_state(official: StateDict, model: Backbone, info: WeightsInfo) -> StateDict:
+    """Official DINOv2-family tensors in the names of `model.model`, converted by timm's filter."""
     if (
         "register_tokens" in official
         and model.num_register_tokens == 0

@@ -25,7 +25,7 @@ from timm.layers import SwiGLUPacked, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from neco.backbones.registry import TIMM_PREFIX, BackboneConfig, get_config
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, BackboneConfig, get_config
 
 __all__ = ["Backbone", "official_pos_embed", "parse_timm_name", "patch_grid", "timm_config"]
 
@@ -218,8 +218,8 @@ def timm_config(name: str) -> BackboneConfig:
         int(model.num_prefix_tokens) - int(has_cls),
         pos_grid=0,
         timm_name=model_name,
-        mean=tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
         description=f"timm {model_name} ({type(model).__name__}{', fixed input size' if not dynamic else ''})",
         timm_kwargs=tuple(sorted(kwargs.items())),
     )
@@ -234,15 +234,9 @@ def _timm_family_model(config: BackboneConfig) -> tuple[nn.Module, bool]:
             f"({base.num_register_tokens}) but {config.num_register_tokens} was asked"
         )
     kwargs = dict(config.timm_kwargs)
-    kwargs.update(
-        {
-            f: getattr(config, f)
-            for f in ("embed_dim", "depth", "num_heads")
-            if getattr(config, f) != getattr(base, f)
-        }
-    )
-    if config.drop_path_rate:
-        kwargs["drop_path_rate"] = config.drop_path_rate
+    for key in ("embed_dim", "depth", "num_heads", "drop_path_rate"):
+        if getattr(config, key) != getattr(base, key):
+            kwargs[key] = getattr(config, key)
     model_name = config.timm_name.split(".", 1)[0] if config.family == "dinov3" else str(config.timm_name)
     return _create_timm(model_name, kwargs, config.name)
 
