@@ -65,7 +65,6 @@ class BackboneConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     description: str = ""
-    timm_kwargs: tuple[tuple[str, Any], ...] = ()  # `timm.create_model` arguments of `timm:` names
 
     @property
     def built_by_timm(self) -> bool:
