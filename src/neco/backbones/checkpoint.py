@@ -8,7 +8,6 @@ optimizer and loop state. This module is the one place that defines and reads it
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -80,7 +79,7 @@ def read_checkpoint(
         return torch.load(
             path, map_location="cpu", weights_only=weights_only, mmap=mmap and head.startswith(_ZIP_MAGIC)
         )
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for bad files
         if refused := re.search(r"Unsupported global: GLOBAL (\S+)", str(err)):
             # A real torch pickle holding objects beyond tensors and plain containers.
             raise ValueError(
@@ -89,8 +88,6 @@ def read_checkpoint(
                 "`neco.backbones.read_checkpoint(path, weights_only=False)` and pass the result as weights=, "
                 "or re-save its state dict as plain tensors"
             ) from err
-        raise ValueError(f"{what} {path} is not a readable torch checkpoint ({err})") from err
-    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for bad files
         kind = "safetensors file" if safetensors else "torch checkpoint"
         raise ValueError(
             f"{what} {path} is not a readable {kind} ({type(err).__name__}: {err}); "
