@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from neco.backbones.checkpoint import (
     CHECKPOINT_FORMAT,
+    WeightsInfo,
     check_tensors_finite,
     extract_state_dict,
     key_problems,
@@ -152,26 +152,6 @@ def load_backbone(
     return model, {**backbone_identity(model, name, weights), "which": which}
 
 
-@dataclass
-class WeightsInfo:
-    """What the loader found: container kind, which network, key format, and the keys it dropped."""
-
-    source: str
-    container: str
-    which: str | None
-    format: str
-    dropped_head_keys: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    backbone: str | None = None
-    num_register_tokens: int | None = None
-
-    def describe(self) -> str:
-        """One line for logs: "<source>: <container>, teacher, official keys, 12 head keys dropped"."""
-        heads = f"{len(self.dropped_head_keys)} head keys dropped" if self.dropped_head_keys else ""
-        parts = [self.container, self.which, f"{self.format} keys", heads, *self.notes]
-        return f"{self.source}: " + ", ".join(p for p in parts if p)
-
-
 def read_backbone_tensors(
     source: str | Path | Mapping[str, Any], *, which: str = "teacher"
 ) -> tuple[StateDict, WeightsInfo]:
@@ -181,15 +161,12 @@ def read_backbone_tensors(
     """
     name = "state dict" if isinstance(source, Mapping) else str(source)
     obj = source if isinstance(source, Mapping) else read_checkpoint(source)
-    tensors, meta = extract_state_dict(obj, which)
+    tensors, info = extract_state_dict(obj, which, name)
     tensors = strip_prefixes(tensors)
     backbone = {k: v for k, v in tensors.items() if not is_head_key(k)}
     # a diverged run's weights would load, export and evaluate into NaN results: refused here, once
     check_tensors_finite(backbone, name, "weights file" if name != "state dict" else "weights")
-    info = WeightsInfo(
-        name, meta["container"], meta["which"], "unknown", sorted(set(tensors) - set(backbone))
-    )
-    info.backbone, info.num_register_tokens = meta.get("backbone"), meta.get("num_register_tokens")
+    info.dropped_head_keys = sorted(set(tensors) - set(backbone))
     return backbone, info
 
 
