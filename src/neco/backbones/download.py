@@ -20,11 +20,8 @@ from neco.utils.logging import get_logger
 
 __all__ = ["HUBS", "cache_dir", "cached_path", "download_weights", "weight_source"]
 
-HUBS = {
-    "official": "the registered source (official DINOv2 / DINO URL, or the NeCo release on the HF hub)",
-    "timm": "the timm copy on the Hugging Face hub (`timm/<timm name>`, model.safetensors)",
-    "hf": "the transformers copy on the Hugging Face hub (`facebook/dinov2-*`, model.safetensors)",
-}
+# the registered source, the timm copy (`timm/<timm name>`), the transformers copy (docs/weights.md)
+HUBS = ("official", "timm", "hf")
 
 
 def weight_source(config: BackboneConfig, hub: str = "official") -> WeightSource:

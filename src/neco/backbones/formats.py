@@ -31,11 +31,8 @@ from neco.backbones.registry import BackboneConfig
 __all__ = ["FORMATS", "HEAD_PREFIXES", "convert", "detect_format", "hf_config", "is_head_key"]
 __all__ += ["meta_state_dict", "strip_prefixes", "to_timm_state", "write_hf_config"]
 
-FORMATS = {
-    "official": "official DINOv2 / DINO torch.hub names (neco's canonical format)",
-    "timm": "timm VisionTransformer names (`reg_token`, no `mask_token`, no CLS position row with registers)",
-    "hf": "Hugging Face transformers names (Dinov2Model / Dinov2WithRegistersModel; ViTModel for DINO v1)",
-}
+# official DINOv2 / DINO torch.hub names (canonical), timm's, Hugging Face transformers' (docs/weights.md)
+FORMATS = ("official", "timm", "hf")
 # Wrappers seen in the wild around backbone keys (DDP, torch.compile, Lightning modules, DINO/NeCo).
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.", "teacher.", "student.", "dinov2.", "vit.")
 # Keys of projection / classification heads: the only keys a backbone load may ignore.
