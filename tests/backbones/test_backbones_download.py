@@ -65,8 +65,8 @@ def test_cached_file_is_used_without_downloading(offline: Path) -> None:
 
 
 def test_backbone_without_weights_refuses_pretrained() -> None:
-    with pytest.raises(ValueError, match="no pretrained weights"):
-        create("vit_tiny", pretrained=True)
+    with pytest.raises(ValueError, match="no pretrained weights .* pass --weights FILE .* or --random-init"):
+        create("vit_tiny", pretrained=True)  # the hint names both ways out, in Python too
 
 
 def test_timm_and_hf_hub_sources(offline: Path) -> None:
@@ -84,3 +84,13 @@ def test_timm_and_hf_hub_sources(offline: Path) -> None:
         create("dinov2_vits14_reg", pretrained="onnx", depth=1)
     with pytest.raises(ValueError, match="no pretrained weights on the 'timm' hub"):
         weight_source(get_config("neco_vits14"), "timm")
+
+
+def test_hub_mirror_is_the_address_fetched_and_named(offline: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", "http://mirror.example/")
+    source = get_config("neco_vits14").weights
+    url = "http://mirror.example/FunAILab/NeCo/resolve/main/vit-small/dinov2-architectures/neco_on_dinov2_vit14_teacher.ckpt"
+    assert source.download_url() == url
+    with pytest.raises(FileNotFoundError, match=f"from {url} "):
+        download_weights(source, progress=False)
+    assert cached_path(source) == offline / "hub" / "FunAILab" / "NeCo" / url.split("/resolve/main/")[1]

@@ -8,9 +8,9 @@ optimizer and loop state. This module is the one place that defines and reads it
 
 from __future__ import annotations
 
-import pickle
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +18,8 @@ import torch
 
 from neco.utils.checksum import CHECKSUM_KEY, named_tensors, tensor_checksum
 
-__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "WHICH", "check_tensors_finite", "extract_state_dict"]
-__all__ += ["key_problems", "named_tensors", "non_finite_tensors", "read_checkpoint"]
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "WHICH", "WeightsInfo", "check_tensors_finite"]
+__all__ += ["extract_state_dict", "key_problems", "named_tensors", "non_finite_tensors", "read_checkpoint"]
 __all__ += ["read_training_checkpoint", "recorded_register_tokens"]
 
 CHECKPOINT_FORMAT = "neco-checkpoint"
@@ -66,14 +66,9 @@ def read_checkpoint(
     with path.open("rb") as handle:
         head = handle.read(64)
     safetensors = _is_safetensors(head, size)
-    kind = (
-        None
-        if (head.startswith(_ZIP_MAGIC) or head[0] == 0x80 or safetensors)
-        else "torch checkpoint or safetensors"
-    )
-    if path.suffix == ".safetensors" and not safetensors:
-        kind = "safetensors"
-    if kind:
+    named = path.suffix == ".safetensors"
+    if not safetensors and (named or not (head.startswith(_ZIP_MAGIC) or head[0] == 0x80)):
+        kind = "safetensors" if named else "torch checkpoint or safetensors"
         raise ValueError(
             f"{what} {path} is not a {kind} file: it looks like {_looks_like(head)} (starts with {head[:16]!r})"
         )
@@ -85,7 +80,7 @@ def read_checkpoint(
         return torch.load(
             path, map_location="cpu", weights_only=weights_only, mmap=mmap and head.startswith(_ZIP_MAGIC)
         )
-    except pickle.UnpicklingError as err:
+    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for bad files
         if refused := re.search(r"Unsupported global: GLOBAL (\S+)", str(err)):
             # A real torch pickle holding objects beyond tensors and plain containers.
             raise ValueError(
@@ -94,8 +89,6 @@ def read_checkpoint(
                 "`neco.backbones.read_checkpoint(path, weights_only=False)` and pass the result as weights=, "
                 "or re-save its state dict as plain tensors"
             ) from err
-        raise ValueError(f"{what} {path} is not a readable torch checkpoint ({err})") from err
-    except Exception as err:  # noqa: BLE001 - torch and safetensors raise many types for bad files
         kind = "safetensors file" if safetensors else "torch checkpoint"
         raise ValueError(
             f"{what} {path} is not a readable {kind} ({type(err).__name__}: {err}); "
@@ -180,11 +173,33 @@ def recorded_register_tokens(weights: str | Path | Mapping[str, Any]) -> int | N
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dict[str, Any]]:
+@dataclass
+class WeightsInfo:
+    """What the loader found: container kind, which network, key format, and the keys it dropped."""
+
+    source: str
+    container: str
+    which: str | None
+    format: str
+    dropped_head_keys: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    backbone: str | None = None
+    num_register_tokens: int | None = None
+
+    def describe(self) -> str:
+        """One line for logs: "<source>: <container>, teacher, official keys, 12 head keys dropped"."""
+        heads = f"{len(self.dropped_head_keys)} head keys dropped" if self.dropped_head_keys else ""
+        parts = [self.container, self.which, f"{self.format} keys", heads, *self.notes]
+        return f"{self.source}: " + ", ".join(p for p in parts if p)
+
+
+def extract_state_dict(
+    obj: Any, which: str = "teacher", source: str = "state dict"
+) -> tuple[StateDict, WeightsInfo]:
     """Unwrap a loaded checkpoint into one backbone state dict (keys still in their own format).
 
-    Returns the tensors and a dict with `container`, `which`, and, for neco checkpoints, `backbone` and
-    `num_register_tokens`.
+    Returns the tensors and a `WeightsInfo` naming `source`, the container, which network and, for neco
+    checkpoints, `backbone` and `num_register_tokens` (`format` is "unknown" until a converter names it).
     """
     if which not in WHICH:
         raise ValueError(f"`which` must be one of {sorted(WHICH)} but is {which!r}")
@@ -192,22 +207,20 @@ def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dic
         raise ValueError(
             f"checkpoint must be a dict of tensors or a training checkpoint but is {type(obj).__name__}"
         )
-    meta: dict[str, Any] = {"which": which, "container": "state dict"}
+    info = WeightsInfo(source, "state dict", which, "unknown")
     if obj.get("format") == CHECKPOINT_FORMAT:
         if not isinstance(obj.get(which), Mapping):
             raise ValueError(f"neco checkpoint has no `{which}` state dict (keys: {sorted(obj)[:12]})")
-        meta.update(container="neco checkpoint", backbone=obj.get("backbone"))
-        meta["num_register_tokens"], state = obj.get("num_register_tokens"), obj[which]
+        info.container, info.backbone = "neco checkpoint", obj.get("backbone")
+        info.num_register_tokens, state = obj.get("num_register_tokens"), obj[which]
     elif isinstance(obj.get("teacher"), Mapping) and isinstance(obj.get("student"), Mapping):
-        meta["container"], state = "DINO training checkpoint", obj[which]
+        info.container, state = "DINO training checkpoint", obj[which]
     elif isinstance(obj.get("state_dict"), Mapping):
-        meta.update(container="Lightning checkpoint", which=None)
-        state = obj["state_dict"]
+        info.container, info.which, state = "Lightning checkpoint", None, obj["state_dict"]
     elif isinstance(obj.get("model"), Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values()):
-        meta.update(container="checkpoint with a `model` entry", which=None)
-        state = obj["model"]
+        info.container, info.which, state = "checkpoint with a `model` entry", None, obj["model"]
     else:
-        meta["which"], state = None, obj
+        info.which, state = None, obj
     # Both networks in one state dict (`teacher.*` and `student.*` / `model.*`): pick one.
     groups: dict[str, dict[str, Any]] = {"teacher.": {}, "student.": {}, "model.": {}}
     for key, value in state.items():
@@ -215,8 +228,8 @@ def extract_state_dict(obj: Any, which: str = "teacher") -> tuple[StateDict, dic
             groups[prefix][key[len(prefix) :]] = value
     student = groups["student."] or groups["model."]
     if groups["teacher."] and student:
-        state, meta["which"] = (groups["teacher."] if which == "teacher" else student), which
+        state, info.which = (groups["teacher."] if which == "teacher" else student), which
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if not tensors:
-        raise ValueError(f"{meta['container']} holds no tensors")
-    return tensors, meta
+        raise ValueError(f"{info.container} holds no tensors")
+    return tensors, info

@@ -20,11 +20,8 @@ from neco.utils.logging import get_logger
 
 __all__ = ["HUBS", "cache_dir", "cached_path", "download_weights", "weight_source"]
 
-HUBS = {
-    "official": "the registered source (official DINOv2 / DINO URL, or the NeCo release on the HF hub)",
-    "timm": "the timm copy on the Hugging Face hub (`timm/<timm name>`, model.safetensors)",
-    "hf": "the transformers copy on the Hugging Face hub (`facebook/dinov2-*`, model.safetensors)",
-}
+# the registered source, the timm copy (`timm/<timm name>`), the transformers copy (docs/weights.md)
+HUBS = ("official", "timm", "hf")
 
 
 def weight_source(config: BackboneConfig, hub: str = "official") -> WeightSource:
@@ -44,7 +41,10 @@ def weight_source(config: BackboneConfig, hub: str = "official") -> WeightSource
     if repo:
         source = WeightSource("model.safetensors", hf_repo=repo, hf_filename="model.safetensors")
     if source is None:
-        raise ValueError(f"backbone {config.name!r} has no pretrained weights on the {hub!r} hub")
+        raise ValueError(
+            f"backbone {config.name!r} has no pretrained weights on the {hub!r} hub; pass --weights FILE "
+            "(`weights=` in Python), or --random-init for an untrained baseline"
+        )
     return source
 
 
@@ -68,9 +68,6 @@ def _fetch(source: WeightSource, target: Path, progress: bool) -> None:
     connection attempt decides it.
     """
     url = source.download_url()
-    if source.hf_repo is not None:  # $HF_ENDPOINT: a hub mirror, as huggingface_hub reads it
-        endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
-        url = f"{endpoint}/{source.hf_repo}/resolve/main/{source.hf_filename}"
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     try:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import _convert_dinov2
 from torch import nn
 
 from neco.backbones.registry import BackboneConfig
@@ -30,11 +31,8 @@ from neco.backbones.registry import BackboneConfig
 __all__ = ["FORMATS", "HEAD_PREFIXES", "convert", "detect_format", "hf_config", "is_head_key"]
 __all__ += ["meta_state_dict", "strip_prefixes", "to_timm_state", "write_hf_config"]
 
-FORMATS = {
-    "official": "official DINOv2 / DINO torch.hub names (neco's canonical format)",
-    "timm": "timm VisionTransformer names (`reg_token`, no `mask_token`, no CLS position row with registers)",
-    "hf": "Hugging Face transformers names (Dinov2Model / Dinov2WithRegistersModel; ViTModel for DINO v1)",
-}
+# official DINOv2 / DINO torch.hub names (canonical), timm's, Hugging Face transformers' (docs/weights.md)
+FORMATS = ("official", "timm", "hf")
 # Wrappers seen in the wild around backbone keys (DDP, torch.compile, Lightning modules, DINO/NeCo).
 KNOWN_PREFIXES = ("module.", "_orig_mod.", "backbone.", "model.", "teacher.", "student.", "dinov2.", "vit.")
 # Keys of projection / classification heads: the only keys a backbone load may ignore.
@@ -135,22 +133,9 @@ def convert(
             raise ValueError(f"`{option}` must be one of {sorted(FORMATS)} but is {name!r}")
     # Without registers timm keys equal official ones except SwiGLU naming: one path reads both.
     official = _hf_to_official(state) if source == "hf" else _timm_to_official(state)
-    return {"official": dict, "timm": _official_to_timm, "hf": _official_to_hf}[to](official)
-
-
-def _official_to_timm(state: StateDict) -> StateDict:
-    out: StateDict = {}
-    registers = "register_tokens" in state
-    for key, value in state.items():
-        if key == "register_tokens":
-            out["reg_token"] = value
-        elif key == "cls_token" and registers:  # timm's register models give CLS no position row: fold it in
-            out["cls_token"] = value + state["pos_embed"][:, :1]
-        elif key == "pos_embed" and registers:
-            out["pos_embed"] = value[:, 1:]
-        elif key != "mask_token":  # timm has no mask token (used by iBOT masking in training only)
-            out[key.replace(".mlp.w12.", ".mlp.fc1.").replace(".mlp.w3.", ".mlp.fc2.")] = value
-    return out
+    if to == "timm":  # timm's own official -> timm rename (it pops `mask_token`: given a copy)
+        return _convert_dinov2(dict(official), None)
+    return _official_to_hf(official) if to == "hf" else official
 
 
 def _timm_to_official(state: StateDict) -> StateDict:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from neco.backbones.checkpoint import (
     CHECKPOINT_FORMAT,
+    WeightsInfo,
     check_tensors_finite,
     extract_state_dict,
     key_problems,
@@ -60,11 +60,8 @@ def canonical_tensors(model: torch.nn.Module | dict[str, torch.Tensor]) -> dict[
     tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
     if getattr(getattr(model, "config", None), "built_by_timm", False):
         return tensors  # a timm-built backbone has one layout: timm's own
-    try:
-        stripped = strip_prefixes(tensors)
-        if any(is_head_key(k) for k in stripped):
-            return tensors
-        official = convert(stripped, to="official")
+    try:  # `convert` refuses head keys and non-ViT dicts: those are hashed as they are
+        official = convert(tensors, to="official")
     except ValueError:
         return tensors
     official.pop("mask_token", None)
@@ -151,39 +148,8 @@ def load_backbone(
     A neco checkpoint gives its teacher unless `which="student"`.
     """
     name, weights = resolve_backbone(spec, weights, random_init=not pretrained)
-    try:
-        model = create(name, pretrained=pretrained and weights is None, weights=weights, which=which).eval()
-    except ValueError as err:
-        if "has no pretrained weights" not in str(err):
-            raise
-        raise ValueError(f"{err}; pass --weights FILE, or --random-init for an untrained baseline") from err
+    model = create(name, pretrained=pretrained and weights is None, weights=weights, which=which).eval()
     return model, {**backbone_identity(model, name, weights), "which": which}
-
-
-@dataclass
-class WeightsInfo:
-    """What the loader found: container kind, which network, key format, and the keys it dropped."""
-
-    source: str
-    container: str
-    which: str | None
-    format: str
-    dropped_head_keys: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    backbone: str | None = None
-    num_register_tokens: int | None = None
-
-    def describe(self) -> str:
-        """One line for logs: "<source>: <container>, teacher, official keys, 12 head keys dropped"."""
-        heads = [f"{len(self.dropped_head_keys)} head keys dropped"] if self.dropped_head_keys else []
-        parts = [
-            self.container,
-            *([self.which] if self.which else []),
-            f"{self.format} keys",
-            *heads,
-            *self.notes,
-        ]
-        return f"{self.source}: " + ", ".join(parts)
 
 
 def read_backbone_tensors(
@@ -195,15 +161,12 @@ def read_backbone_tensors(
     """
     name = "state dict" if isinstance(source, Mapping) else str(source)
     obj = source if isinstance(source, Mapping) else read_checkpoint(source)
-    tensors, meta = extract_state_dict(obj, which)
+    tensors, info = extract_state_dict(obj, which, name)
     tensors = strip_prefixes(tensors)
     backbone = {k: v for k, v in tensors.items() if not is_head_key(k)}
     # a diverged run's weights would load, export and evaluate into NaN results: refused here, once
     check_tensors_finite(backbone, name, "weights file" if name != "state dict" else "weights")
-    info = WeightsInfo(
-        name, meta["container"], meta["which"], "unknown", sorted(set(tensors) - set(backbone))
-    )
-    info.backbone, info.num_register_tokens = meta.get("backbone"), meta.get("num_register_tokens")
+    info.dropped_head_keys = sorted(set(tensors) - set(backbone))
     return backbone, info
 
 
@@ -230,14 +193,15 @@ def load_weights(
         ValueError: when keys are missing, unexpected (other than head keys) or of the wrong shape;
             the message names them and the guessed format.
     """
-    backbone, info = read_backbone_tensors(source, which=which)
     name = model.config.name
-    if info.backbone is not None and info.backbone != name:
-        info.notes.append(f"checkpoint trained as {info.backbone!r}")
     if model.config.built_by_timm:
+        backbone, info = read_backbone_tensors(source, which=which)
         state, info.format = to_timm_state(backbone, model.model, name)
     else:
-        state = _official_vit_state(backbone, model, info)
+        official, info = read_state_dict(source, which=which)
+        state = _official_vit_state(official, model, info)
+    if info.backbone is not None and info.backbone != name:
+        info.notes.insert(0, f"checkpoint trained as {info.backbone!r}")
     if problems := key_problems(model.model.state_dict(), state):
         raise ValueError(
             f"cannot load {info.source} (guessed: {info.container}, {info.format} keys) into {name}: {problems}. "
@@ -249,10 +213,8 @@ def load_weights(
     return info
 
 
-def _official_vit_state(backbone: StateDict, model: Backbone, info: WeightsInfo) -> StateDict:
-    """Official / timm / HF DINOv2-family tensors in the names of `model.model`, converted by timm's filter."""
-    info.format = detect_format(backbone)
-    official = convert(backbone, to="official", source=info.format)
+def _official_vit_state(official: StateDict, model: Backbone, info: WeightsInfo) -> StateDict:
+    """Official DINOv2-family tensors in the names of `model.model`, converted by timm's filter."""
     if (
         "register_tokens" in official
         and model.num_register_tokens == 0

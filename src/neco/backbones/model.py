@@ -25,7 +25,7 @@ from timm.layers import SwiGLUPacked, trunc_normal_
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 
-from neco.backbones.registry import TIMM_PREFIX, BackboneConfig, get_config
+from neco.backbones.registry import IMAGENET_MEAN, IMAGENET_STD, TIMM_PREFIX, BackboneConfig, get_config
 
 __all__ = ["Backbone", "official_pos_embed", "parse_timm_name", "patch_grid", "timm_config"]
 
@@ -144,8 +144,6 @@ def _official_vit(config: BackboneConfig, init: bool) -> _OfficialViT:
 
 def parse_timm_name(name: str) -> tuple[str, dict[str, Any]]:
     """Split `timm:<model>[,key=value,...]` into the timm model name and its create_model kwargs."""
-    if not name.startswith(TIMM_PREFIX):
-        raise ValueError(f"a timm backbone name must start with {TIMM_PREFIX!r} but is {name!r}")
     model_name, *pairs = name[len(TIMM_PREFIX) :].split(",")
     kwargs: dict[str, Any] = {}
     for pair in pairs:
@@ -218,10 +216,9 @@ def timm_config(name: str) -> BackboneConfig:
         int(model.num_prefix_tokens) - int(has_cls),
         pos_grid=0,
         timm_name=model_name,
-        mean=tuple(pretrained_cfg.get("mean", (0.485, 0.456, 0.406))),
-        std=tuple(pretrained_cfg.get("std", (0.229, 0.224, 0.225))),
+        mean=tuple(pretrained_cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(pretrained_cfg.get("std", IMAGENET_STD)),
         description=f"timm {model_name} ({type(model).__name__}{', fixed input size' if not dynamic else ''})",
-        timm_kwargs=tuple(sorted(kwargs.items())),
     )
 
 
@@ -233,17 +230,13 @@ def _timm_family_model(config: BackboneConfig) -> tuple[nn.Module, bool]:
             f"backbone {config.name!r}: `num_register_tokens` is fixed by the timm model "
             f"({base.num_register_tokens}) but {config.num_register_tokens} was asked"
         )
-    kwargs = dict(config.timm_kwargs)
-    kwargs.update(
-        {
-            f: getattr(config, f)
-            for f in ("embed_dim", "depth", "num_heads")
-            if getattr(config, f) != getattr(base, f)
-        }
+    # a `timm:` name carries its create_model arguments; DINOv3 is built untagged
+    model_name, kwargs = (
+        parse_timm_name(config.name) if config.family == "timm" else (config.timm_name.split(".", 1)[0], {})
     )
-    if config.drop_path_rate:
-        kwargs["drop_path_rate"] = config.drop_path_rate
-    model_name = config.timm_name.split(".", 1)[0] if config.family == "dinov3" else str(config.timm_name)
+    for key in ("embed_dim", "depth", "num_heads", "drop_path_rate"):
+        if getattr(config, key) != getattr(base, key):
+            kwargs[key] = getattr(config, key)
     return _create_timm(model_name, kwargs, config.name)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import os
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -27,11 +28,12 @@ class WeightSource:
     gated: str | None = None
 
     def download_url(self) -> str:
-        """The plain HTTPS address of the file (for `hf_repo` sources, the hub's resolve URL)."""
+        """The plain HTTPS address of the file (for `hf_repo` sources, the resolve URL on `$HF_ENDPOINT`)."""
         if self.asset is not None:
             return f"package file neco/assets/{self.asset}"
-        if self.hf_repo is not None:
-            return f"https://huggingface.co/{self.hf_repo}/resolve/main/{self.hf_filename}"
+        if self.hf_repo is not None:  # $HF_ENDPOINT: a hub mirror, as huggingface_hub reads it
+            endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+            return f"{endpoint}/{self.hf_repo}/resolve/main/{self.hf_filename}"
         return str(self.gated or self.url)
 
 
@@ -63,7 +65,6 @@ class BackboneConfig:
     mean: tuple[float, ...] = IMAGENET_MEAN
     std: tuple[float, ...] = IMAGENET_STD
     description: str = ""
-    timm_kwargs: tuple[tuple[str, Any], ...] = ()  # `timm.create_model` arguments of `timm:` names
 
     @property
     def built_by_timm(self) -> bool:
