@@ -142,9 +142,9 @@ def write_backbone(args: ExportSettings | ConvertSettings) -> int:
     if args.format == "hf":
         check_new_file(out.parent / "config.json", args.force, "-o (its config.json)")
     checkpoint = read_checkpoint(source)
-    tensors, meta = extract_state_dict(checkpoint, args.which)
+    tensors, recorded_info = extract_state_dict(checkpoint, args.which)
     check_tensors_finite(tensors, source, "weights file")  # named here: the loaders below see a dict
-    name = args.backbone or meta.get("backbone")
+    name = args.backbone or recorded_info.backbone
     if args.format == "hf" and name is None:
         raise ValueError(
             f"--format hf writes config.json, which needs the architecture (head count, registers), but "
