@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +37,13 @@ from neco.method.text_checkpoint import FORMAT, load_text_align, read_text_align
 from neco.method.text_encoder import DEFAULT_TEXT_MODEL, TextEncoder
 from neco.training import checkpoint as ckpt
 from neco.training.datamodule import EpochSampler
+from neco.training.run import (
+    build_trainer,
+    device_count,
+    resolve_accelerator,
+    resolve_precision,
+    trained_metrics,
+)
 from neco.utils.io import atomic_torch_save, ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
 
@@ -124,6 +129,9 @@ class TextAlignConfig:
         for flag, (value, allowed) in choices.items():
             if value not in allowed:
                 raise ValueError(f"`{flag}` must be one of {list(allowed)} but is {value!r}")
+        unknown = [name for name in self.loggers if name not in ("csv", "tensorboard")]
+        if unknown:
+            raise ValueError(f"`loggers` must be among ['csv', 'tensorboard'] but include {unknown}")
         if self.accelerator == "gpu" and not torch.cuda.is_available():
             raise ValueError("`--accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
 
@@ -312,12 +320,10 @@ def pooled_image_features(
     config = module.config
     loader = DataLoader(_Images(pairs), batch_size=config.batch_size, num_workers=config.num_workers)
     backbone = module.backbone.to(device)
-    precision = (
-        config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    )
+    bf16 = resolve_precision(config, "gpu" if device.type == "cuda" else "cpu") == "bf16-mixed"
     chunks = []
     for images in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             chunks.append(module.pooled(images.to(device)).to("cpu", torch.float16))
     backbone.to("cpu")
     pooled = torch.cat(chunks)
@@ -331,12 +337,6 @@ def _image_digest(pairs: Any) -> str:
     for path in pairs.images:
         digest.update(f"{path}\0{path.stat().st_size}\0".encode())
     return digest.hexdigest()
-
-
-def _accelerator(config: TextAlignConfig) -> str:
-    if config.accelerator == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return config.accelerator
 
 
 def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -376,7 +376,7 @@ def train_text_align(
     encoder = TextEncoder.from_spec(config.text_spec(), download=config.text_download)
     # every DDP rank runs this before `fit`: each embeds on its own GPU (the caches are written atomically)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if _accelerator(config) == "gpu" else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if resolve_accelerator(config) == "gpu" else "cpu")
     embeddings = caption_embeddings(encoder, pairs.captions, out_dir / "text_embeddings.pt", device)
     meta = {
         "backbone": identity,
@@ -411,17 +411,13 @@ def train_text_align(
             raise ValueError(
                 f"--resume {ckpt_path}: trained on backbone {stored['backbone']['name']} (other weights)"
             )
-    world = _world_size(config)
+    world = device_count(config, resolve_accelerator(config))
     steps_per_epoch = max(1, len(pairs) // (config.batch_size * world))
     max_steps = config.max_steps or config.epochs * steps_per_epoch
     checkpointer = ckpt.PeriodicCheckpoint(
         checkpoint_dir, config.ckpt_every_steps, config.keep_checkpoints, config.stop_at_step
     )
-    trainer = _trainer(config, out_dir, checkpointer, max_steps)
-    warnings.filterwarnings(
-        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
-    )
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    trainer = build_trainer(config, out_dir, [checkpointer], max_steps)
     if trainer.is_global_zero:
         write_json(meta, out_dir / "text_align.json")
         where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
@@ -431,64 +427,10 @@ def train_text_align(
         )
     trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / ckpt.LAST_NAME
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
-    }
     return TextAlignResult(
         out_dir=out_dir,
         last_checkpoint=last.resolve() if last.exists() else None,
         global_step=int(trainer.global_step),
-        metrics=metrics,
+        metrics=trained_metrics(trainer),
         interrupted=checkpointer.interrupted,
     )
-
-
-def _world_size(config: TextAlignConfig) -> int:
-    devices = config.devices
-    if devices == "auto":
-        devices = max(1, torch.cuda.device_count()) if _accelerator(config) == "gpu" else 1
-    return int(devices) * config.num_nodes
-
-
-def _trainer(config: TextAlignConfig, out_dir: Path, checkpointer: Any, max_steps: int) -> L.Trainer:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    accelerator = _accelerator(config)
-    precision = (
-        config.precision if config.precision != "auto" else ("bf16" if accelerator == "gpu" else "fp32")
-    )
-    strategy: Any = config.strategy
-    if config.strategy == "ddp" or _world_size(config) > 1:
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "gpu" else "gloo")
-    makers = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
-    unknown = [name for name in config.loggers if name not in makers]
-    if unknown:
-        raise ValueError(f"`loggers` must be among {sorted(makers)} but include {unknown}")
-    loggers = [makers[name](save_dir=str(out_dir), name=name) for name in config.loggers]
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=strategy,
-        precision={"bf16": "bf16-mixed", "fp32": "32-true"}[precision],
-        max_epochs=-1,
-        max_steps=max_steps,
-        logger=loggers or False,
-        callbacks=[checkpointer],
-        plugins=[ckpt.AtomicCheckpointIO()],
-        enable_checkpointing=False,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        log_every_n_steps=config.log_every,
-        use_distributed_sampler=False,
-        default_root_dir=str(out_dir),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-
-
-def projected_epoch_hours(pairs_per_second: float, num_pairs: int = 591_753) -> float:
-    """Hours for one epoch of `num_pairs` caption pairs (COCO Captions train2017: 591,753) at a throughput."""
-    return num_pairs / pairs_per_second / 3600 if pairs_per_second > 0 else math.inf
