@@ -39,6 +39,7 @@ __all__ = [
     "generate_scene",
     "generate_scenes",
     "scene_settings",
+    "voc_colours",
     "voc_palette",
     "write_scenes",
 ]
@@ -76,19 +77,19 @@ _SPLIT_CODES = {"train": 1, "val": 2}
 Pattern = Callable[[np.random.Generator, np.ndarray, np.ndarray, tuple[float, float]], np.ndarray]
 
 
+def voc_colours(count: int = 256) -> np.ndarray:
+    """(count, 3) uint8 colours of the Pascal VOC colour map: the bits of each class id interleaved."""
+    ids, colours = np.arange(count), np.zeros((count, 3), dtype=np.int64)
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            colours[:, channel] |= ((ids >> channel) & 1) << shift
+        ids = ids >> 3
+    return colours.astype(np.uint8)
+
+
 def voc_palette() -> list[int]:
     """The 256-entry Pascal VOC colour map, flattened for `Image.putpalette`."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette += [r, g, b]
-    return palette
+    return voc_colours(256).ravel().tolist()
 
 
 # --- textures: each returns a bool "ink" map over the (H, W) pixel grid --------------------------
@@ -162,14 +163,16 @@ def _grid(rng, x, y, centre):
     return _lines(rng, x, y, (0.0, 90.0), (6.0, 12.0), (1.0, 1.8))
 
 
-def _blobs(rng, x, y, centre):
-    height, width = x.shape
-    scale = rng.uniform(4.0, 8.0)
+def _noise(rng: np.random.Generator, shape: tuple[int, int], scale: float, resample: int) -> np.ndarray:
+    """Smooth noise (H, W) uint8: a coarse normal grid, one cell per `scale` pixels, resized up."""
+    height, width = shape
     coarse = rng.normal(size=(max(2, int(height / scale) + 2), max(2, int(width / scale) + 2)))
     coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
-    field = np.asarray(
-        Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
-    )
+    return np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), resample))
+
+
+def _blobs(rng, x, y, centre):
+    field = _noise(rng, x.shape, rng.uniform(4.0, 8.0), Image.Resampling.BICUBIC)
     return field > np.median(field)
 
 
@@ -252,15 +255,9 @@ def _weave(rng, x, y, centre):
 
 
 def _clouds(rng, x, y, centre):
-    height, width = x.shape
-    field = np.zeros((height, width), dtype=np.float32)
+    field = np.zeros(x.shape, dtype=np.float32)
     for scale, weight in ((rng.uniform(10.0, 16.0), 1.0), (rng.uniform(3.0, 5.0), 0.5)):
-        coarse = rng.normal(size=(max(2, int(height / scale) + 2), max(2, int(width / scale) + 2)))
-        coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
-        layer = Image.fromarray((coarse * 255).astype(np.uint8)).resize(
-            (width, height), Image.Resampling.BILINEAR
-        )
-        field += weight * np.asarray(layer, dtype=np.float32)
+        field += weight * _noise(rng, x.shape, scale, Image.Resampling.BILINEAR).astype(np.float32)
     return field > np.quantile(field, rng.uniform(0.3, 0.7))
 
 
