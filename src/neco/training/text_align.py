@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import os
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -276,7 +277,7 @@ class TextAlignResult:
     interrupted: bool
 
 
-def _digest(texts: list[str]) -> str:
+def _digest(texts: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:
         digest.update(text.encode())
@@ -284,22 +285,34 @@ def _digest(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
+def _cached(
+    cache: Path | None, key: dict[str, Any], name: str, other: str, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """`compute()`, or the tensor `name` that `cache` holds for the same `key` (the cache is written atomically)."""
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored[name]
+        get_logger("neco.text_align").info(f"{cache}: made {other}; recomputing")
+    value = compute()
+    if cache is not None:
+        atomic_torch_save({"key": key, name: value}, cache)
+    return value
+
+
 def caption_embeddings(
     encoder: TextEncoder, captions: list[str], cache: Path | None, device: torch.device
 ) -> torch.Tensor:
     """float16 CPU embeddings (len(captions), E), read from `cache` when it matches encoder and captions."""
+
+    def compute() -> torch.Tensor:
+        encoder.to(device)
+        embeddings = encoder.encode(captions).to("cpu", torch.float16)
+        encoder.to("cpu")
+        return embeddings
+
     key = {"encoder_sha256": encoder.checksum(), "captions_sha256": _digest(captions)}
-    if cache is not None and cache.is_file():
-        stored = torch.load(cache, map_location="cpu", weights_only=True)
-        if isinstance(stored, dict) and stored.get("key") == key:
-            return stored["embeddings"]
-        get_logger("neco.text_align").info(f"{cache}: made by another text encoder or captions; recomputing")
-    encoder.to(device)
-    embeddings = encoder.encode(captions).to("cpu", torch.float16)
-    encoder.to("cpu")
-    if cache is not None:
-        atomic_torch_save({"key": key, "embeddings": embeddings}, cache)
-    return embeddings
+    return _cached(cache, key, "embeddings", "by another text encoder or captions", compute)
 
 
 @torch.no_grad()
@@ -312,31 +325,20 @@ def pooled_image_features(
     same at every step: computing them once (as Talk2DINO pre-extracts its features) makes each
     training step a few small matrix products.
     """
-    if cache is not None and cache.is_file():
-        stored = torch.load(cache, map_location="cpu", weights_only=True)
-        if isinstance(stored, dict) and stored.get("key") == key:
-            return stored["pooled"]
-        get_logger("neco.text_align").info(f"{cache}: made from another backbone or images; recomputing")
-    config = module.config
-    loader = DataLoader(_Images(pairs), batch_size=config.batch_size, num_workers=config.num_workers)
-    backbone = module.backbone.to(device)
-    bf16 = resolve_precision(config, "gpu" if device.type == "cuda" else "cpu") == "bf16-mixed"
-    chunks = []
-    for images in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            chunks.append(module.pooled(images.to(device)).to("cpu", torch.float16))
-    backbone.to("cpu")
-    pooled = torch.cat(chunks)
-    if cache is not None:
-        atomic_torch_save({"key": key, "pooled": pooled}, cache)
-    return pooled
 
+    def compute() -> torch.Tensor:
+        config = module.config
+        loader = DataLoader(_Images(pairs), batch_size=config.batch_size, num_workers=config.num_workers)
+        backbone = module.backbone.to(device)
+        bf16 = resolve_precision(config, "gpu" if device.type == "cuda" else "cpu") == "bf16-mixed"
+        chunks = []
+        for images in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                chunks.append(module.pooled(images.to(device)).to("cpu", torch.float16))
+        backbone.to("cpu")
+        return torch.cat(chunks)
 
-def _image_digest(pairs: Any) -> str:
-    digest = hashlib.sha256()
-    for path in pairs.images:
-        digest.update(f"{path}\0{path.stat().st_size}\0".encode())
-    return digest.hexdigest()
+    return _cached(cache, key, "pooled", "from another backbone or images", compute)
 
 
 def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
@@ -395,7 +397,7 @@ def train_text_align(
     if config.cache_features:
         key = {
             "backbone_sha256": identity["sha256"],
-            "images_sha256": _image_digest(pairs),
+            "images_sha256": _digest(f"{path}\0{path.stat().st_size}" for path in pairs.images),
             "input_size": config.input_size,
         }
         pooled = pooled_image_features(module, pairs, out_dir / "image_features.pt", device, key)
