@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from neco.utils.io import process_alive, write_json
+
 __all__ = [
     "SCENE_CLASSES",
     "SCENE_FAMILIES",
@@ -561,9 +563,7 @@ def write_scenes(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
     try:
         _generate_all(staging, settings, progress)
-        from neco.utils.io import write_json  # light import; written last: marks the output complete
-
-        write_json(settings, staging / "scenes.json")
+        write_json(settings, staging / "scenes.json")  # written last: marks the output complete
         _move_into_place(staging, out_dir)
     finally:
         if staging.exists():
@@ -576,13 +576,9 @@ def _remove_orphans(out_dir: Path) -> None:
     for orphan in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
         try:
             pid = int(orphan.name.split(".partial-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, IndexError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive and orphan.is_dir():
+        except (ValueError, IndexError):
+            pid = None
+        if (pid is None or pid == os.getpid() or not process_alive(pid)) and orphan.is_dir():
             shutil.rmtree(orphan, ignore_errors=True)
 
 
