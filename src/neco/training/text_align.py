@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,7 @@ from neco.training.run import (
 )
 from neco.utils.io import atomic_torch_save, ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
+from neco.utils.settings import option, validate
 
 __all__ = [
     "TextAlignConfig",
@@ -60,11 +61,11 @@ __all__ = [
 
 @dataclass
 class TextAlignConfig:
-    """Every setting of a text-align run (validated by `check()` before anything is read)."""
+    """Every setting of a text-align run, checked when made; errors name the `neco text-align` flag."""
 
     data_root: str
     out_dir: str
-    layout: str = "coco"
+    layout: str = option("coco", choices=tuple(CAPTION_LAYOUTS))
     split: str = "train2017"
     backbone: str = "dinov2_vitb14_reg"
     weights: str | None = None
@@ -75,61 +76,36 @@ class TextAlignConfig:
     text_config: dict[str, Any] | None = None  # an open_clip CLIP config (tests: a tiny random tower)
     text_init: str | None = None  # "words": see `neco.method.text_encoder.words_init` (config towers only)
     text_download: bool = True
-    input_size: int = 448
+    input_size: int = option(448, minimum=1)
     cache_features: bool = True
     batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None
+    lr: float = option(1e-4, minimum=0, exclusive_minimum=True)
+    weight_decay: float = option(0.0, minimum=0)
+    epochs: int = option(1, minimum=1)
+    max_steps: int | None = option(None, minimum=1)
     hidden_dim: int | None = None
     init_temperature: float = 0.07
-    accelerator: str = "auto"
+    accelerator: str = option("auto", choices=("auto", "cpu", "gpu"))
     devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"
+    strategy: str = option("auto", choices=("auto", "ddp"))
+    num_nodes: int = option(1, minimum=1)
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"))
     num_workers: int = 4
     seed: int = 0
-    ckpt_every_steps: int = 500
-    keep_checkpoints: int = 3
-    stop_at_step: int | None = None
-    log_every: int = 10
+    ckpt_every_steps: int = option(500, minimum=1)
+    keep_checkpoints: int = option(3, minimum=1)
+    stop_at_step: int | None = option(None, minimum=1)
+    log_every: int = option(10, minimum=1)
     progress: bool = True
-    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    loggers: list[str] = option(["csv"])
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def check(self) -> None:
-        """Raise a ValueError naming the option for any value out of range."""
-        if self.layout not in CAPTION_LAYOUTS:
-            raise ValueError(f"`--layout` must be one of {sorted(CAPTION_LAYOUTS)} but is {self.layout!r}")
-        positive = {
-            "--input-size": self.input_size,
-            "--epochs": self.epochs,
-            "--ckpt-every-steps": self.ckpt_every_steps,
-            "--keep-checkpoints": self.keep_checkpoints,
-            "--num-nodes": self.num_nodes,
-            "--log-every": self.log_every,
-        }
-        for flag, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"`{flag}` must be >= 1 but is {value}")
+        """Rules beyond each field's bounds and choices (called by `validate`)."""
         if self.batch_size < 2:
             raise ValueError(f"`--batch-size` must be >= 2 (in-batch negatives) but is {self.batch_size}")
-        for flag, value in (("--max-steps", self.max_steps), ("--stop-at-step", self.stop_at_step)):
-            if value is not None and value < 1:
-                raise ValueError(f"`{flag}` must be >= 1 but is {value}")
-        if not self.lr > 0:
-            raise ValueError(f"`--lr` must be > 0 but is {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"`--weight-decay` must be >= 0 but is {self.weight_decay}")
-        choices = {
-            "--accelerator": (self.accelerator, ("auto", "cpu", "gpu")),
-            "--precision": (self.precision, ("auto", "fp32", "bf16")),
-            "--strategy": (self.strategy, ("auto", "ddp")),
-        }
-        for flag, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"`{flag}` must be one of {list(allowed)} but is {value!r}")
         unknown = [name for name in self.loggers if name not in ("csv", "tensorboard")]
         if unknown:
             raise ValueError(f"`loggers` must be among ['csv', 'tensorboard'] but include {unknown}")
@@ -341,28 +317,16 @@ def pooled_image_features(
     return _cached(cache, key, "pooled", "from another backbone or images", compute)
 
 
-def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        last = checkpoint_dir / ckpt.LAST_NAME
-        return last.resolve() if last.exists() else None
-    path = Path(resume).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-    return path.resolve()
-
-
 def train_text_align(
     config: TextAlignConfig, *, resume: str | None = None, overwrite: bool = False
 ) -> TextAlignResult:
     """Train the mapping as `config` says; `resume` is None, 'auto' or a checkpoint file."""
-    config.check()
+    validate(config)  # again: the dataclass may have been changed since it was made
     log = get_logger("neco.text_align")
     out_dir = ensure_writable_dir(config.out_dir, "--out").resolve()
     checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "--out (its checkpoints folder)")
     ckpt.remove_orphan_temporaries(checkpoint_dir)
-    ckpt_path = _resolve_resume(resume, checkpoint_dir)
+    ckpt_path = ckpt.resolve_resume(resume, checkpoint_dir, lambda path: read_text_align(path, "--resume"))
     if ckpt_path is None:
         ckpt.check_fresh_start(checkpoint_dir, overwrite)
     # Data and both encoders are checked before any training starts.
