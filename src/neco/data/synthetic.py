@@ -487,18 +487,12 @@ def _save_label(label: np.ndarray, path: Path, palette: list[int]) -> None:
 
 
 def _existing_is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
-    image_ext = settings["image_format"]
-    for split, count in (("train", settings["num_train"]), ("val", settings["num_val"])):
-        for i in range(count):
-            name = _scene_id(split, i)
-            expected = (
-                f"images/{name}.{image_ext}",
-                f"SegmentationClass/{name}.png",
-                f"SegmentationClassAug/{name}.png",
-            )
-            if not all((out_dir / rel).is_file() for rel in expected):
-                return False
-    return all((out_dir / "sets" / f"{s}.txt").is_file() for s in ("train", "trainaug", "val"))
+    names = [_scene_id(split, i) for split in ("train", "val") for i in range(settings[f"num_{split}"])]
+    expected = [f"sets/{split}.txt" for split in ("train", "trainaug", "val")]
+    for folder in ("images", "SegmentationClass", "SegmentationClassAug"):
+        suffix = settings["image_format"] if folder == "images" else "png"
+        expected += [f"{folder}/{name}.{suffix}" for name in names]
+    return all((out_dir / rel).is_file() for rel in expected)
 
 
 def _scene_id(split: str, index: int) -> str:

@@ -39,6 +39,7 @@ from neco.method.text_encoder import DEFAULT_TEXT_MODEL, TextEncoder
 from neco.training import checkpoint as ckpt
 from neco.training.datamodule import EpochSampler
 from neco.training.run import (
+    TrainResult,
     build_trainer,
     device_count,
     resolve_accelerator,
@@ -242,15 +243,8 @@ class TextAlignModule(L.LightningModule):
             self.data_position = self._resume_position
 
 
-@dataclass
-class TextAlignResult:
-    """What a run leaves: its folder, the last checkpoint, the step reached, the last logged values."""
-
-    out_dir: Path
-    last_checkpoint: Path | None
-    global_step: int
-    metrics: dict[str, float]
-    interrupted: bool
+# What a run leaves: the summary `neco train` returns (folder, last checkpoint, step, metrics, ...).
+TextAlignResult = TrainResult
 
 
 def _digest(texts: Iterable[str]) -> str:
@@ -319,7 +313,7 @@ def pooled_image_features(
 
 def train_text_align(
     config: TextAlignConfig, *, resume: str | None = None, overwrite: bool = False
-) -> TextAlignResult:
+) -> TrainResult:
     """Train the mapping as `config` says; `resume` is None, 'auto' or a checkpoint file."""
     validate(config)  # again: the dataclass may have been changed since it was made
     log = get_logger("neco.text_align")
@@ -393,10 +387,12 @@ def train_text_align(
         )
     trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / ckpt.LAST_NAME
-    return TextAlignResult(
+    return TrainResult(
         out_dir=out_dir,
+        checkpoint_dir=checkpoint_dir,
         last_checkpoint=last.resolve() if last.exists() else None,
         global_step=int(trainer.global_step),
-        metrics=trained_metrics(trainer),
         interrupted=checkpointer.interrupted,
+        metrics=trained_metrics(trainer),
+        stop_signal=checkpointer.stop_signal,
     )
