@@ -6,6 +6,7 @@ import errno
 import os
 import shutil
 import signal
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -212,15 +213,11 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the SIGINT / SIGTERM handlers (main thread only; replaces Lightning's SIGTERM exit)."""
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_handler(self) -> None:
-        import threading
-
         if self._previous_handlers and threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous_handlers.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
