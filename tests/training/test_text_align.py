@@ -106,6 +106,21 @@ def test_resume_continues_exactly(trained, tmp_path):
         train_text_align(config(captions, tmp_path / "split", max_steps=6))
 
 
+def test_resume_auto_skips_a_damaged_last_checkpoint(trained, tmp_path):
+    """`--resume auto` takes the newest checkpoint that reads back, as `neco train` does."""
+    import shutil
+
+    from neco.training.text_align import train_text_align
+
+    _, captions, result = trained
+    copy = tmp_path / "run"
+    shutil.copytree(result.out_dir, copy, symlinks=True)  # last.ckpt stays a link to step 100
+    (copy / "checkpoints" / "step_00000100.ckpt").write_bytes(b"cut short by a crash")
+    resumed = train_text_align(config(captions, copy), resume="auto")
+    assert resumed.global_step == 100  # continued from step 50, not refused nor restarted
+    assert (copy / "checkpoints" / "last.ckpt").resolve().name == "step_00000100.ckpt"
+
+
 def test_resume_refuses_another_text_tower(trained, tmp_path):
     from neco.method.text_encoder import tiny_text_config
     from neco.training.text_align import train_text_align

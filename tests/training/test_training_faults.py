@@ -298,11 +298,11 @@ def test_multi_device_runs_use_neco_ddp_without_buffer_broadcast() -> None:
         ["run.devices=1", "run.num_nodes=2"],
         ["run.devices=2", "run.strategy=ddp"],
     ):
-        strategy = _strategy(load_config(PRESET, extra), "cpu")
+        strategy = _strategy(load_config(PRESET, extra).run, "cpu")
         assert isinstance(strategy, DDPStrategy) and strategy._ddp_kwargs["broadcast_buffers"] is False
-    assert _strategy(load_config(PRESET), "cpu") == "auto"  # one device: plain
+    assert _strategy(load_config(PRESET).run, "cpu") == "auto"  # one device: plain
     with pytest.raises(ValueError, match="`run.strategy` must be 'auto' or 'ddp' for a multi-device run"):
-        _strategy(load_config(PRESET, ["run.devices=2", "run.strategy=fsdp"]), "cpu")
+        _strategy(load_config(PRESET, ["run.devices=2", "run.strategy=fsdp"]).run, "cpu")
 
 
 @pytest.mark.slow

@@ -31,6 +31,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from neco.utils.io import process_alive, write_json
+
 __all__ = [
     "SCENE_CLASSES",
     "SCENE_FAMILIES",
@@ -39,6 +41,7 @@ __all__ = [
     "generate_scene",
     "generate_scenes",
     "scene_settings",
+    "voc_colours",
     "voc_palette",
     "write_scenes",
 ]
@@ -76,19 +79,19 @@ _SPLIT_CODES = {"train": 1, "val": 2}
 Pattern = Callable[[np.random.Generator, np.ndarray, np.ndarray, tuple[float, float]], np.ndarray]
 
 
+def voc_colours(count: int = 256) -> np.ndarray:
+    """(count, 3) uint8 colours of the Pascal VOC colour map: the bits of each class id interleaved."""
+    ids, colours = np.arange(count), np.zeros((count, 3), dtype=np.int64)
+    for shift in range(7, -1, -1):
+        for channel in range(3):
+            colours[:, channel] |= ((ids >> channel) & 1) << shift
+        ids = ids >> 3
+    return colours.astype(np.uint8)
+
+
 def voc_palette() -> list[int]:
     """The 256-entry Pascal VOC colour map, flattened for `Image.putpalette`."""
-    palette = []
-    for index in range(256):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= ((value >> 0) & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette += [r, g, b]
-    return palette
+    return voc_colours(256).ravel().tolist()
 
 
 # --- textures: each returns a bool "ink" map over the (H, W) pixel grid --------------------------
@@ -162,14 +165,16 @@ def _grid(rng, x, y, centre):
     return _lines(rng, x, y, (0.0, 90.0), (6.0, 12.0), (1.0, 1.8))
 
 
-def _blobs(rng, x, y, centre):
-    height, width = x.shape
-    scale = rng.uniform(4.0, 8.0)
+def _noise(rng: np.random.Generator, shape: tuple[int, int], scale: float, resample: int) -> np.ndarray:
+    """Smooth noise (H, W) uint8: a coarse normal grid, one cell per `scale` pixels, resized up."""
+    height, width = shape
     coarse = rng.normal(size=(max(2, int(height / scale) + 2), max(2, int(width / scale) + 2)))
     coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
-    field = np.asarray(
-        Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), Image.Resampling.BICUBIC)
-    )
+    return np.asarray(Image.fromarray((coarse * 255).astype(np.uint8)).resize((width, height), resample))
+
+
+def _blobs(rng, x, y, centre):
+    field = _noise(rng, x.shape, rng.uniform(4.0, 8.0), Image.Resampling.BICUBIC)
     return field > np.median(field)
 
 
@@ -252,15 +257,9 @@ def _weave(rng, x, y, centre):
 
 
 def _clouds(rng, x, y, centre):
-    height, width = x.shape
-    field = np.zeros((height, width), dtype=np.float32)
+    field = np.zeros(x.shape, dtype=np.float32)
     for scale, weight in ((rng.uniform(10.0, 16.0), 1.0), (rng.uniform(3.0, 5.0), 0.5)):
-        coarse = rng.normal(size=(max(2, int(height / scale) + 2), max(2, int(width / scale) + 2)))
-        coarse = (coarse - coarse.min()) / (np.ptp(coarse) + 1e-6)
-        layer = Image.fromarray((coarse * 255).astype(np.uint8)).resize(
-            (width, height), Image.Resampling.BILINEAR
-        )
-        field += weight * np.asarray(layer, dtype=np.float32)
+        field += weight * _noise(rng, x.shape, scale, Image.Resampling.BILINEAR).astype(np.float32)
     return field > np.quantile(field, rng.uniform(0.3, 0.7))
 
 
@@ -488,18 +487,12 @@ def _save_label(label: np.ndarray, path: Path, palette: list[int]) -> None:
 
 
 def _existing_is_complete(out_dir: Path, settings: dict[str, Any]) -> bool:
-    image_ext = settings["image_format"]
-    for split, count in (("train", settings["num_train"]), ("val", settings["num_val"])):
-        for i in range(count):
-            name = _scene_id(split, i)
-            expected = (
-                f"images/{name}.{image_ext}",
-                f"SegmentationClass/{name}.png",
-                f"SegmentationClassAug/{name}.png",
-            )
-            if not all((out_dir / rel).is_file() for rel in expected):
-                return False
-    return all((out_dir / "sets" / f"{s}.txt").is_file() for s in ("train", "trainaug", "val"))
+    names = [_scene_id(split, i) for split in ("train", "val") for i in range(settings[f"num_{split}"])]
+    expected = [f"sets/{split}.txt" for split in ("train", "trainaug", "val")]
+    for folder in ("images", "SegmentationClass", "SegmentationClassAug"):
+        suffix = settings["image_format"] if folder == "images" else "png"
+        expected += [f"{folder}/{name}.{suffix}" for name in names]
+    return all((out_dir / rel).is_file() for rel in expected)
 
 
 def _scene_id(split: str, index: int) -> str:
@@ -564,9 +557,7 @@ def write_scenes(
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-{os.getpid()}-", dir=out_dir.parent))
     try:
         _generate_all(staging, settings, progress)
-        from neco.utils.io import write_json  # light import; written last: marks the output complete
-
-        write_json(settings, staging / "scenes.json")
+        write_json(settings, staging / "scenes.json")  # written last: marks the output complete
         _move_into_place(staging, out_dir)
     finally:
         if staging.exists():
@@ -579,13 +570,9 @@ def _remove_orphans(out_dir: Path) -> None:
     for orphan in out_dir.parent.glob(f".{out_dir.name}.partial-*"):
         try:
             pid = int(orphan.name.split(".partial-", 1)[1].split("-", 1)[0])
-            os.kill(pid, 0)
-            alive = pid != os.getpid()
-        except (ValueError, IndexError, ProcessLookupError):
-            alive = False
-        except PermissionError:
-            alive = True
-        if not alive and orphan.is_dir():
+        except (ValueError, IndexError):
+            pid = None
+        if (pid is None or pid == os.getpid() or not process_alive(pid)) and orphan.is_dir():
             shutil.rmtree(orphan, ignore_errors=True)
 
 

@@ -406,21 +406,16 @@ def run_demo(cfg: DemoConfig) -> dict[str, Any]:
         },
         "backbone": {**identity, "description": config.description},
         "evaluations": {
-            "hummingbird": {
-                "setting": f"memory {cfg.hummingbird_memory} patches, k=30, T=0.02, Hungarian-matched, mean over all classes",
-                "before": before["scores"]["hummingbird"],
-                "after": after["scores"]["hummingbird"],
-            },
-            "linear": {
-                "setting": f"{cfg.linear_epochs} epochs, lr {cfg.linear_lr:g}, batch 8",
-                "before": before["scores"]["linear"],
-                "after": after["scores"]["linear"],
-            },
-            "overcluster": {
-                "setting": f"K={cfg.overcluster_k}, many-to-one",
-                "before": before["scores"]["overcluster"],
-                "after": after["scores"]["overcluster"],
-            },
+            name: {"setting": setting, "before": before["scores"][name], "after": after["scores"][name]}
+            for name, setting in (
+                (
+                    "hummingbird",
+                    f"memory {cfg.hummingbird_memory} patches, k=30, T=0.02, Hungarian-matched, "
+                    "mean over all classes",
+                ),
+                ("linear", f"{cfg.linear_epochs} epochs, lr {cfg.linear_lr:g}, batch 8"),
+                ("overcluster", f"K={cfg.overcluster_k}, many-to-one"),
+            )
         },
         "training": {
             "steps": int(result.global_step),

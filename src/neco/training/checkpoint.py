@@ -6,6 +6,8 @@ import errno
 import os
 import shutil
 import signal
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -158,8 +160,6 @@ def _point_last(directory: Path, target: Path) -> None:
         os.symlink(target.name, tmp)
         os.replace(tmp, link)
     except OSError:
-        import shutil
-
         shutil.copyfile(target, tmp)
         os.replace(tmp, link)
 
@@ -213,15 +213,11 @@ class PeriodicCheckpoint(L.Callback):
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Install the SIGINT / SIGTERM handlers (main thread only; replaces Lightning's SIGTERM exit)."""
-        import threading
-
         if threading.current_thread() is threading.main_thread():
             for signum in self.SIGNALS:
                 self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
 
     def _restore_handler(self) -> None:
-        import threading
-
         if self._previous_handlers and threading.current_thread() is threading.main_thread():
             for signum, handler in self._previous_handlers.items():
                 signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
@@ -413,7 +409,7 @@ def check_free_space(checkpoint_dir: Path, needed: int) -> None:
         )
 
 
-def _newest_readable(checkpoint_dir: Path) -> Path | None:
+def _newest_readable(checkpoint_dir: Path, read: Callable[[Path], Any]) -> Path | None:
     """`last.ckpt`'s target, else the newest `step_*` file that reads back whole; None when there is none."""
     last = checkpoint_dir / LAST_NAME
     candidates: list[Path] = []
@@ -425,7 +421,7 @@ def _newest_readable(checkpoint_dir: Path) -> Path | None:
     problems = []
     for candidate in candidates:
         try:
-            read_checkpoint(candidate)
+            read(candidate)
         except ValueError as err:
             problems.append(str(err))
             get_logger("neco.training").warning(f"--resume auto: skipping {candidate}: {err}")
@@ -441,12 +437,14 @@ def _newest_readable(checkpoint_dir: Path) -> Path | None:
     return None
 
 
-def resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
-    """`--resume` value -> checkpoint path: None, 'auto' (newest readable checkpoint, if any) or a file."""
+def resolve_resume(
+    resume: str | None, checkpoint_dir: Path, read: Callable[[Path], Any] = read_checkpoint
+) -> Path | None:
+    """`--resume` value -> checkpoint path: None, 'auto' (newest checkpoint that `read` accepts, if any) or a file."""
     if resume is None:
         return None
     if resume == "auto":
-        return _newest_readable(Path(checkpoint_dir))
+        return _newest_readable(Path(checkpoint_dir), read)
     path = Path(resume).expanduser()
     if path.is_dir():
         path = path / LAST_NAME if (path / LAST_NAME).exists() else path / "checkpoints" / LAST_NAME

@@ -11,6 +11,7 @@ its path; the run fails only when more than `data.max_bad_images` of the files t
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -190,23 +191,10 @@ def collate_with_position(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def build_crop_sampler(data: DataConfig) -> Any:
-    """The `MultiCropSampler` described by `data.crops`."""
+    """The `MultiCropSampler` described by `data.crops` (its fields are the sampler's arguments)."""
     from neco.method.crops import MultiCropSampler
 
-    c = data.crops
-    return MultiCropSampler(
-        global_size=c.global_size,
-        local_size=c.local_size,
-        num_global=c.num_global,
-        num_local=c.num_local,
-        global_scale=c.global_scale,
-        local_scale=c.local_scale,
-        ratio=c.ratio,
-        min_overlap=c.min_overlap,
-        min_overlap_second_global=c.min_overlap_second_global,
-        max_tries=c.max_tries,
-        photometric=c.photometric,
-    )
+    return MultiCropSampler(**dataclasses.asdict(data.crops))
 
 
 class NeCoDataModule(L.LightningDataModule):

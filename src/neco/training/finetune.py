@@ -17,7 +17,6 @@ import copy
 import math
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -268,7 +267,7 @@ def _trainer(
 ) -> L.Trainer:
     from lightning.pytorch.loggers import CSVLogger
 
-    from neco.training.checkpoint import AtomicCheckpointIO
+    from neco.training.run import lightning_trainer
 
     gpu = ctx.device.type == "cuda"
     devices: Any = settings.devices
@@ -280,25 +279,18 @@ def _trainer(
 
         # backbones hold parameters the forward never uses (DINOv2's mask token), as in Segmenter's own DDP
         strategy = DDPStrategy(find_unused_parameters=True, process_group_backend="nccl" if gpu else "gloo")
-    precision = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[ctx.run.precision]
-    return L.Trainer(
+    return lightning_trainer(
+        out_dir,
+        callbacks,
         accelerator="gpu" if gpu else "cpu",
         devices=devices,
         strategy=strategy,
-        precision=precision,
+        precision={"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[ctx.run.precision],
         max_steps=int(iterations),
         max_epochs=-1,
         logger=CSVLogger(save_dir=str(out_dir), name="csv"),
-        callbacks=callbacks,
-        plugins=[AtomicCheckpointIO()],
-        enable_checkpointing=False,
         enable_progress_bar=ctx.progress,
-        enable_model_summary=False,
         log_every_n_steps=10,
-        use_distributed_sampler=False,
-        default_root_dir=str(out_dir),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
     )
 
 
@@ -311,6 +303,7 @@ def train_segmenter(
     copies of the command); rank 0 returns the trained model for scoring.
     """
     from neco.training import checkpoint as ckpt
+    from neco.training.run import is_launching_rank
     from neco.utils.io import ensure_writable_dir
 
     log = get_logger("neco.finetune")
@@ -322,7 +315,7 @@ def train_segmenter(
         )
     out_dir = ensure_writable_dir(ctx.out_dir or temporary.name, "--out").resolve()
     checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "--out (its checkpoints folder)")
-    launching = _rank_from_env() == 0
+    launching = is_launching_rank()
     if launching:
         ckpt.remove_orphan_temporaries(checkpoint_dir)
     resume = ckpt.resolve_resume(settings.resume, checkpoint_dir)
@@ -358,11 +351,6 @@ def train_segmenter(
         _check_resumable(resume, module)
     checkpointer = ckpt.PeriodicCheckpoint(checkpoint_dir, settings.ckpt_every, settings.keep_checkpoints)
     trainer = _trainer(settings, ctx, out_dir, plan["iterations"], [checkpointer])
-    # the stream resumes at the stored step by itself (StepDataset), so the mid-epoch warning does not apply
-    warnings.filterwarnings(
-        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
-    )
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     if trainer.is_global_zero:
         where = f"resuming from {resume}" if resume else "new run"
         log.info(
@@ -396,12 +384,6 @@ def train_segmenter(
     if temporary is not None:
         temporary.cleanup()
     return FinetuneOutcome(model=module.model, info=info)
-
-
-def _rank_from_env() -> int:
-    import os
-
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
 
 
 set_finetuner(train_segmenter)

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from types import TracebackType
 
+from neco.utils.io import process_alive
 from neco.utils.logging import get_logger
 
 __all__ = ["LOCK_NAME", "RunFolderLocked", "RunLock"]
@@ -24,16 +25,6 @@ LOCK_NAME = ".neco-train.lock"
 
 class RunFolderLocked(FileExistsError):
     """Another live `neco train` holds the run folder."""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 class RunLock:
@@ -63,7 +54,7 @@ class RunLock:
                 if owner is None:
                     continue  # released in between: try again
                 host, pid = owner.get("host"), owner.get("pid")
-                if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                if host == me["host"] and isinstance(pid, int) and not process_alive(pid):
                     get_logger("neco.training").warning(
                         f"{self.path}: removing the stale lock of process {pid} (no longer running)"
                     )

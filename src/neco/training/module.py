@@ -7,6 +7,7 @@ D = backbone width, C = head output width, (h, w) = token grid of a view.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import random
 import time
@@ -22,7 +23,6 @@ from neco.training.checkpoint import DivergenceError
 from neco.training.config import TrainConfig, config_to_dict
 
 __all__ = ["NeCoModule", "NonFiniteLossError", "build_backbone", "CHECKPOINT_FORMAT", "CHECKPOINT_VERSION"]
-
 
 
 class NonFiniteLossError(DivergenceError):
@@ -235,16 +235,11 @@ class NeCoModule(L.LightningModule):
         """One backbone pass per run of same-sized views; returns per-view grids and tokens."""
         grids: list[Tensor] = []
         tokens: list[Tensor] = []
-        start = 0
-        while start < len(views):
-            end = start + 1
-            while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
-                end += 1
-            batch = torch.cat(views[start:end])  # ((end-start)*B, 3, H, W)
-            grid, tok = self._embed(backbone, head, batch)
-            grids.extend(grid.chunk(end - start))
-            tokens.extend(tok.chunk(end - start))
-            start = end
+        for _, run in itertools.groupby(views, key=lambda view: view.shape[-2:]):
+            run = list(run)
+            grid, tok = self._embed(backbone, head, torch.cat(run))  # (len(run)*B, ...)
+            grids.extend(grid.chunk(len(run)))
+            tokens.extend(tok.chunk(len(run)))
         return grids, tokens
 
     @torch.no_grad()

@@ -15,7 +15,14 @@ import torch
 from neco.training.config import TrainConfig, save_config
 from neco.utils.logging import get_logger
 
-__all__ = ["TrainResult", "train", "resolve_precision", "build_trainer"]
+__all__ = [
+    "TrainResult",
+    "train",
+    "resolve_precision",
+    "build_trainer",
+    "lightning_trainer",
+    "resolve_accelerator",
+]
 
 
 @dataclass
@@ -34,8 +41,10 @@ class TrainResult:
     skipped_images: list[str] = dataclasses.field(default_factory=list)
 
 
-def _accelerator(config: TrainConfig) -> str:
-    choice = config.run.accelerator
+# `run` below is `TrainConfig.run` or a `TextAlignConfig`: both name these settings alike.
+def resolve_accelerator(run: Any) -> str:
+    """`cpu` or `gpu`: `auto` is the GPU when CUDA has one."""
+    choice = run.accelerator
     if choice == "gpu" and not torch.cuda.is_available():
         raise ValueError("`run.accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
     if choice == "auto":
@@ -43,19 +52,19 @@ def _accelerator(config: TrainConfig) -> str:
     return choice
 
 
-def resolve_precision(config: TrainConfig, accelerator: str) -> str:
+def resolve_precision(run: Any, accelerator: str) -> str:
     """Lightning precision string: `auto` is bf16 autocast on CUDA and fp32 on CPU."""
-    precision = config.run.precision
+    precision = run.precision
     if precision == "auto":
         precision = "bf16" if accelerator == "gpu" else "fp32"
     return {"bf16": "bf16-mixed", "fp32": "32-true"}[precision]
 
 
-def _loggers(config: TrainConfig, out_dir: Path) -> list[Any]:
+def _loggers(run: Any, out_dir: Path) -> list[Any]:
     from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 
     loggers: list[Any] = []
-    for name in config.run.loggers:
+    for name in run.loggers:
         if name == "tensorboard":
             loggers.append(TensorBoardLogger(save_dir=str(out_dir), name="tensorboard"))
         elif name == "csv":
@@ -72,17 +81,17 @@ def _loggers(config: TrainConfig, out_dir: Path) -> list[Any]:
     return loggers
 
 
-def _device_count(config: TrainConfig, accelerator: str) -> int:
+def device_count(run: Any, accelerator: str) -> int:
     """Processes the run spans: devices per node (auto: every visible GPU, one CPU process) times nodes."""
-    devices = config.run.devices
+    devices = run.devices
     if devices == "auto":
         devices = max(1, torch.cuda.device_count()) if accelerator == "gpu" else 1
-    return int(devices) * config.run.num_nodes
+    return int(devices) * run.num_nodes
 
 
-def _strategy(config: TrainConfig, accelerator: str) -> Any:
-    strategy = config.run.strategy
-    multi = _device_count(config, accelerator) > 1
+def _strategy(run: Any, accelerator: str) -> Any:
+    strategy = run.strategy
+    multi = device_count(run, accelerator) > 1
     if multi and strategy not in ("auto", "ddp"):
         raise ValueError(
             f"`run.strategy` must be 'auto' or 'ddp' for a multi-device run (neco's DDP keeps each rank's "
@@ -108,41 +117,70 @@ class _DropAdvert(logging.Filter):
 _ADVERT_FILTER = _DropAdvert()
 
 
-def build_trainer(config: TrainConfig, out_dir: Path, callbacks: list[Any]) -> Any:
-    """A Lightning Trainer for `config`: devices, strategy, precision, loggers, atomic checkpoints."""
-    import lightning as L
+def lightning_trainer(out_dir: Path, callbacks: list[Any], **options: Any) -> Any:
+    """A Trainer with what every neco run shares; `options` are the run's own Trainer arguments.
 
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_ADVERT_FILTER)  # idempotent
+    Checkpoints are written by `PeriodicCheckpoint` through `AtomicCheckpointIO`, the samplers are
+    neco's (they resume mid-epoch), and there is no validation loop.
+    """
+    import lightning as L
 
     from neco.training.checkpoint import AtomicCheckpointIO
 
-    accelerator = _accelerator(config)
-    run = config.run
-    max_steps = config.optim.max_steps if config.optim.max_steps is not None else -1
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_ADVERT_FILTER)  # idempotent
+    # Our samplers resume mid-epoch from the position stored in the checkpoint, so Lightning's
+    # "dataloader is not resumable" warning does not apply.
+    warnings.filterwarnings(
+        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+    )
+    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for a user to act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     return L.Trainer(
-        accelerator=accelerator,
-        devices=run.devices,
-        strategy=_strategy(config, accelerator),
-        num_nodes=run.num_nodes,
-        precision=resolve_precision(config, accelerator),
-        max_epochs=-1 if config.optim.max_steps is not None else config.optim.epochs,
-        max_steps=max_steps,
-        logger=_loggers(config, out_dir) or False,
         callbacks=callbacks,
         plugins=[AtomicCheckpointIO()],
         enable_checkpointing=False,
-        enable_progress_bar=run.progress,
         enable_model_summary=False,
-        log_every_n_steps=run.log_every,
-        gradient_clip_val=config.optim.grad_clip,
         use_distributed_sampler=False,
         default_root_dir=str(out_dir),
         num_sanity_val_steps=0,
         limit_val_batches=0,
+        **options,
     )
 
 
-def _is_launching_rank() -> bool:
+def build_trainer(
+    run: Any,
+    out_dir: Path,
+    callbacks: list[Any],
+    max_steps: int | None,
+    epochs: int = -1,
+    grad_clip: Any = None,
+) -> Any:
+    """A Lightning Trainer for the `run` settings: devices, strategy, precision, loggers, progress."""
+    accelerator = resolve_accelerator(run)
+    return lightning_trainer(
+        out_dir,
+        callbacks,
+        accelerator=accelerator,
+        devices=run.devices,
+        strategy=_strategy(run, accelerator),
+        num_nodes=run.num_nodes,
+        precision=resolve_precision(run, accelerator),
+        max_epochs=-1 if max_steps is not None else epochs,
+        max_steps=max_steps if max_steps is not None else -1,
+        logger=_loggers(run, out_dir) or False,
+        enable_progress_bar=run.progress,
+        log_every_n_steps=run.log_every,
+        gradient_clip_val=grad_clip,
+    )
+
+
+def trained_metrics(trainer: Any) -> dict[str, float]:
+    """The last logged scalar of every metric of a finished fit."""
+    return {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+
+
+def is_launching_rank() -> bool:
     """True in the process that starts the run (Lightning launches the other ranks later with RANK set)."""
     import os
 
@@ -180,13 +218,13 @@ def train(
     lock = RunLock(out_dir)
     fitting: list[bool] = []
     try:
-        if _is_launching_rank():
+        if is_launching_rank():
             lock.acquire()
         return _train_in(
             config, out_dir, resume, overwrite, allow_config_change, callbacks, lambda: fitting.append(True)
         )
     except BaseException:
-        if not fitting and _is_launching_rank():
+        if not fitting and is_launching_rank():
             # Nothing ran: leave no empty run folder behind (only what this call created is removed).
             lock.release()
             for folder in created:
@@ -221,9 +259,9 @@ def _train_in(
     from neco.utils.io import ensure_writable_dir
 
     checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "run.out_dir (its checkpoints folder)")
-    accelerator = _accelerator(config)
-    _strategy(config, accelerator)  # a bad strategy fails before anything is built
-    launching = _is_launching_rank()
+    accelerator = resolve_accelerator(config.run)
+    _strategy(config.run, accelerator)  # a bad strategy fails before anything is built
+    launching = is_launching_rank()
     if launching:
         ckpt.remove_orphan_temporaries(checkpoint_dir)
     ckpt_path = ckpt.resolve_resume(resume, checkpoint_dir)
@@ -274,14 +312,10 @@ def _train_in(
         from neco.training.attention_callback import AttentionValidation
 
         all_callbacks.append(AttentionValidation(config.run.attention_validation))
-    trainer = build_trainer(config, out_dir, all_callbacks)
-    # Our sampler resumes mid-epoch from the position stored in the checkpoint, so Lightning's
-    # "dataloader is not resumable" warning does not apply.
-    warnings.filterwarnings(
-        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
+    optim = config.optim
+    trainer = build_trainer(
+        config.run, out_dir, all_callbacks, optim.max_steps, optim.epochs, optim.grad_clip
     )
-    # Lightning 2.6 calls a torch pytree API that torch 2.14 deprecates; nothing for a user to act on.
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
     if trainer.is_global_zero:
         save_config(config, out_dir / "config.yaml")
         log = get_logger("neco.training")
@@ -294,16 +328,13 @@ def _train_in(
     on_fit()
     trainer.fit(module, datamodule=datamodule, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / "last.ckpt"
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
-    }
     return TrainResult(
         out_dir=out_dir,
         checkpoint_dir=checkpoint_dir,
         last_checkpoint=last.resolve() if last.exists() else None,
         global_step=int(trainer.global_step),
         interrupted=checkpointer.interrupted,
-        metrics=metrics,
+        metrics=trained_metrics(trainer),
         stop_signal=checkpointer.stop_signal,
         config_changes=significant,
         skipped_images=sorted(datamodule.skipped_images),

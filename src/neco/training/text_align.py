@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import math
 import os
-import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,17 @@ from neco.method.text_checkpoint import FORMAT, load_text_align, read_text_align
 from neco.method.text_encoder import DEFAULT_TEXT_MODEL, TextEncoder
 from neco.training import checkpoint as ckpt
 from neco.training.datamodule import EpochSampler
+from neco.training.run import (
+    TrainResult,
+    build_trainer,
+    device_count,
+    resolve_accelerator,
+    resolve_precision,
+    trained_metrics,
+)
 from neco.utils.io import atomic_torch_save, ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
+from neco.utils.settings import option, validate
 
 __all__ = [
     "TextAlignConfig",
@@ -54,11 +62,11 @@ __all__ = [
 
 @dataclass
 class TextAlignConfig:
-    """Every setting of a text-align run (validated by `check()` before anything is read)."""
+    """Every setting of a text-align run, checked when made; errors name the `neco text-align` flag."""
 
     data_root: str
     out_dir: str
-    layout: str = "coco"
+    layout: str = option("coco", choices=tuple(CAPTION_LAYOUTS))
     split: str = "train2017"
     backbone: str = "dinov2_vitb14_reg"
     weights: str | None = None
@@ -69,61 +77,39 @@ class TextAlignConfig:
     text_config: dict[str, Any] | None = None  # an open_clip CLIP config (tests: a tiny random tower)
     text_init: str | None = None  # "words": see `neco.method.text_encoder.words_init` (config towers only)
     text_download: bool = True
-    input_size: int = 448
+    input_size: int = option(448, minimum=1)
     cache_features: bool = True
     batch_size: int = 128
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    epochs: int = 1
-    max_steps: int | None = None
+    lr: float = option(1e-4, minimum=0, exclusive_minimum=True)
+    weight_decay: float = option(0.0, minimum=0)
+    epochs: int = option(1, minimum=1)
+    max_steps: int | None = option(None, minimum=1)
     hidden_dim: int | None = None
     init_temperature: float = 0.07
-    accelerator: str = "auto"
+    accelerator: str = option("auto", choices=("auto", "cpu", "gpu"))
     devices: int | str = "auto"
-    strategy: str = "auto"
-    num_nodes: int = 1
-    precision: str = "auto"
+    strategy: str = option("auto", choices=("auto", "ddp"))
+    num_nodes: int = option(1, minimum=1)
+    precision: str = option("auto", choices=("auto", "fp32", "bf16"))
     num_workers: int = 4
     seed: int = 0
-    ckpt_every_steps: int = 500
-    keep_checkpoints: int = 3
-    stop_at_step: int | None = None
-    log_every: int = 10
+    ckpt_every_steps: int = option(500, minimum=1)
+    keep_checkpoints: int = option(3, minimum=1)
+    stop_at_step: int | None = option(None, minimum=1)
+    log_every: int = option(10, minimum=1)
     progress: bool = True
-    loggers: list[str] = field(default_factory=lambda: ["csv"])
+    loggers: list[str] = option(["csv"])
+
+    def __post_init__(self) -> None:
+        validate(self)
 
     def check(self) -> None:
-        """Raise a ValueError naming the option for any value out of range."""
-        if self.layout not in CAPTION_LAYOUTS:
-            raise ValueError(f"`--layout` must be one of {sorted(CAPTION_LAYOUTS)} but is {self.layout!r}")
-        positive = {
-            "--input-size": self.input_size,
-            "--epochs": self.epochs,
-            "--ckpt-every-steps": self.ckpt_every_steps,
-            "--keep-checkpoints": self.keep_checkpoints,
-            "--num-nodes": self.num_nodes,
-            "--log-every": self.log_every,
-        }
-        for flag, value in positive.items():
-            if int(value) < 1:
-                raise ValueError(f"`{flag}` must be >= 1 but is {value}")
+        """Rules beyond each field's bounds and choices (called by `validate`)."""
         if self.batch_size < 2:
             raise ValueError(f"`--batch-size` must be >= 2 (in-batch negatives) but is {self.batch_size}")
-        for flag, value in (("--max-steps", self.max_steps), ("--stop-at-step", self.stop_at_step)):
-            if value is not None and value < 1:
-                raise ValueError(f"`{flag}` must be >= 1 but is {value}")
-        if not self.lr > 0:
-            raise ValueError(f"`--lr` must be > 0 but is {self.lr}")
-        if self.weight_decay < 0:
-            raise ValueError(f"`--weight-decay` must be >= 0 but is {self.weight_decay}")
-        choices = {
-            "--accelerator": (self.accelerator, ("auto", "cpu", "gpu")),
-            "--precision": (self.precision, ("auto", "fp32", "bf16")),
-            "--strategy": (self.strategy, ("auto", "ddp")),
-        }
-        for flag, (value, allowed) in choices.items():
-            if value not in allowed:
-                raise ValueError(f"`{flag}` must be one of {list(allowed)} but is {value!r}")
+        unknown = [name for name in self.loggers if name not in ("csv", "tensorboard")]
+        if unknown:
+            raise ValueError(f"`loggers` must be among ['csv', 'tensorboard'] but include {unknown}")
         if self.accelerator == "gpu" and not torch.cuda.is_available():
             raise ValueError("`--accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
 
@@ -257,18 +243,11 @@ class TextAlignModule(L.LightningModule):
             self.data_position = self._resume_position
 
 
-@dataclass
-class TextAlignResult:
-    """What a run leaves: its folder, the last checkpoint, the step reached, the last logged values."""
-
-    out_dir: Path
-    last_checkpoint: Path | None
-    global_step: int
-    metrics: dict[str, float]
-    interrupted: bool
+# What a run leaves: the summary `neco train` returns (folder, last checkpoint, step, metrics, ...).
+TextAlignResult = TrainResult
 
 
-def _digest(texts: list[str]) -> str:
+def _digest(texts: Iterable[str]) -> str:
     digest = hashlib.sha256()
     for text in texts:
         digest.update(text.encode())
@@ -276,22 +255,34 @@ def _digest(texts: list[str]) -> str:
     return digest.hexdigest()
 
 
+def _cached(
+    cache: Path | None, key: dict[str, Any], name: str, other: str, compute: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """`compute()`, or the tensor `name` that `cache` holds for the same `key` (the cache is written atomically)."""
+    if cache is not None and cache.is_file():
+        stored = torch.load(cache, map_location="cpu", weights_only=True)
+        if isinstance(stored, dict) and stored.get("key") == key:
+            return stored[name]
+        get_logger("neco.text_align").info(f"{cache}: made {other}; recomputing")
+    value = compute()
+    if cache is not None:
+        atomic_torch_save({"key": key, name: value}, cache)
+    return value
+
+
 def caption_embeddings(
     encoder: TextEncoder, captions: list[str], cache: Path | None, device: torch.device
 ) -> torch.Tensor:
     """float16 CPU embeddings (len(captions), E), read from `cache` when it matches encoder and captions."""
+
+    def compute() -> torch.Tensor:
+        encoder.to(device)
+        embeddings = encoder.encode(captions).to("cpu", torch.float16)
+        encoder.to("cpu")
+        return embeddings
+
     key = {"encoder_sha256": encoder.checksum(), "captions_sha256": _digest(captions)}
-    if cache is not None and cache.is_file():
-        stored = torch.load(cache, map_location="cpu", weights_only=True)
-        if isinstance(stored, dict) and stored.get("key") == key:
-            return stored["embeddings"]
-        get_logger("neco.text_align").info(f"{cache}: made by another text encoder or captions; recomputing")
-    encoder.to(device)
-    embeddings = encoder.encode(captions).to("cpu", torch.float16)
-    encoder.to("cpu")
-    if cache is not None:
-        atomic_torch_save({"key": key, "embeddings": embeddings}, cache)
-    return embeddings
+    return _cached(cache, key, "embeddings", "by another text encoder or captions", compute)
 
 
 @torch.no_grad()
@@ -304,63 +295,32 @@ def pooled_image_features(
     same at every step: computing them once (as Talk2DINO pre-extracts its features) makes each
     training step a few small matrix products.
     """
-    if cache is not None and cache.is_file():
-        stored = torch.load(cache, map_location="cpu", weights_only=True)
-        if isinstance(stored, dict) and stored.get("key") == key:
-            return stored["pooled"]
-        get_logger("neco.text_align").info(f"{cache}: made from another backbone or images; recomputing")
-    config = module.config
-    loader = DataLoader(_Images(pairs), batch_size=config.batch_size, num_workers=config.num_workers)
-    backbone = module.backbone.to(device)
-    precision = (
-        config.precision if config.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    )
-    chunks = []
-    for images in loader:
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            chunks.append(module.pooled(images.to(device)).to("cpu", torch.float16))
-    backbone.to("cpu")
-    pooled = torch.cat(chunks)
-    if cache is not None:
-        atomic_torch_save({"key": key, "pooled": pooled}, cache)
-    return pooled
 
+    def compute() -> torch.Tensor:
+        config = module.config
+        loader = DataLoader(_Images(pairs), batch_size=config.batch_size, num_workers=config.num_workers)
+        backbone = module.backbone.to(device)
+        bf16 = resolve_precision(config, "gpu" if device.type == "cuda" else "cpu") == "bf16-mixed"
+        chunks = []
+        for images in loader:
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                chunks.append(module.pooled(images.to(device)).to("cpu", torch.float16))
+        backbone.to("cpu")
+        return torch.cat(chunks)
 
-def _image_digest(pairs: Any) -> str:
-    digest = hashlib.sha256()
-    for path in pairs.images:
-        digest.update(f"{path}\0{path.stat().st_size}\0".encode())
-    return digest.hexdigest()
-
-
-def _accelerator(config: TextAlignConfig) -> str:
-    if config.accelerator == "auto":
-        return "gpu" if torch.cuda.is_available() else "cpu"
-    return config.accelerator
-
-
-def _resolve_resume(resume: str | None, checkpoint_dir: Path) -> Path | None:
-    if resume is None:
-        return None
-    if resume == "auto":
-        last = checkpoint_dir / ckpt.LAST_NAME
-        return last.resolve() if last.exists() else None
-    path = Path(resume).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"--resume {resume}: no such checkpoint file")
-    return path.resolve()
+    return _cached(cache, key, "pooled", "from another backbone or images", compute)
 
 
 def train_text_align(
     config: TextAlignConfig, *, resume: str | None = None, overwrite: bool = False
-) -> TextAlignResult:
+) -> TrainResult:
     """Train the mapping as `config` says; `resume` is None, 'auto' or a checkpoint file."""
-    config.check()
+    validate(config)  # again: the dataclass may have been changed since it was made
     log = get_logger("neco.text_align")
     out_dir = ensure_writable_dir(config.out_dir, "--out").resolve()
     checkpoint_dir = ensure_writable_dir(out_dir / "checkpoints", "--out (its checkpoints folder)")
     ckpt.remove_orphan_temporaries(checkpoint_dir)
-    ckpt_path = _resolve_resume(resume, checkpoint_dir)
+    ckpt_path = ckpt.resolve_resume(resume, checkpoint_dir, lambda path: read_text_align(path, "--resume"))
     if ckpt_path is None:
         ckpt.check_fresh_start(checkpoint_dir, overwrite)
     # Data and both encoders are checked before any training starts.
@@ -376,7 +336,7 @@ def train_text_align(
     encoder = TextEncoder.from_spec(config.text_spec(), download=config.text_download)
     # every DDP rank runs this before `fit`: each embeds on its own GPU (the caches are written atomically)
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    device = torch.device(f"cuda:{local_rank}" if _accelerator(config) == "gpu" else "cpu")
+    device = torch.device(f"cuda:{local_rank}" if resolve_accelerator(config) == "gpu" else "cpu")
     embeddings = caption_embeddings(encoder, pairs.captions, out_dir / "text_embeddings.pt", device)
     meta = {
         "backbone": identity,
@@ -395,7 +355,7 @@ def train_text_align(
     if config.cache_features:
         key = {
             "backbone_sha256": identity["sha256"],
-            "images_sha256": _image_digest(pairs),
+            "images_sha256": _digest(f"{path}\0{path.stat().st_size}" for path in pairs.images),
             "input_size": config.input_size,
         }
         pooled = pooled_image_features(module, pairs, out_dir / "image_features.pt", device, key)
@@ -411,17 +371,13 @@ def train_text_align(
             raise ValueError(
                 f"--resume {ckpt_path}: trained on backbone {stored['backbone']['name']} (other weights)"
             )
-    world = _world_size(config)
+    world = device_count(config, resolve_accelerator(config))
     steps_per_epoch = max(1, len(pairs) // (config.batch_size * world))
     max_steps = config.max_steps or config.epochs * steps_per_epoch
     checkpointer = ckpt.PeriodicCheckpoint(
         checkpoint_dir, config.ckpt_every_steps, config.keep_checkpoints, config.stop_at_step
     )
-    trainer = _trainer(config, out_dir, checkpointer, max_steps)
-    warnings.filterwarnings(
-        "ignore", message="You're resuming from a checkpoint that ended before the epoch ended"
-    )
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+    trainer = build_trainer(config, out_dir, [checkpointer], max_steps)
     if trainer.is_global_zero:
         write_json(meta, out_dir / "text_align.json")
         where = f"resuming from {ckpt_path}" if ckpt_path else "new run"
@@ -431,64 +387,12 @@ def train_text_align(
         )
     trainer.fit(module, ckpt_path=str(ckpt_path) if ckpt_path else None)
     last = checkpoint_dir / ckpt.LAST_NAME
-    metrics = {
-        k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1
-    }
-    return TextAlignResult(
+    return TrainResult(
         out_dir=out_dir,
+        checkpoint_dir=checkpoint_dir,
         last_checkpoint=last.resolve() if last.exists() else None,
         global_step=int(trainer.global_step),
-        metrics=metrics,
         interrupted=checkpointer.interrupted,
+        metrics=trained_metrics(trainer),
+        stop_signal=checkpointer.stop_signal,
     )
-
-
-def _world_size(config: TextAlignConfig) -> int:
-    devices = config.devices
-    if devices == "auto":
-        devices = max(1, torch.cuda.device_count()) if _accelerator(config) == "gpu" else 1
-    return int(devices) * config.num_nodes
-
-
-def _trainer(config: TextAlignConfig, out_dir: Path, checkpointer: Any, max_steps: int) -> L.Trainer:
-    from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
-
-    accelerator = _accelerator(config)
-    precision = (
-        config.precision if config.precision != "auto" else ("bf16" if accelerator == "gpu" else "fp32")
-    )
-    strategy: Any = config.strategy
-    if config.strategy == "ddp" or _world_size(config) > 1:
-        from lightning.pytorch.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="nccl" if accelerator == "gpu" else "gloo")
-    makers = {"csv": CSVLogger, "tensorboard": TensorBoardLogger}
-    unknown = [name for name in config.loggers if name not in makers]
-    if unknown:
-        raise ValueError(f"`loggers` must be among {sorted(makers)} but include {unknown}")
-    loggers = [makers[name](save_dir=str(out_dir), name=name) for name in config.loggers]
-    return L.Trainer(
-        accelerator=accelerator,
-        devices=config.devices,
-        num_nodes=config.num_nodes,
-        strategy=strategy,
-        precision={"bf16": "bf16-mixed", "fp32": "32-true"}[precision],
-        max_epochs=-1,
-        max_steps=max_steps,
-        logger=loggers or False,
-        callbacks=[checkpointer],
-        plugins=[ckpt.AtomicCheckpointIO()],
-        enable_checkpointing=False,
-        enable_progress_bar=config.progress,
-        enable_model_summary=False,
-        log_every_n_steps=config.log_every,
-        use_distributed_sampler=False,
-        default_root_dir=str(out_dir),
-        num_sanity_val_steps=0,
-        limit_val_batches=0,
-    )
-
-
-def projected_epoch_hours(pairs_per_second: float, num_pairs: int = 591_753) -> float:
-    """Hours for one epoch of `num_pairs` caption pairs (COCO Captions train2017: 591,753) at a throughput."""
-    return num_pairs / pairs_per_second / 3600 if pairs_per_second > 0 else math.inf

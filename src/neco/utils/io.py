@@ -18,6 +18,7 @@ __all__ = [
     "ensure_writable_dir",
     "check_new_file",
     "save_png",
+    "process_alive",
 ]
 
 
@@ -97,3 +98,14 @@ def save_png(image: Any, path: str | os.PathLike, **options: Any) -> Path:
     if hasattr(image, "savefig"):
         return atomic_write(path, lambda handle: image.savefig(handle, format="png", **options))
     return atomic_write(path, lambda handle: image.save(handle, format="PNG", **options))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` runs on this host (one owned by another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
