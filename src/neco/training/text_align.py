@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +25,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from neco.backbones.loading import load_backbone
-from neco.data.captions import CAPTION_LAYOUTS, build_caption_dataset
+from neco.data.captions import build_caption_dataset
 from neco.evaluation.blocks.transforms import to_input
 from neco.method.text_align import (
     HeadSelectInfoNCE,
@@ -35,7 +34,7 @@ from neco.method.text_align import (
     head_pooled_embeddings,
 )
 from neco.method.text_checkpoint import FORMAT, load_text_align, read_text_align
-from neco.method.text_encoder import DEFAULT_TEXT_MODEL, TextEncoder
+from neco.method.text_encoder import TextEncoder
 from neco.training import checkpoint as ckpt
 from neco.training.datamodule import EpochSampler
 from neco.training.run import (
@@ -46,9 +45,10 @@ from neco.training.run import (
     resolve_precision,
     trained_metrics,
 )
+from neco.training.text_align_config import TextAlignConfig
 from neco.utils.io import atomic_torch_save, ensure_writable_dir, write_json
 from neco.utils.logging import get_logger
-from neco.utils.settings import option, validate
+from neco.utils.settings import validate
 
 __all__ = [
     "TextAlignConfig",
@@ -58,66 +58,6 @@ __all__ = [
     "load_text_align",
     "caption_embeddings",
 ]
-
-
-@dataclass
-class TextAlignConfig:
-    """Every setting of a text-align run, checked when made; errors name the `neco text-align` flag."""
-
-    data_root: str
-    out_dir: str
-    layout: str = option("coco", choices=tuple(CAPTION_LAYOUTS))
-    split: str = "train2017"
-    backbone: str = "dinov2_vitb14_reg"
-    weights: str | None = None
-    which: str = "teacher"
-    text_model: str = DEFAULT_TEXT_MODEL["model"]
-    text_pretrained: str | None = DEFAULT_TEXT_MODEL["pretrained"]
-    text_weights: str | None = None
-    text_config: dict[str, Any] | None = None  # an open_clip CLIP config (tests: a tiny random tower)
-    text_init: str | None = None  # "words": see `neco.method.text_encoder.words_init` (config towers only)
-    text_download: bool = True
-    input_size: int = option(448, minimum=1)
-    cache_features: bool = True
-    batch_size: int = 128
-    lr: float = option(1e-4, minimum=0, exclusive_minimum=True)
-    weight_decay: float = option(0.0, minimum=0)
-    epochs: int = option(1, minimum=1)
-    max_steps: int | None = option(None, minimum=1)
-    hidden_dim: int | None = None
-    init_temperature: float = 0.07
-    accelerator: str = option("auto", choices=("auto", "cpu", "gpu"))
-    devices: int | str = "auto"
-    strategy: str = option("auto", choices=("auto", "ddp"))
-    num_nodes: int = option(1, minimum=1)
-    precision: str = option("auto", choices=("auto", "fp32", "bf16"))
-    num_workers: int = 4
-    seed: int = 0
-    ckpt_every_steps: int = option(500, minimum=1)
-    keep_checkpoints: int = option(3, minimum=1)
-    stop_at_step: int | None = option(None, minimum=1)
-    log_every: int = option(10, minimum=1)
-    progress: bool = True
-    loggers: list[str] = option(["csv"])
-
-    def __post_init__(self) -> None:
-        validate(self)
-
-    def check(self) -> None:
-        """Rules beyond each field's bounds and choices (called by `validate`)."""
-        if self.batch_size < 2:
-            raise ValueError(f"`--batch-size` must be >= 2 (in-batch negatives) but is {self.batch_size}")
-        unknown = [name for name in self.loggers if name not in ("csv", "tensorboard")]
-        if unknown:
-            raise ValueError(f"`loggers` must be among ['csv', 'tensorboard'] but include {unknown}")
-        if self.accelerator == "gpu" and not torch.cuda.is_available():
-            raise ValueError("`--accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
-
-    def text_spec(self) -> dict[str, Any]:
-        """The text encoder spec (`TextEncoder.from_spec`)."""
-        if self.text_config is not None:
-            return {"config": self.text_config, "init": self.text_init}
-        return {"model": self.text_model, "pretrained": self.text_pretrained, "weights": self.text_weights}
 
 
 class _EmbeddedPairs(Dataset):
