@@ -28,7 +28,7 @@ OTHER_ISSUES_MODULES = tuple(
     for name in (
         "training/finetune", "evaluation/protocols/finetune", "evaluation/blocks/seg_recipe",
         "evaluation/blocks/segmenter", "data/pascal_context",  # end-to-end segmentation
-        "training/text_align", "method/text_align", "method/text_encoder", "method/text_checkpoint",
+        "training/text_align", "training/text_align_config", "method/text_align", "method/text_encoder", "method/text_checkpoint",
         "data/captions", "evaluation/protocols/openvocab", "evaluation/blocks/pamr",
         "commands/text_align",  # vision-language transfer
         "training/lock", "utils/checksum", "utils/yaml_files",  # the trust round
