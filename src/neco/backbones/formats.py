@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from timm.models.vision_transformer import _convert_dinov2
 from torch import nn
 
 from neco.backbones.registry import BackboneConfig
@@ -134,6 +133,9 @@ def convert(
     # Without registers timm keys equal official ones except SwiGLU naming: one path reads both.
     official = _hf_to_official(state) if source == "hf" else _timm_to_official(state)
     if to == "timm":  # timm's own official -> timm rename (it pops `mask_token`: given a copy)
+        # private in timm: imported here so that a timm release renaming it breaks this direction only
+        from timm.models.vision_transformer import _convert_dinov2
+
         return _convert_dinov2(dict(official), None)
     return _official_to_hf(official) if to == "hf" else official
 
