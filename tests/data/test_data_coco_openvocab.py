@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -14,21 +15,15 @@ from neco.data.captions import write_scene_captions
 from neco.data.coco_labels import COCO_STUFF_164K_CLASSES
 from neco.data.synthetic import write_scenes
 from neco.evaluation.schema import validate_result
-from neco.method.text_encoder import tiny_text_config
 
 
-def test_openvocab_prompts_all_171_classes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_openvocab_prompts_all_171_classes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], run_text_align: Callable[..., int]
+) -> None:
     scenes = write_scenes(tmp_path / "scenes", num_train=4, num_val=1, size=32, progress=False)
     captions = write_scene_captions(scenes, tmp_path / "captions", "coco")
-    config = tmp_path / "tower.json"
-    config.write_text(json.dumps(tiny_text_config(width=32)))
     threads = torch.get_num_threads()
-    rc = main(
-        ["text-align", "--data-root", str(captions), "--layout", "coco", "--backbone", "vit_tiny_scenes"]
-        + ["--text-config", str(config), "--text-init", "words", "--input-size", "32", "--batch-size", "4"]
-        + ["--max-steps", "1", "--num-workers", "0", "--out", str(tmp_path / "run")]
-        + ["--threads", "1", "--no-progress", "--accelerator", "cpu"]
-    )
+    rc = run_text_align(captions, tmp_path / "run", "--max-steps", "1")
     assert rc == 0, capsys.readouterr().err[-3000:]
     out = tmp_path / "eval"
     rc = main(

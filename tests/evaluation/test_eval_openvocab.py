@@ -11,28 +11,18 @@ from neco.cli import main
 from neco.data.captions import write_scene_captions
 from neco.data.synthetic import write_scenes
 from neco.evaluation.schema import validate_result
-from neco.method.text_encoder import tiny_text_config
 
 EVAL = ["--dataset", "scenes", "--backbone", "vit_tiny_scenes", "--input-size", "32", "--num-workers", "0"]
 EVAL += ["--no-progress", "--batch-size", "4", "--num-figures", "2", "--threads", "1"]
 
 
 @pytest.fixture(scope="module")
-def mapping(tmp_path_factory):
+def mapping(tmp_path_factory, run_text_align):
     """(scenes, caption root, last checkpoint) of a 4-step `neco text-align` run on the COCO layout."""
     root = tmp_path_factory.mktemp("openvocab")
     scenes = write_scenes(root / "scenes", num_train=8, num_val=4, size=32, progress=False)
     captions = write_scene_captions(scenes, root / "coco", "coco")
-    config = root / "tower.json"
-    config.write_text(json.dumps(tiny_text_config(width=32)))
-    threads = torch.get_num_threads()
-    rc = main(
-        ["text-align", "--data-root", str(captions), "--layout", "coco", "--backbone", "vit_tiny_scenes"]
-        + ["--text-config", str(config), "--text-init", "words", "--input-size", "32", "--batch-size", "4"]
-        + ["--max-steps", "4", "--ckpt-every-steps", "2", "--num-workers", "0", "--out", str(root / "run")]
-        + ["--threads", "1", "--no-progress", "--accelerator", "cpu"]
-    )
-    torch.set_num_threads(threads)
+    rc = run_text_align(captions, root / "run", "--max-steps", "4", "--ckpt-every-steps", "2")
     assert rc == 0
     last = root / "run" / "checkpoints" / "last.ckpt"
     assert last.exists() and (root / "run" / "text_embeddings.pt").is_file()
