@@ -105,13 +105,13 @@ def add_command(subparsers: Any, name: str, cls: type, handler: Any, **parser_kw
     return parser
 
 
-def from_args(cls: type, args: argparse.Namespace, **overrides: Any) -> Any:
+def from_args(cls: type, args: argparse.Namespace) -> Any:
     """The validated settings `cls` of parsed arguments (fields absent from `args` keep their defaults)."""
     hints = typing.get_type_hints(cls)
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if hasattr(args, f.name)}
     for name, value in values.items():
         if typing.get_origin(_base(hints[name])[0]) is tuple and isinstance(value, list):
             values[name] = tuple(value)  # argparse's nargs gives lists
-    settings = cls(**{**values, **overrides})
+    settings = cls(**values)
     validate(settings)
     return settings
