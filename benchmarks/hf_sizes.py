@@ -41,7 +41,9 @@ def measure(name: str, folder: Path) -> list[dict]:
         with torch.no_grad():
             ours = model.forward_features(x)["x_norm_patchtokens"]
             theirs = hf(pixel_values=x).last_hidden_state[:, 1 + registers :]
-        rows.append({"backbone": name, "size": f"{h}x{w}", "max_abs_diff": float((theirs - ours).abs().max())})
+        rows.append(
+            {"backbone": name, "size": f"{h}x{w}", "max_abs_diff": float((theirs - ours).abs().max())}
+        )
     return rows
 
 
@@ -56,7 +58,9 @@ def main() -> None:
     for r in rows:
         print(f"| {r['backbone']} | {r['size']} | {r['max_abs_diff']:.2e} |")
     if args.out:
-        args.out.write_text(json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1) + "\n")
+        args.out.write_text(
+            json.dumps({"transformers": transformers.__version__, "rows": rows}, indent=1) + "\n"
+        )
 
 
 if __name__ == "__main__":

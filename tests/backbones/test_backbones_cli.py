@@ -83,7 +83,16 @@ def test_features_command(tiny_ckpt, tmp_path: Path) -> None:
     for name in ("a.png", "sub/b.jpg", "c.png"):
         Image.fromarray(rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)).save(images / name)
     out = tmp_path / "feats.pt"
-    args = ["features", str(images), "--backbone", "vit_tiny_reg", "--weights", str(path), "--input-size", "32"]
+    args = [
+        "features",
+        str(images),
+        "--backbone",
+        "vit_tiny_reg",
+        "--weights",
+        str(path),
+        "--input-size",
+        "32",
+    ]
     assert main(args + ["--batch-size", "2", "-o", str(out)]) == 0
     saved = torch.load(out, weights_only=True)
     assert saved["features"].shape == (3, 192, 4, 4)
@@ -106,7 +115,16 @@ def test_features_command(tiny_ckpt, tmp_path: Path) -> None:
 def test_features_command_loads_pretrained_weights_unless_told_otherwise(tmp_path: Path, capsys) -> None:
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
-    base = ["features", str(image), "--backbone", "vit_tiny", "--input-size", "16", "-o", str(tmp_path / "f.pt")]
+    base = [
+        "features",
+        str(image),
+        "--backbone",
+        "vit_tiny",
+        "--input-size",
+        "16",
+        "-o",
+        str(tmp_path / "f.pt"),
+    ]
     assert main(base) == 2  # no silent random network: vit_tiny has no pretrained weights
     assert "--random-init" in capsys.readouterr().err
     assert main([*base, "--random-init"]) == 0

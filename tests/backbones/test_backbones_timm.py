@@ -79,7 +79,10 @@ def test_swiglu_model_equals_timm_giant_style_block() -> None:
         pos_grid=4,
         weights=reference.state_dict(),
     ).eval()
-    assert model.blocks[0].mlp.fc1.weight.shape == (256, 48)  # official `w12`: 2 x 128, 128 = 2/3 * 192 rounded
+    assert model.blocks[0].mlp.fc1.weight.shape == (
+        256,
+        48,
+    )  # official `w12`: 2 x 128, 128 = 2/3 * 192 rounded
     x = torch.randn(2, 3, 32, 32)  # the native grid: neither model interpolates
     with torch.no_grad():
         torch.testing.assert_close(

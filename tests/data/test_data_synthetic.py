@@ -177,6 +177,7 @@ def test_sigkilled_generation_is_not_refused_afterwards(tmp_path):
     write_scenes(out, num_train=4, num_val=1, size=32, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["scenes"]  # the orphan was cleaned up
 
+
 def _radial_spectrum(images: np.ndarray) -> np.ndarray:
     """Mean radially averaged power spectrum of the grey images, normalised to sum 1 (texture scale)."""
     grey = images.astype(np.float32).mean(-1)

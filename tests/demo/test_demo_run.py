@@ -27,11 +27,15 @@ def test_quick_demo_writes_reports(tmp_path):
     assert results["training"]["steps"] >= 1
     report = (out / "report.md").read_text()
     assert "Hummingbird dense NN retrieval" in report
-    assert report.split("\n")[2].startswith("**NeCo ") and "Hummingbird retrieval by" in report  # the answer first
+    assert (
+        report.split("\n")[2].startswith("**NeCo ") and "Hummingbird retrieval by" in report
+    )  # the answer first
     # the loss is shown next to the collapse diagnostics the trainer logged
     assert (out / "diagnostics.png").is_file() and "diagnostics" in results["figures"]
     diagnostics = results["training"]["diagnostics"]
-    assert {"teacher_perm_max", "student_perm_max", "mean_pairwise_cosine", "effective_rank"} <= set(diagnostics)
+    assert {"teacher_perm_max", "student_perm_max", "mean_pairwise_cosine", "effective_rank"} <= set(
+        diagnostics
+    )
     assert 0 < diagnostics["teacher_perm_max"][-1] <= 1 and -1 <= diagnostics["mean_pairwise_cosine"][0] <= 1
     # A rerun into the same folder reuses the generated scenes (same settings file, no error).
     assert (out / "scenes" / "scenes.json").is_file()

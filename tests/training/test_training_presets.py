@@ -52,7 +52,9 @@ def test_wheel_carries_the_presets_and_the_demo_reads_them(tmp_path: Path) -> No
         shipped = {
             p.relative_to(ROOT / "src").as_posix()
             for p in (ROOT / "src" / "neco").rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts and "configs" not in p.relative_to(ROOT / "src").parts
+            if p.is_file()
+            and "__pycache__" not in p.parts
+            and "configs" not in p.relative_to(ROOT / "src").parts
         }
         left_out = sorted(shipped - set(archive.namelist()))
         assert not left_out, f"files of src/neco missing from the wheel: {left_out}"

@@ -202,7 +202,10 @@ def test_non_finite_loss_stops_and_keeps_checkpoint(
         return loss * float("nan"), diagnostics, tokens
 
     monkeypatch.setattr(module_mod.NeCoModule, "compute_loss", poisoned)
-    with pytest.raises(module_mod.NonFiniteLossError, match="non-finite loss at step 4.*last good checkpoint is .*step_00000002.ckpt"):
+    with pytest.raises(
+        module_mod.NonFiniteLossError,
+        match="non-finite loss at step 4.*last good checkpoint is .*step_00000002.ckpt",
+    ):
         train(_config(tmp_path, scenes, "optim.max_steps=6", "run.ckpt_every_steps=1"), resume="auto")
     # step 4's weights produced the NaN: set aside (kept), not resumed from
     assert _load(tmp_path / "checkpoints" / "last.ckpt")["step"] == 2

@@ -118,9 +118,7 @@ def render_html(results: dict[str, Any]) -> str:
     e = html.escape
     s = results["settings"]
     t = results.get("training", {})
-    rows = "\n".join(
-        "<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _rows(results)
-    )
+    rows = "\n".join("<tr>" + "".join(f"<td>{e(c)}</td>" for c in row) + "</tr>" for row in _rows(results))
     figs = []
     captions = results.get("figure_captions", {})
     for key, path in results.get("figures", {}).items():
@@ -143,16 +141,16 @@ figcaption {{ color: #555; font-size: 0.9em; }}
 </style></head><body>
 <h1>neco demo report</h1>
 {lead}
-<p>Backbone <code>{e(results['backbone']['name'])}</code> ({e(results['backbone'].get('description', ''))}),
-post-trained with NeCo for {t.get('steps', 0)} steps ({t.get('seconds', 0):.0f} s,
-{t.get('images_per_s', 0):.1f} images/s) on {e(str(s.get('device', 'cpu')))}.
-mIoU in %, mean ± std over {len(s.get('eval_seeds', []))} evaluation seeds.</p>
+<p>Backbone <code>{e(results["backbone"]["name"])}</code> ({e(results["backbone"].get("description", ""))}),
+post-trained with NeCo for {t.get("steps", 0)} steps ({t.get("seconds", 0):.0f} s,
+{t.get("images_per_s", 0):.1f} images/s) on {e(str(s.get("device", "cpu")))}.
+mIoU in %, mean ± std over {len(s.get("eval_seeds", []))} evaluation seeds.</p>
 <table><tr><th>evaluation</th><th>before</th><th>after</th><th>gain</th><th>gain / spread</th></tr>
 {rows}
 </table>
-{f'<p>Interactive nearest patches, start vs NeCo: <a href="{e(results["explore"])}">{e(results["explore"])}</a></p>' if results.get("explore") else ''}
-{''.join(figs)}
-{'<h2>Notes</h2><ul>' + notes + '</ul>' if notes else ''}
+{f'<p>Interactive nearest patches, start vs NeCo: <a href="{e(results["explore"])}">{e(results["explore"])}</a></p>' if results.get("explore") else ""}
+{"".join(figs)}
+{"<h2>Notes</h2><ul>" + notes + "</ul>" if notes else ""}
 <h2>Settings</h2><table>{settings}</table>
 </body></html>
 """
