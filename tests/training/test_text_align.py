@@ -155,3 +155,7 @@ def test_bad_config_values_name_the_option(tmp_path):
         config(tmp_path, tmp_path / "o", batch_size=1).check()
     with pytest.raises(ValueError, match="--layout"):
         config(tmp_path, tmp_path / "o", layout="tar").check()
+    with pytest.raises(
+        ValueError, match=r"`loggers` must be one of \['csv', 'tensorboard'\] but holds 'wandb'"
+    ):
+        config(tmp_path, tmp_path / "o", loggers=["csv", "wandb"])

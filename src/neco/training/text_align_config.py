@@ -79,7 +79,8 @@ class TextAlignConfig:
     log_every: int = option(10, "log the loss every N steps (csv logger)", minimum=1, group=_RUN)
     stop_at_step: int | None = option(None, "stop (resumably) at this step", minimum=1, group=_RUN)
     progress: bool = option(True, "progress bar", group=_RUN)
-    loggers: list[str] = option(["csv"], cli=False)
+    # no flag: messages name the keyword itself (`loggers`), checked item by item by `validate`
+    loggers: list[str] = option(["csv"], choices=("csv", "tensorboard"), flag="loggers", cli=False)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -88,9 +89,6 @@ class TextAlignConfig:
         """Rules beyond each field's bounds and choices (called by `validate`)."""
         if self.batch_size < 2:
             raise ValueError(f"`--batch-size` must be >= 2 (in-batch negatives) but is {self.batch_size}")
-        unknown = [name for name in self.loggers if name not in ("csv", "tensorboard")]
-        if unknown:
-            raise ValueError(f"`loggers` must be among ['csv', 'tensorboard'] but include {unknown}")
         if self.accelerator == "gpu" and not torch.cuda.is_available():
             raise ValueError("`--accelerator` is 'gpu' but no CUDA device is available; use 'cpu' or 'auto'")
 
