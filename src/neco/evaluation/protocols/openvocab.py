@@ -212,6 +212,13 @@ class OpenVocab(Protocol):
                 )
             return prediction
 
+        def scored(labels: torch.Tensor) -> torch.Tensor:
+            """The labels (B, H, W) as scored: in `drop` mode the background pixels are ignored."""
+            target = labels.clone()
+            if mode == "drop":
+                target[target == 0] = val.ignore_index
+            return target
+
         confusion = ConfusionMatrix(len(names), val.ignore_index)
         keeper = ctx.keeper()
         if settings.slide_window:
@@ -225,9 +232,7 @@ class OpenVocab(Protocol):
                     )[None]  # (1, C, H', W')
                     scores = F.interpolate(scores, size=mask.shape, mode="bilinear", align_corners=False)
                     prediction = predict(scores)
-                    target = torch.from_numpy(np.asarray(mask, dtype=np.int64))[None]
-                    if mode == "drop":
-                        target[target == 0] = val.ignore_index
+                    target = scored(torch.from_numpy(np.asarray(mask, dtype=np.int64))[None])
                     confusion.update(prediction, target)
                 if keeper.count < keeper.limit:  # square copies for the figure
                     size = ctx.input_size
@@ -245,9 +250,7 @@ class OpenVocab(Protocol):
                             scores, size=masks.shape[-2:], mode="bilinear", align_corners=False
                         )
                     prediction = predict(scores)
-                    target = masks.clone()
-                    if mode == "drop":
-                        target[target == 0] = val.ignore_index
+                    target = scored(masks)
                     confusion.update(prediction, target)
                 keeper.offer(images=images, masks=target, predictions=prediction)
         summary = confusion.summary(names)
