@@ -267,7 +267,7 @@ def _trainer(
 ) -> L.Trainer:
     from lightning.pytorch.loggers import CSVLogger
 
-    from neco.training.run import lightning_trainer
+    from neco.training.run import LIGHTNING_PRECISION, lightning_trainer
 
     gpu = ctx.device.type == "cuda"
     devices: Any = settings.devices
@@ -285,7 +285,7 @@ def _trainer(
         accelerator="gpu" if gpu else "cpu",
         devices=devices,
         strategy=strategy,
-        precision={"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}[ctx.run.precision],
+        precision=LIGHTNING_PRECISION[ctx.run.precision],
         max_steps=int(iterations),
         max_epochs=-1,
         logger=CSVLogger(save_dir=str(out_dir), name="csv"),

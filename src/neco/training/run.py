@@ -22,6 +22,10 @@ __all__ = [
     "build_trainer",
     "lightning_trainer",
     "resolve_accelerator",
+    "device_count",
+    "is_launching_rank",
+    "trained_metrics",
+    "LIGHTNING_PRECISION",
 ]
 
 
@@ -52,12 +56,16 @@ def resolve_accelerator(run: Any) -> str:
     return choice
 
 
+# neco's precision names -> Lightning's (fp16 only where a setting offers it: `neco eval finetune`)
+LIGHTNING_PRECISION = {"fp32": "32-true", "bf16": "bf16-mixed", "fp16": "16-mixed"}
+
+
 def resolve_precision(run: Any, accelerator: str) -> str:
     """Lightning precision string: `auto` is bf16 autocast on CUDA and fp32 on CPU."""
     precision = run.precision
     if precision == "auto":
         precision = "bf16" if accelerator == "gpu" else "fp32"
-    return {"bf16": "bf16-mixed", "fp32": "32-true"}[precision]
+    return LIGHTNING_PRECISION[precision]
 
 
 def _loggers(run: Any, out_dir: Path) -> list[Any]:
